@@ -1,0 +1,38 @@
+# The two set-up commands: `make demo` (the main job) and `make test` (the tests).
+# Each creates or updates .venv and installs what it needs. torch is pinned to the
+# build that installs offline on the project's CI machines; the code runs on any recent torch.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-run
+	$(BIN)/pip install -q "$(TORCH)" -e ".[dev,dask]"
+	touch $@
+
+demo: $(VENV)/.installed-run
+	$(BIN)/kbitlaw demo
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/quantize.py
+
+clean:
+	rm -rf $(VENV) .kbitlaw

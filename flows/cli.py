@@ -1,0 +1,163 @@
+"""The `kbitlaw` command line: thin wrappers that call flows and tasks.
+
+`--json` prints one JSON document on stdout and nothing else there; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="kbitlaw",
+    help="k-bit inference scaling laws for your own checkpoints, every night.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+datasets_app = typer.Typer(help="Clean and validate the evaluation datasets.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+StoreOpt = Annotated[str | None, typer.Option("--store", help="Store URI (default: $KBITLAW_STORE or .kbitlaw/store)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+def _not_yet(command: str, capability: str) -> None:
+    typer.echo(f"kbitlaw {command}: not available yet: {capability} has not been built", err=True)
+    raise typer.Exit(2)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"kbitlaw: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def default_checkpoints(store: str | None) -> str:
+    if os.environ.get("KBITLAW_CHECKPOINTS"):
+        return os.environ["KBITLAW_CHECKPOINTS"]
+    from tasks.store import Store
+
+    return Store(store).url("checkpoints")
+
+
+@app.command()
+def demo(store: StoreOpt = None) -> None:
+    """Build the embedded demo (datasets + checkpoint family) and run nightly once."""
+    from tasks.checkpoints import discover
+    from tasks.store import Store
+
+    s = Store(store)
+    found, errors = discover(s.url("checkpoints"))
+    typer.echo(f"store: {s.uri} ({len(found)} checkpoints, {len(errors)} unreadable)", err=True)
+    _not_yet("demo", "the embedded demo (builtin datasets, a self-trained checkpoint family, the nightly flow)")
+
+
+@app.command()
+def nightly(
+    store: StoreOpt = None,
+    checkpoints: Annotated[str | None, typer.Option(help="Checkpoints URI (default: <store>/checkpoints)")] = None,
+    grid: Annotated[str, typer.Option(help="Grid name (quick|default|paper) or comma-separated specs")] = "default",
+    datasets: Annotated[str | None, typer.Option(help="Comma-separated dataset names")] = None,
+    runner: Annotated[str, typer.Option(help="thread | dask")] = "thread",
+    as_json: JsonOpt = False,
+) -> None:
+    """Discover checkpoints, evaluate what is new, refit the laws and write the report."""
+    _not_yet("nightly", "the nightly flow")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, s3:// prefix or hf://org/name@rev")],
+    data: Annotated[str, typer.Option("--data", help="Dataset name or a jsonl/parquet/csv file")],
+    quant: Annotated[str, typer.Option("--quant", help="Quant spec(s), comma-separated")] = "fp16",
+    kind: Annotated[str | None, typer.Option("--kind", help="multiple_choice | cloze | perplexity")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Evaluate the first N rows only")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle weights (unsafe)")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate one checkpoint on one dataset at one or more quant specs."""
+    _not_yet("evaluate", "the evaluation engine")
+
+
+@app.command()
+def fit(
+    store: StoreOpt = None,
+    results: Annotated[str | None, typer.Option("--results", help="A Parquet or CSV file of results")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit the k-bit scaling laws to the stored results (or a results file)."""
+    try:
+        from flows.fit import fit_command
+    except ImportError:
+        _not_yet("fit", "law fitting")
+    raise typer.Exit(fit_command(store, results, as_json))
+
+
+@app.command()
+def report(store: StoreOpt = None) -> None:
+    """Write the HTML report for the newest fit and print where it is."""
+    _not_yet("report", "the report")
+
+
+@datasets_app.command("clean")
+def datasets_clean(names: Annotated[list[str] | None, typer.Argument()] = None, store: StoreOpt = None) -> None:
+    """Clean the named datasets (all by default) into canonical Parquet + quarantine."""
+    _not_yet("datasets clean", "dataset cleaning")
+
+
+@datasets_app.command("validate")
+def datasets_validate(names: Annotated[list[str] | None, typer.Argument()] = None, store: StoreOpt = None) -> None:
+    """Validate the cleaned datasets with Great Expectations."""
+    _not_yet("datasets validate", "dataset validation")
+
+
+@app.command()
+def serve() -> None:
+    """Serve the deployments with their schedules (no work pool needed)."""
+    _not_yet("serve", "the Prefect deployments")
+
+
+@app.command("emit-checkpoint")
+def emit_checkpoint(uri: Annotated[str, typer.Argument(help="The new checkpoint's URI")]) -> None:
+    """Announce a new checkpoint (a Prefect event that triggers its evaluation)."""
+    _not_yet("emit-checkpoint", "event-triggered evaluation")
+
+
+@app.command("checkpoints")
+def list_checkpoints(
+    uri: Annotated[str | None, typer.Argument(help="Where to look (default: <store>/checkpoints)")] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the checkpoints found under a URI, with their fingerprints and any unreadable ones."""
+    from tasks.checkpoints import discover
+
+    found, errors = discover(uri or default_checkpoints(store))
+    if as_json:
+        doc = {
+            "checkpoints": [
+                {"id": c.id, "uri": c.uri, "family": c.family, "step": c.step, "tokens_seen": c.tokens_seen,
+                 "n_params": c.n_params, "fingerprint": c.fingerprint}
+                for c in found
+            ],
+            "errors": [str(e) for e in errors],
+        }
+        sys.stdout.write(json.dumps(doc) + "\n")
+    else:
+        for c in found:
+            typer.echo(f"{c.id}\t{c.n_params:,} params\t{c.fingerprint[:12]}\t{c.uri}")
+        for e in errors:
+            typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(1 if errors and not found else 0)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""Checkpoints: discover, fingerprint, count parameters, load (safetensors only).
+
+A checkpoint is a Hugging Face format directory (config.json + weights + tokenizer), found under
+a local directory tree, an s3:// prefix, or named explicitly as hf://org/name@revision. An
+optional sidecar `kbitlaw.json` says which family, size and training step it is.
+
+Security: loading never executes code from a checkpoint. Weights are read from safetensors only
+(pickle `*.bin` files are refused unless the caller opts in) and trust_remote_code is always False.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tasks.store import Store, sha256_bytes
+
+SIDECAR = "kbitlaw.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+# Files whose content defines the model a checkpoint evaluates as; they make up the fingerprint.
+# The tokenizer is included on purpose: a changed tokenizer changes every score.
+_IDENTITY = re.compile(r"^(config\.json|.*\.safetensors|.*\.safetensors\.index\.json|" + "|".join(
+    re.escape(n) for n in TOKENIZER_FILES) + r")$")
+_STEP_DIR = re.compile(r"^(?:step|checkpoint|ckpt)[-_]?(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message is one line naming its path and the cause."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    uri: str  # the checkpoint directory: a local path, s3://bucket/dir or hf://org/name@rev
+    id: str  # stable human id: <family>/<size>/step-<n> from the sidecar, else the relative path
+    family: str
+    step: int | None
+    tokens_seen: int | None
+    fingerprint: str  # sha256 over (name, size, content tag) of config, weights and tokenizer
+    n_params: int  # from the safetensors headers (every stored tensor once)
+    files: tuple[tuple[str, int, str], ...] = field(repr=False)
+    sidecar: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+# -- structure of a loaded model ---------------------------------------------------------------
+
+def _is_linear(module: nn.Module) -> bool:
+    # GPT-2 style models use transformers' Conv1D (a linear layer with a transposed weight).
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of transformer blocks: the largest ModuleList in the model."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__}: no transformer block list (nn.ModuleList) found")
+    return max(lists, key=len)
+
+
+def transformer_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(qualified name, module) for every linear layer inside the transformer blocks.
+
+    These are the weights kbitlaw quantizes; embeddings and the LM head are outside the blocks.
+    A module is an nn.Linear or a transformers Conv1D (whose weight is [in_features, out_features]).
+    """
+    blocks = transformer_blocks(model)
+    block_ids = {id(m) for m in blocks.modules()}
+    return [(name, m) for name, m in model.named_modules() if id(m) in block_ids and _is_linear(m)]
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int  # every distinct parameter once (tied embeddings count once)
+    quantizable: int  # weights of the linear layers inside the transformer blocks
+    embedding_and_head: int  # input embeddings + LM head (once if tied)
+    other: int  # norms, biases, position tables not in an nn.Embedding, ...
+
+
+def count_params(model: nn.Module) -> ParamCounts:
+    params = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in params.values())
+    quantizable = {id(m.weight): m.weight.numel() for _, m in transformer_linears(model)}
+    edges: dict[int, int] = {}
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            edges[id(module.weight)] = module.weight.numel()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        edges[id(head.weight)] = head.weight.numel()
+    n_q, n_e = sum(quantizable.values()), sum(edges.values())
+    return ParamCounts(total=total, quantizable=n_q, embedding_and_head=n_e, other=total - n_q - n_e)
+
+
+# -- safetensors headers (read without loading tensors) ----------------------------------------
+
+def _safetensors_header(store: Store, key: str, size: int) -> dict[str, Any]:
+    """The JSON header of a safetensors file; checks the file is as long as the header says."""
+    where = store.url(key)
+    if size < 8:
+        raise CheckpointError(f"{where}: truncated safetensors file ({size} bytes)")
+    (n,) = struct.unpack("<Q", store.fs.cat_file(store.path(key), start=0, end=8))
+    if n > 100_000_000 or 8 + n > size:
+        raise CheckpointError(f"{where}: truncated or corrupt safetensors file (header of {n} bytes, "
+                              f"file of {size})")
+    try:
+        header = json.loads(store.fs.cat_file(store.path(key), start=8, end=8 + n))
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: corrupt safetensors header ({exc})") from None
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if size != 8 + n + end:
+        raise CheckpointError(f"{where}: truncated safetensors file ({size} bytes, header says {8 + n + end})")
+    return header
+
+
+def _numel(shape: list[int]) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+# -- discovery ---------------------------------------------------------------------------------
+
+def discover(uri: str) -> tuple[list[Checkpoint], list[CheckpointError]]:
+    """Every checkpoint under `uri` (a directory tree, s3:// prefix, or comma-separated hf:// list).
+
+    A broken checkpoint does not stop discovery: it is returned among the errors, each one line.
+    """
+    if uri.startswith("hf://"):
+        found, errors = [], []
+        for one in uri.split(","):
+            try:
+                found.append(_describe_hf(one.strip()))
+            except CheckpointError as exc:
+                errors.append(exc)
+        return found, errors
+    store = Store(uri)
+    by_dir: dict[str, list[str]] = defaultdict(list)
+    for key in store.list():
+        directory, _, name = key.rpartition("/")
+        by_dir[directory].append(name)
+    found, errors = [], []
+    for directory, names in sorted(by_dir.items()):
+        if not _looks_like_checkpoint(names):
+            continue
+        try:
+            found.append(describe(store, directory, names))
+        except CheckpointError as exc:
+            errors.append(exc)
+        except (ValueError, OSError) as exc:
+            errors.append(CheckpointError(f"{store.url(directory or '.') if directory else store.uri}: {exc}"))
+    return found, errors
+
+
+def _looks_like_checkpoint(names: list[str]) -> bool:
+    return "config.json" in names or any(
+        n.endswith(".safetensors") or n.endswith(PICKLE_SUFFIXES) for n in names
+    )
+
+
+def describe(store: Store, directory: str, names: list[str] | None = None) -> Checkpoint:
+    """Read one checkpoint directory's metadata (no weights are downloaded)."""
+    where = store.url(directory) if directory else store.uri
+    if names is None:
+        prefix = f"{directory}/" if directory else ""
+        names = [k[len(prefix):] for k in store.list(directory) if "/" not in k[len(prefix):]]
+    key = (lambda n: f"{directory}/{n}") if directory else (lambda n: n)
+    if "config.json" not in names:
+        raise CheckpointError(f"{where}: no config.json")
+    weights = sorted(n for n in names if n.endswith(".safetensors"))
+    if not weights:
+        pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise CheckpointError(f"{where}: only pickle weights ({', '.join(pickles)}); kbitlaw loads "
+                                  "safetensors only (convert it, or pass --allow-pickle if you trust it)")
+        raise CheckpointError(f"{where}: no *.safetensors weight files")
+    files, n_params = [], 0
+    for name in sorted(n for n in names if _IDENTITY.match(n)):
+        info = store.info(key(name))
+        files.append((name, info["size"], info["etag"]))
+        if name.endswith(".safetensors"):
+            header = _safetensors_header(store, key(name), info["size"])
+            n_params += sum(_numel(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    try:
+        config = json.loads(store.read_bytes(key("config.json")))
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: config.json is not valid JSON ({exc})") from None
+    if "auto_map" in config:
+        raise CheckpointError(f"{where}: config.json asks for custom model code (auto_map); kbitlaw never "
+                              "runs code from a checkpoint")
+    sidecar: dict[str, Any] = {}
+    if SIDECAR in names:
+        try:
+            sidecar = json.loads(store.read_bytes(key(SIDECAR)))
+        except ValueError as exc:
+            raise CheckpointError(f"{where}/{SIDECAR}: not valid JSON ({exc})") from None
+    return _checkpoint(where, directory, files, n_params, sidecar)
+
+
+def _checkpoint(uri: str, rel: str, files: list, n_params: int, sidecar: dict[str, Any]) -> Checkpoint:
+    parts = [p for p in rel.split("/") if p]
+    step = sidecar.get("step")
+    if step is None and parts and (m := _STEP_DIR.match(parts[-1])):
+        step = int(m.group(1))
+    family = sidecar.get("family") or (parts[0] if len(parts) > 1 else (parts[0] if parts else "default"))
+    if sidecar.get("family") and sidecar.get("size") is not None and step is not None:
+        ckpt_id = f"{sidecar['family']}/{sidecar['size']}/step-{step}"
+    else:
+        ckpt_id = rel or Path(uri).name
+    fingerprint = sha256_bytes(json.dumps(sorted(files)).encode())
+    return Checkpoint(
+        uri=uri,
+        id=ckpt_id,
+        family=str(family),
+        step=int(step) if step is not None else None,
+        tokens_seen=int(sidecar["tokens_seen"]) if sidecar.get("tokens_seen") is not None else None,
+        fingerprint=fingerprint,
+        n_params=n_params,
+        files=tuple(files),
+        sidecar=sidecar,
+    )
+
+
+def _parse_hf(uri: str) -> tuple[str, str | None]:
+    m = re.match(r"^hf://([\w.-]+/[\w.-]+)(?:@([\w./-]+))?$", uri)
+    if not m:
+        raise CheckpointError(f"{uri}: not a valid hf://org/name[@revision] URI")
+    return m.group(1), m.group(2)
+
+
+def _describe_hf(uri: str) -> Checkpoint:
+    """Metadata of a Hub checkpoint from its file listing (sizes + LFS sha256); needs network."""
+    repo, revision = _parse_hf(uri)
+    try:
+        from huggingface_hub import HfApi
+
+        info = HfApi().model_info(repo, revision=revision, files_metadata=True)
+    except Exception as exc:  # offline, unknown repo, gated ...
+        raise CheckpointError(f"{uri}: cannot read from the Hugging Face Hub ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    names = [s.rfilename for s in info.siblings]
+    if "config.json" not in names:
+        raise CheckpointError(f"{uri}: no config.json")
+    files = []
+    for s in info.siblings:
+        if _IDENTITY.match(s.rfilename):
+            tag = s.lfs.sha256 if s.lfs else (s.blob_id or "")
+            files.append((s.rfilename, int(s.size or 0), str(tag)))
+    if not any(n.endswith(".safetensors") for n, _, _ in files):
+        raise CheckpointError(f"{uri}: no *.safetensors weight files")
+    return _checkpoint(uri, repo, files, 0, {"family": repo.split("/")[-1]})
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KBITLAW_CACHE", Path.home() / ".cache" / "kbitlaw")) / "checkpoints"
+
+
+def local_dir(ckpt: Checkpoint) -> Path:
+    """A local directory holding the checkpoint: itself if local, else a cached copy by fingerprint."""
+    if "://" not in ckpt.uri:
+        return Path(ckpt.uri)
+    target = cache_dir() / ckpt.fingerprint
+    if (target / ".complete").exists():
+        return target
+    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}.part")
+    tmp.mkdir(parents=True)
+    try:
+        if ckpt.uri.startswith("hf://"):
+            repo, revision = _parse_hf(ckpt.uri)
+            from huggingface_hub import snapshot_download
+
+            snapshot_download(repo, revision=revision, local_dir=tmp,
+                              allow_patterns=[n for n, _, _ in ckpt.files] + [SIDECAR])
+        else:
+            store = Store(ckpt.uri)
+            for name, _, _ in ckpt.files:
+                store.get_file(name, tmp / name)
+        (tmp / ".complete").write_text(ckpt.fingerprint)
+        if target.exists():  # another worker finished first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve(ref: Checkpoint | str) -> Checkpoint:
+    """A Checkpoint from an object or a URI naming exactly one checkpoint directory."""
+    if isinstance(ref, Checkpoint):
+        return ref
+    if ref.startswith("hf://"):
+        return _describe_hf(ref)
+    store = Store(ref)
+    names = [k for k in store.list() if "/" not in k]
+    if not names:
+        raise CheckpointError(f"{store.uri}: no such checkpoint directory (or it is empty)")
+    return describe(store, "", names)
+
+
+def load_model(ref: Checkpoint | str, *, device: str = "cpu", dtype: Any = None, allow_pickle: bool = False):
+    """Load a causal LM with transformers: safetensors only, never remote code."""
+    from transformers import AutoModelForCausalLM
+
+    if allow_pickle and isinstance(ref, str) and "://" not in ref:
+        path = Path(ref)  # a local pickle checkpoint the caller chose to trust
+    else:
+        path = local_dir(resolve(ref))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, trust_remote_code=False, use_safetensors=None if allow_pickle else True, dtype=dtype
+        )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot load model ({first})") from exc
+    return model.to(device).eval()
+
+
+def load_tokenizer(ref: Checkpoint | str):
+    """Load the checkpoint's tokenizer (never remote code); a clear error when there is none."""
+    from transformers import AutoTokenizer
+
+    path = Path(ref) if isinstance(ref, str) and "://" not in ref else local_dir(resolve(ref))
+    if not any((path / n).exists() for n in TOKENIZER_FILES):
+        raise CheckpointError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...)")
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot load tokenizer ({first})") from exc

@@ -1,0 +1,264 @@
+"""The object store: content-addressed keys over fsspec, on a local directory or S3.
+
+One small class. Keys are relative, '/'-separated and validated before any I/O, so a key built
+from user input (a checkpoint name, a dataset name) can never escape the store's root.
+Writes are atomic: a local write goes to a hidden temporary file that is renamed into place; an
+S3 PUT (single or multipart) only becomes visible when complete. Listings are never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import polars as pl
+
+DEFAULT_STORE = ".kbitlaw/store"
+_TMP_PREFIX = ".kbitlaw-tmp-"
+_KEY_PART = re.compile(r"^[A-Za-z0-9._=@+,-]+$")
+
+
+class StoreError(RuntimeError):
+    """A store operation failed; the message names the store URI and key."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a safe relative key, else raise ValueError naming the problem."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"invalid store key {key!r}: empty")
+    if key.startswith("/") or re.match(r"^[A-Za-z]:", key) or "://" in key:
+        raise ValueError(f"invalid store key {key!r}: absolute paths and URIs are not keys")
+    if "\\" in key or "\x00" in key:
+        raise ValueError(f"invalid store key {key!r}: backslash or NUL")
+    for part in key.split("/"):
+        if part == "":
+            raise ValueError(f"invalid store key {key!r}: empty path part")
+        if part in (".", ".."):
+            raise ValueError(f"invalid store key {key!r}: '{part}' is not allowed")
+        if not _KEY_PART.match(part):
+            raise ValueError(f"invalid store key {key!r}: part {part!r} has characters outside [A-Za-z0-9._=@+,-]")
+    return key
+
+
+def _s3_filesystem() -> fsspec.AbstractFileSystem:
+    import s3fs
+
+    endpoint = os.environ.get("KBITLAW_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    client_kwargs: dict[str, Any] = {}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    if os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
+        client_kwargs["region_name"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    # Bounded failure: an unreachable endpoint must give an error in seconds, not hang.
+    timeout = float(os.environ.get("KBITLAW_S3_TIMEOUT", "5"))
+    config_kwargs = {
+        "connect_timeout": timeout,
+        "read_timeout": max(timeout, 60.0),
+        "retries": {"max_attempts": 2, "mode": "standard"},
+    }
+    # Credentials come from the standard AWS variables / profiles through botocore;
+    # they are never read, logged or stored here.
+    fs = s3fs.S3FileSystem(
+        client_kwargs=client_kwargs,
+        config_kwargs=config_kwargs,
+        use_listings_cache=False,  # a nightly run must see checkpoints that arrived a second ago
+        skip_instance_cache=True,
+    )
+    fs.retries = 2  # s3fs's own retry loop on top of botocore's (default 5, with back-off)
+    return fs
+
+
+class Store:
+    """An object store rooted at a local directory, `file://` URI or `s3://bucket/prefix`."""
+
+    def __init__(self, uri: str | os.PathLike[str] | None = None) -> None:
+        uri = str(uri) if uri is not None else os.environ.get("KBITLAW_STORE") or DEFAULT_STORE
+        if uri.startswith("s3://"):
+            self.protocol = "s3"
+            self.root = uri[len("s3://") :].strip("/")
+            if not self.root:
+                raise ValueError(f"invalid store URI {uri!r}: no bucket")
+            self.fs = _s3_filesystem()
+            self.uri = f"s3://{self.root}"
+        elif "://" in uri and not uri.startswith("file://"):
+            raise ValueError(f"invalid store URI {uri!r}: use a local path, file:// or s3://")
+        else:
+            self.protocol = "file"
+            path = Path(uri.removeprefix("file://")).expanduser().resolve()
+            self.root = str(path)
+            self.fs = fsspec.filesystem("file")
+            self.uri = self.root
+
+    def __repr__(self) -> str:
+        return f"Store({self.uri!r})"
+
+    # -- paths ---------------------------------------------------------------------------------
+    def path(self, key: str) -> str:
+        """The filesystem path of a validated key (for fsspec calls)."""
+        return f"{self.root}/{validate_key(key)}"
+
+    def url(self, key: str) -> str:
+        """A URI a person or another tool can open: s3://... or a local absolute path."""
+        return f"s3://{self.path(key)}" if self.protocol == "s3" else self.path(key)
+
+    def _key_of(self, path: str) -> str:
+        return path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
+
+    def _wrap(self, op: str, key: str, exc: Exception) -> StoreError:
+        return StoreError(f"{self.uri}: {op} {key!r} failed: {type(exc).__name__}: {exc}")
+
+    # -- queries -------------------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        path = self.path(key)
+        try:
+            return bool(self.fs.exists(path))
+        except Exception as exc:
+            raise self._wrap("exists", key, exc) from exc
+
+    def list(self, prefix: str = "") -> list[str]:
+        """All keys under `prefix` (recursive, sorted); [] when nothing is there."""
+        base = self.path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        try:
+            if self.protocol == "s3":
+                self.fs.invalidate_cache()
+            if not self.fs.exists(base):
+                return []
+            found = self.fs.find(base)
+        except Exception as exc:
+            raise self._wrap("list", prefix, exc) from exc
+        keys = [self._key_of(p) for p in found]
+        return sorted(k for k in keys if not any(part.startswith(_TMP_PREFIX) for part in k.split("/")))
+
+    def info(self, key: str) -> dict[str, Any]:
+        """Size and a content tag: the S3 ETag, or the local file's sha256 (content, not mtime)."""
+        path = self.path(key)
+        try:
+            raw = self.fs.info(path)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise self._wrap("info", key, exc) from exc
+        if self.protocol == "s3":
+            tag = str(raw.get("ETag", "")).strip('"')
+        else:
+            tag = file_sha256(path)
+        return {"size": int(raw["size"]), "etag": tag}
+
+    # -- bytes -------------------------------------------------------------------------------
+    def read_bytes(self, key: str) -> bytes:
+        path = self.path(key)
+        try:
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.uri}: no object {key!r}") from None
+        except Exception as exc:
+            raise self._wrap("read", key, exc) from exc
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self.path(key)
+        try:
+            if self.protocol == "s3":
+                self.fs.pipe_file(path, data)  # one PUT: visible only when complete
+                return
+            directory, name = os.path.split(path)
+            os.makedirs(directory, exist_ok=True)
+            tmp = os.path.join(directory, f"{_TMP_PREFIX}{uuid.uuid4().hex}-{name}")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except Exception as exc:
+            raise self._wrap("write", key, exc) from exc
+
+    def put_file(self, local_path: str | os.PathLike[str], key: str) -> None:
+        """Upload a local file to `key` atomically (streamed, for large weight files)."""
+        path = self.path(key)
+        try:
+            if self.protocol == "s3":
+                self.fs.put_file(str(local_path), path)  # multipart upload completes atomically
+                return
+            directory, name = os.path.split(path)
+            os.makedirs(directory, exist_ok=True)
+            tmp = os.path.join(directory, f"{_TMP_PREFIX}{uuid.uuid4().hex}-{name}")
+            try:
+                self.fs.get_file(str(local_path), tmp)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except Exception as exc:
+            raise self._wrap("put", key, exc) from exc
+
+    def get_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        """Download `key` to a local file atomically."""
+        local_path = str(local_path)
+        tmp = f"{local_path}.{uuid.uuid4().hex}.part"
+        os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
+        try:
+            self.fs.get_file(self.path(key), tmp)
+            os.replace(tmp, local_path)
+        except Exception as exc:
+            raise self._wrap("get", key, exc) from exc
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self.path(key))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise self._wrap("delete", key, exc) from exc
+
+    # -- formats -------------------------------------------------------------------------------
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    def write_json(self, key: str, obj: Any) -> None:
+        self.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode())
+
+    def read_parquet(self, key: str) -> pl.DataFrame:
+        return pl.read_parquet(io.BytesIO(self.read_bytes(key)))
+
+    def write_parquet(self, key: str, df: pl.DataFrame) -> None:
+        buf = io.BytesIO()
+        df.write_parquet(buf)
+        self.write_bytes(key, buf.getvalue())
+
+    def content_hash(self, key: str) -> str:
+        """sha256 of the object's bytes."""
+        return sha256_bytes(self.read_bytes(key))
+
+
+_sha_memo: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    """sha256 of a local file, streamed; memoised per (path, inode, size, mtime) in this process."""
+    st = os.stat(path)
+    memo_key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if memo_key in _sha_memo:
+        return _sha_memo[memo_key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    _sha_memo[memo_key] = h.hexdigest()
+    return _sha_memo[memo_key]
