@@ -22,7 +22,9 @@ app = typer.Typer(
 datasets_app = typer.Typer(help="Clean and validate the evaluation datasets.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 
-StoreOpt = Annotated[str | None, typer.Option("--store", help="Store URI (default: $KBITLAW_STORE or .kbitlaw/store)")]
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="Store URI (default: $KBITLAW_STORE or .kbitlaw/store)")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
@@ -53,14 +55,20 @@ def demo(store: StoreOpt = None) -> None:
     s = Store(store)
     found, errors = discover(s.url("checkpoints"))
     typer.echo(f"store: {s.uri} ({len(found)} checkpoints, {len(errors)} unreadable)", err=True)
-    _not_yet("demo", "the embedded demo (builtin datasets, a self-trained checkpoint family, the nightly flow)")
+    _not_yet(
+        "demo", "the embedded demo (builtin datasets, a self-trained checkpoint family, the nightly flow)"
+    )
 
 
 @app.command()
 def nightly(
     store: StoreOpt = None,
-    checkpoints: Annotated[str | None, typer.Option(help="Checkpoints URI (default: <store>/checkpoints)")] = None,
-    grid: Annotated[str, typer.Option(help="Grid name (quick|default|paper) or comma-separated specs")] = "default",
+    checkpoints: Annotated[
+        str | None, typer.Option(help="Checkpoints URI (default: <store>/checkpoints)")
+    ] = None,
+    grid: Annotated[
+        str, typer.Option(help="Grid name (quick|default|paper) or comma-separated specs")
+    ] = "default",
     datasets: Annotated[str | None, typer.Option(help="Comma-separated dataset names")] = None,
     runner: Annotated[str, typer.Option(help="thread | dask")] = "thread",
     as_json: JsonOpt = False,
@@ -71,12 +79,16 @@ def nightly(
 
 @app.command()
 def evaluate(
-    checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, s3:// prefix or hf://org/name@rev")],
+    checkpoint: Annotated[
+        str, typer.Argument(help="Checkpoint directory, s3:// prefix or hf://org/name@rev")
+    ],
     data: Annotated[str, typer.Option("--data", help="Dataset name or a jsonl/parquet/csv file")],
     quant: Annotated[str, typer.Option("--quant", help="Quant spec(s), comma-separated")] = "fp16",
     kind: Annotated[str | None, typer.Option("--kind", help="multiple_choice | cloze | perplexity")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Evaluate the first N rows only")] = None,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle weights (unsafe)")] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Allow pickle weights (unsafe)")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate one checkpoint on one dataset at one or more quant specs."""
@@ -104,13 +116,17 @@ def report(store: StoreOpt = None) -> None:
 
 
 @datasets_app.command("clean")
-def datasets_clean(names: Annotated[list[str] | None, typer.Argument()] = None, store: StoreOpt = None) -> None:
+def datasets_clean(
+    names: Annotated[list[str] | None, typer.Argument()] = None, store: StoreOpt = None
+) -> None:
     """Clean the named datasets (all by default) into canonical Parquet + quarantine."""
     _not_yet("datasets clean", "dataset cleaning")
 
 
 @datasets_app.command("validate")
-def datasets_validate(names: Annotated[list[str] | None, typer.Argument()] = None, store: StoreOpt = None) -> None:
+def datasets_validate(
+    names: Annotated[list[str] | None, typer.Argument()] = None, store: StoreOpt = None
+) -> None:
     """Validate the cleaned datasets with Great Expectations."""
     _not_yet("datasets validate", "dataset validation")
 
@@ -140,8 +156,15 @@ def list_checkpoints(
     if as_json:
         doc = {
             "checkpoints": [
-                {"id": c.id, "uri": c.uri, "family": c.family, "step": c.step, "tokens_seen": c.tokens_seen,
-                 "n_params": c.n_params, "fingerprint": c.fingerprint}
+                {
+                    "id": c.id,
+                    "uri": c.uri,
+                    "family": c.family,
+                    "step": c.step,
+                    "tokens_seen": c.tokens_seen,
+                    "n_params": c.n_params,
+                    "fingerprint": c.fingerprint,
+                }
                 for c in found
             ],
             "errors": [str(e) for e in errors],

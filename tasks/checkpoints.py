@@ -37,8 +37,11 @@ TOKENIZER_FILES = (
 )
 # Files whose content defines the model a checkpoint evaluates as; they make up the fingerprint.
 # The tokenizer is included on purpose: a changed tokenizer changes every score.
-_IDENTITY = re.compile(r"^(config\.json|.*\.safetensors|.*\.safetensors\.index\.json|" + "|".join(
-    re.escape(n) for n in TOKENIZER_FILES) + r")$")
+_IDENTITY = re.compile(
+    r"^(config\.json|.*\.safetensors|.*\.safetensors\.index\.json|"
+    + "|".join(re.escape(n) for n in TOKENIZER_FILES)
+    + r")$"
+)
 _STEP_DIR = re.compile(r"^(?:step|checkpoint|ckpt)[-_]?(\d+)$")
 
 
@@ -60,6 +63,7 @@ class Checkpoint:
 
 
 # -- structure of a loaded model ---------------------------------------------------------------
+
 
 def _is_linear(module: nn.Module) -> bool:
     # GPT-2 style models use transformers' Conv1D (a linear layer with a transposed weight).
@@ -110,6 +114,7 @@ def count_params(model: nn.Module) -> ParamCounts:
 
 # -- safetensors headers (read without loading tensors) ----------------------------------------
 
+
 def _safetensors_header(store: Store, key: str, size: int) -> dict[str, Any]:
     """The JSON header of a safetensors file; checks the file is as long as the header says."""
     where = store.url(key)
@@ -117,15 +122,18 @@ def _safetensors_header(store: Store, key: str, size: int) -> dict[str, Any]:
         raise CheckpointError(f"{where}: truncated safetensors file ({size} bytes)")
     (n,) = struct.unpack("<Q", store.fs.cat_file(store.path(key), start=0, end=8))
     if n > 100_000_000 or 8 + n > size:
-        raise CheckpointError(f"{where}: truncated or corrupt safetensors file (header of {n} bytes, "
-                              f"file of {size})")
+        raise CheckpointError(
+            f"{where}: truncated or corrupt safetensors file (header of {n} bytes, file of {size})"
+        )
     try:
         header = json.loads(store.fs.cat_file(store.path(key), start=8, end=8 + n))
     except ValueError as exc:
         raise CheckpointError(f"{where}: corrupt safetensors header ({exc})") from None
     end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
     if size != 8 + n + end:
-        raise CheckpointError(f"{where}: truncated safetensors file ({size} bytes, header says {8 + n + end})")
+        raise CheckpointError(
+            f"{where}: truncated safetensors file ({size} bytes, header says {8 + n + end})"
+        )
     return header
 
 
@@ -137,6 +145,7 @@ def _numel(shape: list[int]) -> int:
 
 
 # -- discovery ---------------------------------------------------------------------------------
+
 
 def discover(uri: str) -> tuple[list[Checkpoint], list[CheckpointError]]:
     """Every checkpoint under `uri` (a directory tree, s3:// prefix, or comma-separated hf:// list).
@@ -165,7 +174,9 @@ def discover(uri: str) -> tuple[list[Checkpoint], list[CheckpointError]]:
         except CheckpointError as exc:
             errors.append(exc)
         except (ValueError, OSError) as exc:
-            errors.append(CheckpointError(f"{store.url(directory or '.') if directory else store.uri}: {exc}"))
+            errors.append(
+                CheckpointError(f"{store.url(directory or '.') if directory else store.uri}: {exc}")
+            )
     return found, errors
 
 
@@ -180,7 +191,7 @@ def describe(store: Store, directory: str, names: list[str] | None = None) -> Ch
     where = store.url(directory) if directory else store.uri
     if names is None:
         prefix = f"{directory}/" if directory else ""
-        names = [k[len(prefix):] for k in store.list(directory) if "/" not in k[len(prefix):]]
+        names = [k[len(prefix) :] for k in store.list(directory) if "/" not in k[len(prefix) :]]
     key = (lambda n: f"{directory}/{n}") if directory else (lambda n: n)
     if "config.json" not in names:
         raise CheckpointError(f"{where}: no config.json")
@@ -188,8 +199,10 @@ def describe(store: Store, directory: str, names: list[str] | None = None) -> Ch
     if not weights:
         pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
         if pickles:
-            raise CheckpointError(f"{where}: only pickle weights ({', '.join(pickles)}); kbitlaw loads "
-                                  "safetensors only (convert it, or pass --allow-pickle if you trust it)")
+            raise CheckpointError(
+                f"{where}: only pickle weights ({', '.join(pickles)}); kbitlaw loads "
+                "safetensors only (convert it, or pass --allow-pickle if you trust it)"
+            )
         raise CheckpointError(f"{where}: no *.safetensors weight files")
     files, n_params = [], 0
     for name in sorted(n for n in names if _IDENTITY.match(n)):
@@ -203,8 +216,10 @@ def describe(store: Store, directory: str, names: list[str] | None = None) -> Ch
     except ValueError as exc:
         raise CheckpointError(f"{where}: config.json is not valid JSON ({exc})") from None
     if "auto_map" in config:
-        raise CheckpointError(f"{where}: config.json asks for custom model code (auto_map); kbitlaw never "
-                              "runs code from a checkpoint")
+        raise CheckpointError(
+            f"{where}: config.json asks for custom model code (auto_map); kbitlaw never "
+            "runs code from a checkpoint"
+        )
     sidecar: dict[str, Any] = {}
     if SIDECAR in names:
         try:
@@ -253,8 +268,10 @@ def _describe_hf(uri: str) -> Checkpoint:
 
         info = HfApi().model_info(repo, revision=revision, files_metadata=True)
     except Exception as exc:  # offline, unknown repo, gated ...
-        raise CheckpointError(f"{uri}: cannot read from the Hugging Face Hub ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise CheckpointError(
+            f"{uri}: cannot read from the Hugging Face Hub ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     names = [s.rfilename for s in info.siblings]
     if "config.json" not in names:
         raise CheckpointError(f"{uri}: no config.json")
@@ -269,6 +286,7 @@ def _describe_hf(uri: str) -> Checkpoint:
 
 
 # -- loading -----------------------------------------------------------------------------------
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("KBITLAW_CACHE", Path.home() / ".cache" / "kbitlaw")) / "checkpoints"
@@ -288,8 +306,12 @@ def local_dir(ckpt: Checkpoint) -> Path:
             repo, revision = _parse_hf(ckpt.uri)
             from huggingface_hub import snapshot_download
 
-            snapshot_download(repo, revision=revision, local_dir=tmp,
-                              allow_patterns=[n for n, _, _ in ckpt.files] + [SIDECAR])
+            snapshot_download(
+                repo,
+                revision=revision,
+                local_dir=tmp,
+                allow_patterns=[n for n, _, _ in ckpt.files] + [SIDECAR],
+            )
         else:
             store = Store(ckpt.uri)
             for name, _, _ in ckpt.files:

@@ -47,7 +47,9 @@ def validate_key(key: str) -> str:
         if part in (".", ".."):
             raise ValueError(f"invalid store key {key!r}: '{part}' is not allowed")
         if not _KEY_PART.match(part):
-            raise ValueError(f"invalid store key {key!r}: part {part!r} has characters outside [A-Za-z0-9._=@+,-]")
+            raise ValueError(
+                f"invalid store key {key!r}: part {part!r} has characters outside [A-Za-z0-9._=@+,-]"
+            )
     return key
 
 

@@ -1,0 +1,150 @@
+"""Shared fixtures: a real S3-protocol server (moto's standalone server) and tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Offline by construction: nothing in the tests may reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's standalone S3 server as a subprocess on 127.0.0.1; yields its endpoint URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.1)
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """Point kbitlaw at the moto server with throwaway credentials; yields a fresh bucket name."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("KBITLAW_S3_ENDPOINT", s3_server)
+    import boto3
+
+    bucket = f"kbitlaw-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_uri(request, tmp_path):
+    """The same store suite runs against a local directory and a real S3-protocol server."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    bucket = request.getfixturevalue("s3_env")
+    return f"s3://{bucket}/prefix"
+
+
+# -- tiny checkpoints -----------------------------------------------------------------------------
+
+WORDS = "the a cat dog sat on mat red blue big small is was and yes no one two three four five".split()
+
+
+def make_tokenizer():
+    """A tiny word-level tokenizer in Hugging Face format (built here, nothing downloaded)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1}
+    for w in WORDS:
+        vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", bos_token="<eos>"
+    )
+
+
+def make_checkpoint(
+    path: Path,
+    *,
+    arch: str = "neox",
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    sidecar: dict | None = None,
+    tokenizer: bool = True,
+) -> Path:
+    """Save a random-init causal LM (GPT-NeoX or GPT-2) with save_pretrained as safetensors."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    vocab = len(WORDS) + 2
+    if arch == "neox":
+        config = GPTNeoXConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=4 * hidden,
+            vocab_size=vocab,
+            max_position_embeddings=64,
+            bos_token_id=1,
+            eos_token_id=1,
+        )
+        model = GPTNeoXForCausalLM(config)
+    else:
+        config = GPT2Config(
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=4,
+            vocab_size=vocab,
+            n_positions=64,
+            bos_token_id=1,
+            eos_token_id=1,
+        )
+        model = GPT2LMHeadModel(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer:
+        make_tokenizer().save_pretrained(path)
+    if sidecar is not None:
+        (path / "kbitlaw.json").write_text(json.dumps(sidecar))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "tiny",
+        seed=1,
+        sidecar={"family": "tiny", "size": "h32", "step": 100, "tokens_seen": 6400},
+    )
