@@ -148,3 +148,74 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
         seed=1,
         sidecar={"family": "tiny", "size": "h32", "step": 100, "tokens_seen": 6400},
     )
+
+
+# -- a tiny *trained* model with a byte-level BPE tokenizer (for evaluation tests) -----------------
+
+SUBJECTS = ["the cat", "the dog", "a bird", "the red fox", "my friend"]
+VERBS = ["sat on", "ran to", "looked at", "jumped over"]
+OBJECTS = ["the mat", "the house", "a tree", "the big river", "the small box"]
+
+
+def corpus_sentences(n: int, seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}." for _ in range(n)]
+
+
+def make_bpe_tokenizer(texts: list[str], vocab_size: int = 300):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+def make_trained_checkpoint(path: Path, *, steps: int = 150, window: int = 64, seed: int = 0) -> Path:
+    """A 2-layer GPT-NeoX trained for a few seconds on a toy grammar, saved with its BPE tokenizer."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    texts = corpus_sentences(2000, seed)
+    tokenizer = make_bpe_tokenizer(texts)
+    ids = tokenizer(" ".join(texts))["input_ids"]
+    config = GPTNeoXConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=window,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    model = GPTNeoXForCausalLM(config)
+    data = torch.tensor(ids)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - window - 1, (16,), generator=gen)
+        batch = torch.stack([data[s : s + window] for s in starts])
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    return make_trained_checkpoint(tmp_path_factory.mktemp("trained") / "toy")
