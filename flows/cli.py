@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -31,6 +32,17 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 def _not_yet(command: str, capability: str) -> None:
     typer.echo(f"kbitlaw {command}: not available yet: {capability} has not been built", err=True)
     raise typer.Exit(2)
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and notices go nowhere: stdout is for results, stderr for our logs."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -82,17 +94,62 @@ def evaluate(
     checkpoint: Annotated[
         str, typer.Argument(help="Checkpoint directory, s3:// prefix or hf://org/name@rev")
     ],
-    data: Annotated[str, typer.Option("--data", help="Dataset name or a jsonl/parquet/csv file")],
-    quant: Annotated[str, typer.Option("--quant", help="Quant spec(s), comma-separated")] = "fp16",
+    data: Annotated[str, typer.Option("--data", help="A jsonl/parquet/csv file in a canonical schema")],
+    quant: Annotated[
+        str, typer.Option("--quant", help="Quant spec(s) or a grid name, comma-separated")
+    ] = "fp16",
     kind: Annotated[str | None, typer.Option("--kind", help="multiple_choice | cloze | perplexity")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Evaluate the first N rows only")] = None,
+    delimiter: Annotated[str, typer.Option(help="Between a context and each choice")] = " ",
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    ] = None,
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Allow pickle weights (unsafe)")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Evaluate one checkpoint on one dataset at one or more quant specs."""
-    _not_yet("evaluate", "the evaluation engine")
+    """Evaluate one checkpoint on one dataset at one or more quant specs (loaded once)."""
+    _quiet_libraries()
+    from flows.evaluate import evaluate_specs
+    from tasks.checkpoints import CheckpointError
+    from tasks.data import read_dataset_file
+    from tasks.evaluate import EvaluationError
+
+    try:
+        df, kind = read_dataset_file(data, kind, limit)
+        rows = evaluate_specs(
+            checkpoint,
+            df,
+            kind,
+            quant,
+            dataset=Path(data).stem,
+            delimiter=delimiter,
+            batch_size=batch_size,
+            device=device,
+            allow_pickle=allow_pickle,
+        )
+    except (CheckpointError, EvaluationError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps({"results": rows}, allow_nan=False) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("quant", "bits/param", "total bits", "metric", "value", "stderr")
+    for r in rows:
+        stderr = "" if r["stderr"] is None else f"{r['stderr']:.4f}"
+        table.add_row(
+            r["quant"],
+            f"{r['bits_per_param']:.3f}",
+            f"{r['total_bits']:.4g}",
+            r["metric"],
+            f"{r['value']:.4f}",
+            stderr,
+        )
+    Console().print(table)
 
 
 @app.command()

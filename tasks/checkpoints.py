@@ -186,8 +186,14 @@ def _looks_like_checkpoint(names: list[str]) -> bool:
     )
 
 
-def describe(store: Store, directory: str, names: list[str] | None = None) -> Checkpoint:
-    """Read one checkpoint directory's metadata (no weights are downloaded)."""
+def describe(
+    store: Store, directory: str, names: list[str] | None = None, *, allow_pickle: bool = False
+) -> Checkpoint:
+    """Read one checkpoint directory's metadata (no weights are downloaded).
+
+    With allow_pickle, a checkpoint whose weights are only pickle files is accepted (the caller
+    trusts it); its pickle files then count in the fingerprint and n_params is 0 (unknown).
+    """
     where = store.url(directory) if directory else store.uri
     if names is None:
         prefix = f"{directory}/" if directory else ""
@@ -198,14 +204,16 @@ def describe(store: Store, directory: str, names: list[str] | None = None) -> Ch
     weights = sorted(n for n in names if n.endswith(".safetensors"))
     if not weights:
         pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
-        if pickles:
+        if pickles and not allow_pickle:
             raise CheckpointError(
                 f"{where}: only pickle weights ({', '.join(pickles)}); kbitlaw loads "
                 "safetensors only (convert it, or pass --allow-pickle if you trust it)"
             )
-        raise CheckpointError(f"{where}: no *.safetensors weight files")
+        if not pickles:
+            raise CheckpointError(f"{where}: no *.safetensors weight files")
     files, n_params = [], 0
-    for name in sorted(n for n in names if _IDENTITY.match(n)):
+    trusted = weights or sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    for name in sorted(n for n in names if _IDENTITY.match(n) or n in trusted):
         info = store.info(key(name))
         files.append((name, info["size"], info["etag"]))
         if name.endswith(".safetensors"):
@@ -327,7 +335,7 @@ def local_dir(ckpt: Checkpoint) -> Path:
     return target
 
 
-def resolve(ref: Checkpoint | str) -> Checkpoint:
+def resolve(ref: Checkpoint | str, *, allow_pickle: bool = False) -> Checkpoint:
     """A Checkpoint from an object or a URI naming exactly one checkpoint directory."""
     if isinstance(ref, Checkpoint):
         return ref
@@ -337,17 +345,14 @@ def resolve(ref: Checkpoint | str) -> Checkpoint:
     names = [k for k in store.list() if "/" not in k]
     if not names:
         raise CheckpointError(f"{store.uri}: no such checkpoint directory (or it is empty)")
-    return describe(store, "", names)
+    return describe(store, "", names, allow_pickle=allow_pickle)
 
 
 def load_model(ref: Checkpoint | str, *, device: str = "cpu", dtype: Any = None, allow_pickle: bool = False):
     """Load a causal LM with transformers: safetensors only, never remote code."""
     from transformers import AutoModelForCausalLM
 
-    if allow_pickle and isinstance(ref, str) and "://" not in ref:
-        path = Path(ref)  # a local pickle checkpoint the caller chose to trust
-    else:
-        path = local_dir(resolve(ref))
+    path = local_dir(resolve(ref, allow_pickle=allow_pickle))
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, trust_remote_code=False, use_safetensors=None if allow_pickle else True, dtype=dtype
