@@ -1,0 +1,110 @@
+"""Results in, fits out: read results (a file or the store) and fit incrementally into the store.
+
+A fit is keyed by results_sha, the hash of the canonical result rows (law_table.results_sha):
+- unchanged results: the stored fits/<sha>/fit.json is read back, nothing is refit;
+- changed results: the laws are refit, warm-started from the previous fit that fits/latest.json
+  points at, and written as fits/<sha>/fit.parquet then fits/<sha>/fit.json (the JSON is written
+  last, so its presence means the fit is complete).
+A stored fit made by another law version or fit config is not reused (and is overwritten: its
+key names the results, and the fit of those results under this code is what belongs there).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tasks.law import LAW_VERSION, FitConfig, fit_laws
+from tasks.law_table import ResultsError, normalise, results_sha
+from tasks.store import Store
+
+LATEST = "fits/latest.json"
+
+
+def fit_keys(sha: str) -> tuple[str, str]:
+    return f"fits/{sha}/fit.json", f"fits/{sha}/fit.parquet"
+
+
+@dataclass(frozen=True)
+class StoredFit:
+    doc: dict[str, Any]
+    refitted: bool  # False: read back from the store unchanged
+    key: str  # the fit.json key
+
+
+def read_results_file(path: str | Path) -> pl.DataFrame:
+    """A Parquet or CSV results file, normalised; ResultsError('<path>: <cause>') if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            df = pl.read_parquet(path)
+        elif suffix == ".csv":
+            df = pl.read_csv(path, infer_schema_length=None)
+        else:
+            raise ResultsError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .parquet or .csv")
+    except ResultsError:
+        raise
+    except Exception as exc:
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResultsError(f"{path}: cannot read as {suffix.lstrip('.')}: {cause}") from exc
+    try:
+        df = normalise(df)
+    except ResultsError as exc:
+        raise ResultsError(f"{path}: {exc}") from exc
+    if df.height == 0:
+        raise ResultsError(f"{path}: no result rows")
+    return df
+
+
+def read_results_store(store: Store) -> pl.DataFrame:
+    """Every results/<checkpoint_fp>/<quant>/<eval_key>.parquet in the store, normalised."""
+    keys = [k for k in store.list("results") if k.endswith(".parquet")]
+    if not keys:
+        raise ResultsError(f"{store.uri}: no results under results/")
+    frames = []
+    for key in keys:
+        try:
+            frames.append(normalise(store.read_parquet(key)))
+        except ResultsError as exc:
+            raise ResultsError(f"{store.url(key)}: {exc}") from exc
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def _same_settings(doc: dict[str, Any], config: FitConfig) -> bool:
+    stored = json.dumps(doc.get("config"), sort_keys=True)
+    wanted = json.dumps(json.loads(json.dumps(config.describe())), sort_keys=True)
+    return doc.get("law_version") == LAW_VERSION and stored == wanted
+
+
+def _previous_doc(store: Store) -> dict[str, Any] | None:
+    """The fit that fits/latest.json points at, if it is still readable."""
+    if not store.exists(LATEST):
+        return None
+    try:
+        json_key, _ = fit_keys(store.read_json(LATEST)["results_sha"])
+        return store.read_json(json_key)
+    except (KeyError, ValueError, FileNotFoundError):
+        return None
+
+
+def fit_store(store: Store, config: FitConfig = FitConfig()) -> StoredFit:
+    """Fit the store's results unless this exact fit is stored already; write and point at it."""
+    results = read_results_store(store)
+    sha = results_sha(results)
+    json_key, parquet_key = fit_keys(sha)
+    if store.exists(json_key):
+        doc = store.read_json(json_key)
+        if _same_settings(doc, config):
+            return StoredFit(doc, refitted=False, key=json_key)
+    fit = fit_laws(results, config, previous=_previous_doc(store))
+    store.write_parquet(parquet_key, fit.table)
+    store.write_json(json_key, fit.doc)
+    store.write_json(LATEST, {"results_sha": sha, "fit": json_key, "table": parquet_key})
+    return StoredFit(fit.doc, refitted=True, key=json_key)

@@ -1,0 +1,270 @@
+"""From raw result rows to the points the laws are fitted on.
+
+A point is one checkpoint at one quant spec and one metric:
+- `mean_acc`: mean zero-shot accuracy (`acc`) over the family's accuracy datasets (multiple_choice
+  and cloze kinds); a point missing any of them has no mean_acc (an average over a different set
+  of tasks is a different metric);
+- `acc:<dataset>`: one dataset's accuracy;
+- `loss`: mean `loss` (nats/token) over the family's perplexity datasets, same completeness rule.
+Model size is n_params; the laws over size use each size's latest checkpoint (max tokens_seen,
+then max step). Duplicate rows for the same (checkpoint, spec, dataset, metric) are averaged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+RESULT_COLUMNS = (
+    "checkpoint_id",
+    "checkpoint_uri",
+    "family",
+    "step",
+    "tokens_seen",
+    "n_params",
+    "n_params_quantized",
+    "quant",
+    "dtype",
+    "bits",
+    "block_size",
+    "outlier_pct",
+    "bits_per_param",
+    "total_bits",
+    "dataset",
+    "dataset_sha",
+    "kind",
+    "metric",
+    "value",
+    "stderr",
+    "n_examples",
+    "seconds",
+    "device",
+    "kbitlaw_version",
+    "created_at",
+)
+REQUIRED_COLUMNS = (
+    "checkpoint_id",
+    "family",
+    "n_params",
+    "quant",
+    "bits",
+    "total_bits",
+    "dataset",
+    "kind",
+    "metric",
+    "value",
+)
+FLOAT_COLUMNS = (
+    "tokens_seen",
+    "n_params",
+    "bits",
+    "total_bits",
+    "value",
+    "stderr",
+    "n_examples",
+    "bits_per_param",
+    "block_size",
+    "outlier_pct",
+    "step",
+)
+STRING_COLUMNS = ("checkpoint_id", "family", "quant", "dtype", "dataset", "kind", "metric")
+ACCURACY_KINDS = ("multiple_choice", "cloze")
+POINT_KEYS = ("family", "checkpoint_id", "quant")
+
+
+class ResultsError(ValueError):
+    """The results table cannot be used; the message names the column and the cause."""
+
+
+def normalise(df: pl.DataFrame) -> pl.DataFrame:
+    """Check the required columns and give every column the law code reads one dtype.
+
+    Optional columns that are absent become null. Raises ResultsError naming the first problem.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ResultsError(
+            f"missing column {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+    out = df
+    for c in FLOAT_COLUMNS:
+        if c not in out.columns:
+            out = out.with_columns(pl.lit(None, dtype=pl.Float64).alias(c))
+        elif out.schema[c] != pl.Float64:
+            try:
+                out = out.with_columns(pl.col(c).cast(pl.Float64, strict=True))
+            except Exception as exc:
+                raise ResultsError(f"column {c!r} is not numeric ({out.schema[c]})") from exc
+    for c in STRING_COLUMNS:
+        if c not in out.columns:
+            out = out.with_columns(pl.lit(None, dtype=pl.String).alias(c))
+        elif out.schema[c] != pl.String:
+            out = out.with_columns(pl.col(c).cast(pl.String))
+    return out
+
+
+def drop_unusable(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Drop rows whose value, size or bit count is NaN/inf/null or whose keys are null; count them."""
+    finite = [
+        pl.col(c).is_not_null() & pl.col(c).is_finite() for c in ("value", "total_bits", "n_params", "bits")
+    ]
+    keys = [
+        pl.col(c).is_not_null() for c in ("checkpoint_id", "family", "quant", "dataset", "kind", "metric")
+    ]
+    ok = pl.all_horizontal(*finite, *keys)
+    kept = df.filter(ok)
+    return kept, df.height - kept.height
+
+
+def _point_attrs() -> list[pl.Expr]:
+    """Per-point attributes; rows of one (checkpoint, spec) agree, min/max only make it deterministic."""
+    return [
+        pl.col("n_params").max(),
+        pl.col("tokens_seen").max(),
+        pl.col("step").max(),
+        pl.col("bits").max(),
+        pl.col("dtype").min(),
+        pl.col("block_size").max(),
+        pl.col("outlier_pct").max(),
+        pl.col("total_bits").mean(),
+        pl.col("bits_per_param").mean(),
+    ]
+
+
+def components(df: pl.DataFrame) -> pl.DataFrame:
+    """Per (checkpoint, spec, dataset): the accuracy (`acc`) or perplexity `loss` the metrics average."""
+    wanted = (pl.col("kind").is_in(ACCURACY_KINDS) & (pl.col("metric") == "acc")) | (
+        (pl.col("kind") == "perplexity") & (pl.col("metric") == "loss")
+    )
+    return (
+        df.filter(wanted)
+        .with_columns(
+            component=pl.when(pl.col("metric") == "acc").then(pl.lit("acc")).otherwise(pl.lit("loss"))
+        )
+        .group_by([*POINT_KEYS, "component", "dataset"])
+        .agg(*_point_attrs(), pl.col("value").mean(), pl.col("stderr").mean(), pl.col("n_examples").mean())
+        .sort([*POINT_KEYS, "component", "dataset"])
+    )
+
+
+def metric_points(comp: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Long table of points: (family, checkpoint, spec, metric) -> value, stderr, n_datasets.
+
+    Returns the table and the number of (point, mean metric) pairs left out as incomplete.
+    """
+    per_dataset = comp.filter(pl.col("component") == "acc").with_columns(
+        metric=pl.lit("acc:") + pl.col("dataset"), n_datasets=pl.lit(1, dtype=pl.UInt32)
+    )
+    # The family's dataset set per component; a mean is only taken over all of it.
+    need = comp.group_by(["family", "component"]).agg(n_need=pl.col("dataset").n_unique())
+    means = (
+        comp.group_by([*POINT_KEYS, "component"])
+        .agg(
+            *_point_attrs(),
+            pl.col("value").mean(),
+            ((pl.col("stderr") ** 2).sum() / pl.len() ** 2).sqrt().alias("stderr"),
+            pl.col("n_examples").sum(),
+            pl.col("dataset").n_unique().alias("n_datasets"),
+        )
+        .join(need, on=["family", "component"])
+    )
+    complete = means.filter(pl.col("n_datasets") == pl.col("n_need"))
+    incomplete = means.height - complete.height
+    complete = complete.with_columns(
+        metric=pl.when(pl.col("component") == "acc").then(pl.lit("mean_acc")).otherwise(pl.lit("loss"))
+    )
+    cols = [
+        *POINT_KEYS,
+        "metric",
+        "n_params",
+        "tokens_seen",
+        "step",
+        "bits",
+        "dtype",
+        "block_size",
+        "outlier_pct",
+        "total_bits",
+        "bits_per_param",
+        "value",
+        "stderr",
+        "n_examples",
+        "n_datasets",
+    ]
+    table = pl.concat([complete.select(cols), per_dataset.select(cols)], how="vertical_relaxed")
+    return table.sort([*POINT_KEYS, "metric"]), incomplete
+
+
+def latest_per_size(points: pl.DataFrame) -> pl.DataFrame:
+    """Keep only each (family, size)'s latest checkpoint: max tokens_seen, then step, then id."""
+    latest = (
+        points.select("family", "n_params", "checkpoint_id", "tokens_seen", "step")
+        .unique()
+        .sort(["tokens_seen", "step", "checkpoint_id"], descending=True, nulls_last=True)
+        .group_by(["family", "n_params"], maintain_order=True)
+        .first()
+        .select("family", "checkpoint_id")
+    )
+    return points.join(latest, on=["family", "checkpoint_id"], how="semi")
+
+
+def is_accuracy(metric: str) -> bool:
+    return metric == "mean_acc" or metric.startswith("acc:")
+
+
+def linear_curves(latest: pl.DataFrame, min_sizes: int) -> pl.DataFrame:
+    """value = intercept + slope * log2(total_bits) per (family, metric, spec): the paper's
+    'almost parallel' per-precision curves, comparable by slope and offset."""
+    rows = []
+    for (family, metric, quant), g in latest.sort("total_bits").group_by(
+        ["family", "metric", "quant"], maintain_order=True
+    ):
+        x, y = np.log2(g["total_bits"].to_numpy()), g["value"].to_numpy()
+        ok = g["n_params"].n_unique() >= min_sizes and np.ptp(x) > 0
+        slope, intercept = np.polyfit(x, y, 1) if ok else (np.nan, np.nan)
+        resid = y - (intercept + slope * x) if ok else np.full_like(y, np.nan)
+        rows.append(
+            {
+                "family": family,
+                "metric": metric,
+                "quant": quant,
+                "bits": int(g["bits"].max()),
+                "intercept": intercept,
+                "slope": slope,
+                "n_points": g.height,
+                "rmse": float(np.sqrt(np.mean(resid**2))) if ok else np.nan,
+                "status": "ok" if ok else "insufficient data",
+            }
+        )
+    schema = {
+        "family": pl.String,
+        "metric": pl.String,
+        "quant": pl.String,
+        "bits": pl.Int64,
+        "intercept": pl.Float64,
+        "slope": pl.Float64,
+        "n_points": pl.Int64,
+        "rmse": pl.Float64,
+        "status": pl.String,
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+VOLATILE_COLUMNS = ("seconds", "created_at", "device", "kbitlaw_version")
+
+
+def results_sha(df: pl.DataFrame) -> str:
+    """sha256 of the canonical result rows: independent of row and column order and of file format.
+
+    Every schema column except the volatile ones (timing, device, version, timestamp) is rendered
+    as text after normalise(), so a Parquet and a CSV of the same rows hash alike.
+    """
+    import hashlib
+
+    cols = [c for c in RESULT_COLUMNS if c not in VOLATILE_COLUMNS]
+    table = df.select(
+        [
+            (pl.col(c) if c in df.columns else pl.lit(None)).cast(pl.String).fill_null("\x00").alias(c)
+            for c in cols
+        ]
+    ).sort(cols)
+    return hashlib.sha256(table.write_csv().encode()).hexdigest()
