@@ -1,0 +1,468 @@
+"""Quant specs, codebooks, blockwise fake quantization (against bitsandbytes and a naive reference),
+bit accounting, and quantize_model/restore on tiny GPT-NeoX and GPT-2 models."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import bitsandbytes.functional as bnbf
+import pytest
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+from tasks.checkpoints import transformer_linears
+from tasks.codebooks import fake_quantize_blockwise, fixed_codebook, round_scales
+from tasks.quantize import (
+    GRIDS,
+    QuantSpec,
+    fake_quantize,
+    outlier_features,
+    quantize_model,
+    resolve_grid,
+    restore,
+    spec_codebook,
+)
+
+FIXED = ["int", "fp", "nf", "dynamic"]
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def student_t(shape, df: float = 2.0, seed: int = 0) -> torch.Tensor:
+    """Heavy-tailed weights: a few values far larger than the rest."""
+    g = gen(seed)
+    z = torch.randn(shape, generator=g)
+    chi2 = torch.randn((df_int := int(df), *shape), generator=g).pow(2).sum(0)
+    return z / (chi2 / df_int).sqrt()
+
+
+def reference(w: torch.Tensor, codebook: torch.Tensor, block: int | None, scale_dtype=torch.float16):
+    """Naive blockwise fake quantization: pad with zeros, absmax per block, bucketize on midpoints."""
+    flat = w.detach().float().reshape(-1)
+    width = block or flat.numel()
+    pad = -flat.numel() % width
+    blocks = torch.cat([flat, flat.new_zeros(pad)]).view(-1, width)
+    scale = round_scales(blocks.abs().amax(1, keepdim=True), scale_dtype)
+    unit = blocks * torch.where(scale > 0, 1 / scale, 0.0)
+    q = codebook[torch.bucketize(unit, (codebook[:-1] + codebook[1:]) / 2)] * scale
+    return q.reshape(-1)[: flat.numel()].view(w.shape).to(w.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Spec strings and grids
+# ------------------------------------------------------------------------------------------------
+
+CANONICAL = [
+    "fp16", "bf16", "bf16-emb", "int4-b64", "nf4-b64", "fp4e2-b64", "quantile3-b128", "dynamic8-b256",
+    "int3-b64-o2", "int8", "fp8e4", "nf2-b16", "int5-b4096-o0.5", "fp3e1-b64-o1.25-emb", "quantile4-emb",
+    "fp8e7-b32", "dynamic2",
+]
+
+
+@pytest.mark.parametrize("text", CANONICAL + GRIDS["default"])
+def test_canonical_strings_round_trip(text):
+    assert str(QuantSpec.parse(text)) == text
+
+
+def test_every_grid_spec_round_trips():
+    for name, specs in GRIDS.items():
+        assert [str(s) for s in resolve_grid(name)] == specs, name
+
+
+@pytest.mark.parametrize("text,canonical", [
+    ("fp4-b64", "fp4e2-b64"), ("fp2", "fp2e1"), ("fp3", "fp3e2"), ("fp5", "fp5e3"), ("fp8", "fp8e4"),
+    (" NF4-B64 ", "nf4-b64"), ("int3-o2-b64", "int3-b64-o2"), ("int4-o2.50", "int4-o2.5"),
+    ("int4-emb-b64", "int4-b64-emb"),
+])
+def test_parse_normalises(text, canonical):
+    assert str(QuantSpec.parse(text)) == canonical
+
+
+def test_spec_fields():
+    s = QuantSpec.parse("int3-b64-o0.5-emb")
+    assert (s.dtype, s.bits, s.block_size, s.outlier_pct, s.embeddings) == ("int", 3, 64, 0.5, True)
+    assert QuantSpec.parse("fp6").exp_bits == 3 and QuantSpec.parse("nf4").exp_bits is None
+    assert QuantSpec.parse("int4").block_size is None
+    assert QuantSpec.parse("fp4-b64") == QuantSpec("fp", 4, 2, 64)
+    assert QuantSpec.parse("bf16").is_baseline and not QuantSpec.parse("int8").is_baseline
+
+
+@pytest.mark.parametrize("text,message", [
+    ("int9", "k must be 2..8, got 9"),
+    ("nf1", "k must be 2..8, got 1"),
+    ("int4-b100", "block size must be a power of two in 16..4096, got 100"),
+    ("int4-b8192", "block size must be a power of two in 16..4096, got 8192"),
+    ("int4-b8", "got 8"),
+    ("foo4", "unknown data type 'foo'"),
+    ("foo", "unknown data type 'foo'"),
+    ("int", "missing bit width k in 'int'"),
+    ("int4e2", "exponent bits (e2) only apply to fp, not int"),
+    ("fp4e4", "fp4: exponent bits must be 1..3, got 4"),
+    ("fp4e0", "fp4: exponent bits must be 1..3, got 0"),
+    ("int4-x3", "unknown option '-x3'"),
+    ("int4-", "unknown option '-'"),
+    ("int4-b64-b128", "option '-b128' given twice"),
+    ("int4-o0", "outlier percent must be in (0, 100), got 0"),
+    ("int4-o100", "outlier percent must be in (0, 100), got 100"),
+    ("int4-o-2", "outlier percent must be a number in (0, 100), got ''"),
+    ("int4-bx", "block size must be a power of two in 16..4096, got 'x'"),
+    ("fp16-b64", "fp16 is an unquantized baseline"),
+    ("4bit", "cannot read '4bit'"),
+])
+def test_invalid_specs_name_the_bad_part(text, message):
+    with pytest.raises(ValueError) as err:
+        QuantSpec.parse(text)
+    assert message in str(err.value)
+
+
+def test_nominal_bits_per_param():
+    assert QuantSpec.parse("int4-b64").bits_per_param == 4.25
+    assert QuantSpec.parse("int3-b64-o2").bits_per_param == pytest.approx(3 + 0.25 + 0.02 * 13)
+    assert QuantSpec.parse("nf4-b4096").bits_per_param == 4 + 16 / 4096
+    assert QuantSpec.parse("fp16").bits_per_param == QuantSpec.parse("bf16").bits_per_param == 16
+    assert QuantSpec.parse("int4").bits_per_param_for(1000) == 4 + 16 / 1000
+    assert QuantSpec.parse("int4-b64").bits_per_param_for(100) == 4 + 2 * 16 / 100  # two blocks, one partial
+    assert QuantSpec.parse("int4-b64").bits_per_param_for(6400) == 4.25
+
+
+def test_grids():
+    quick, default, paper = (resolve_grid(g) for g in ("quick", "default", "paper"))
+    assert 4 <= len(quick) <= 5 and 12 <= len(default) <= 20
+    assert {s.bits for s in default if not s.is_baseline} == set(range(3, 9))
+    assert {"int", "fp", "nf", "quantile"} <= {s.dtype for s in default}
+    assert {64, None} <= {s.block_size for s in default} and any(s.outlier_pct for s in default)
+    assert len(paper) == 1 + 6 * 5 * 8 and paper[0] == QuantSpec.parse("fp16")
+    assert {(s.dtype, s.bits, s.block_size) for s in paper[1:]} == {
+        (d, k, b) for d in ("int", "fp", "quantile", "dynamic", "nf") for k in range(3, 9)
+        for b in (64, 128, 256, 512, 1024, 2048, 4096, None)}
+
+
+def test_resolve_grid_lists_and_errors():
+    assert [str(s) for s in resolve_grid("int4-b64, nf4-b64,int4-b64")] == ["int4-b64", "nf4-b64"]
+    assert [str(s) for s in resolve_grid("fp4")] == ["fp4e2"]
+    with pytest.raises(ValueError, match="unknown grid 'nightly'.*quick, default, paper"):
+        resolve_grid("nightly")
+    with pytest.raises(ValueError, match="unknown data type 'foo'"):
+        resolve_grid("int4,foo4")
+
+
+# ------------------------------------------------------------------------------------------------
+# Codebooks
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FIXED)
+@pytest.mark.parametrize("k", range(2, 9))
+def test_codebook_shape(dtype, k):
+    cb = fixed_codebook(dtype, k)
+    assert cb.dtype == torch.float32 and bool((cb[1:] > cb[:-1]).all())  # sorted, distinct
+    assert cb.abs().max() == 1 and cb.max() == 1 and 0 in cb.tolist()
+    if dtype in ("int", "fp"):
+        assert len(cb) == 2**k - 1 and torch.equal(cb, -cb.flip(0))
+    if dtype == "nf":
+        assert len(cb) == 2**k and cb[0] == -1 and int((cb > 0).sum()) == 2 ** (k - 1)
+    if dtype == "dynamic":  # bitsandbytes' map (no padding), lowest entry pinned to -1 as its CPU kernel does
+        ref = bnbf.create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=k).unique()
+        ref[0] = -1.0
+        assert torch.equal(cb, ref) and len(cb) == 2**k
+
+
+def test_int_and_fp_values():
+    assert torch.equal(fixed_codebook("int", 3), torch.tensor([-3, -2, -1, 0, 1, 2, 3]) / 3)
+    e2m1 = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6]) / 6  # OCP FP4: subnormal 0.5, normals 1..6
+    assert torch.equal(fixed_codebook("fp", 4, 2), torch.cat([-e2m1.flip(0)[:-1], e2m1]))
+    assert torch.equal(fixed_codebook("fp", 2, 1), torch.tensor([-1.0, 0, 1]))
+    fp8 = fixed_codebook("fp", 8, 4)  # e4m3 without inf/nan: max 480, min subnormal 2^-9
+    assert fp8[fp8 > 0].min() == 2.0**-9 / 480
+
+
+def test_nf4_equals_bitsandbytes_table():
+    _, state = bnbf.quantize_4bit(torch.randn(256, generator=gen()), blocksize=64, quant_type="nf4")
+    assert torch.equal(fixed_codebook("nf", 4), state.code.float())
+
+
+def test_quantile_codebook_is_quantiles_of_normalised_values():
+    """bitsandbytes' create_quantile_map on the fp16-scaled blocks: 15 quantiles at (i + 1/2)/15,
+    plus 0, divided by the largest magnitude."""
+    w = torch.randn(256, 256, generator=gen())
+    cb, _ = spec_codebook(w, QuantSpec.parse("quantile4-b64"))
+    scale = round_scales(w.view(-1, 64).abs().amax(1, keepdim=True))
+    probs = (torch.arange(15.0).double() + 0.5) / 15
+    levels = torch.quantile((w.view(-1, 64) / scale).view(-1).double(), probs)
+    expected = torch.cat([levels, levels.new_zeros(1)]).sort().values
+    assert len(cb) == 16 and cb.abs().max() == 1
+    assert torch.allclose(cb.double(), expected / expected.abs().max(), atol=1e-6)
+    assert not torch.equal(cb, spec_codebook(student_t((256, 256)), QuantSpec.parse("quantile4-b64"))[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# Fake quantization of tensors
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dist", ["normal", "student_t"])
+@pytest.mark.parametrize("shape", [(128, 192), (37, 45)])  # the second leaves a partial block
+def test_nf4_matches_bitsandbytes(dist, shape):
+    w = torch.randn(shape, generator=gen(1)) if dist == "normal" else student_t(shape)
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    expected = bnbf.dequantize_4bit(packed, state)
+    assert torch.equal(fake_quantize(w, "nf4-b64", scale_dtype=torch.float32), expected)
+
+
+@pytest.mark.parametrize("k", [8, 4])
+@pytest.mark.parametrize("dist", ["normal", "student_t"])
+def test_dynamic_matches_bitsandbytes_blockwise(k, dist):
+    """bitsandbytes' CPU quantize_blockwise searches the dynamic map with its lowest entry pinned to -1
+    (quantize_cpu: code[0] = -1) but dequantizes with the unpinned map; we use the pinned map on both
+    sides (exact range [-1, 1], idempotent). Its binary search (BinSearch Direct2) also returns a
+    non-nearest neighbour for a few values; there ours is strictly nearer."""
+    w = torch.randn(96, 160, generator=gen(2)) if dist == "normal" else student_t((96, 160), seed=3)
+    code = bnbf.create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=k)
+    packed, state = bnbf.quantize_blockwise(w, code=code, blocksize=256)
+    pinned = code.clone()
+    pinned[0] = -1.0
+    absmax = state.absmax.repeat_interleave(256)[: w.numel()].view(w.shape)
+    bnb = pinned[packed.long()] * absmax  # = dequantize_blockwise except for the pinned entry
+    unpinned = bnbf.dequantize_blockwise(packed, state)
+    assert torch.equal(bnb[packed != 0], unpinned[packed != 0])
+    ours = fake_quantize(w, f"dynamic{k}-b256", scale_dtype=torch.float32)
+    differ = ours != bnb
+    assert int(differ.sum()) <= 0.005 * w.numel()
+    assert bool(((w - ours).abs()[differ] < (w - bnb).abs()[differ]).all())
+
+
+@pytest.mark.parametrize("dtype", FIXED)
+@pytest.mark.parametrize("k", [3, 4, 8])
+@pytest.mark.parametrize("block", [16, 64, 1024, None])
+def test_matches_naive_reference(dtype, k, block):
+    w = student_t((61, 83), seed=k)  # 5063 values: partial last block for every block size
+    spec = QuantSpec(dtype, k, block_size=block)
+    expected = reference(w, fixed_codebook(dtype, k), block)
+    assert torch.equal(fake_quantize(w, spec), expected)
+
+
+def test_dense_codebook_falls_back_to_search():
+    cb = torch.tensor([-1.0, -1e-7, 0.0, 1e-7, 2e-7, 1.0])  # midpoints too close for the table
+    w = torch.randn(4, 64, generator=gen()) * torch.logspace(-7, 0, 64)
+    assert torch.equal(fake_quantize_blockwise(w, cb, 64), reference(w, cb, 64))
+
+
+@pytest.mark.parametrize("text", ["int4-b64", "int8", "fp4e2-b64", "fp8e4-b128", "nf4-b64", "nf3",
+                                  "dynamic8-b256", "dynamic4-b64", "int3-b64-o2", "nf2-b16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_idempotent(text, dtype):
+    w = student_t((64, 96), seed=5).to(dtype)
+    once = fake_quantize(w, text)
+    assert torch.equal(fake_quantize(once, text), once)
+    assert not torch.equal(once, w)
+
+
+def test_quantile_is_on_its_grid_and_deterministic():
+    """Not idempotent: the codebook is re-estimated from its input (a second pass sees discrete data)
+    and its most negative level need not be -1, so a block's absmax can change. What holds: every
+    value is a codebook level times its fp16 block scale, and the result is deterministic."""
+    w = torch.randn(128, 128, generator=gen(6))
+    spec = QuantSpec.parse("quantile4-b64")
+    once = fake_quantize(w, spec)
+    cb, _ = spec_codebook(w, spec)
+    scale = round_scales(w.view(-1, 64).abs().amax(1, keepdim=True))
+    nearest = (once.view(-1, 64) / scale - cb[:, None, None]).abs().argmin(0)
+    assert torch.equal(once.view(-1, 64), cb[nearest] * scale)
+    assert torch.equal(fake_quantize(w, spec), once)
+
+
+def test_zero_blocks_and_empty_tail_stay_finite():
+    w = torch.randn(10, 100, generator=gen())
+    w[2] = 0  # a zero row spans whole blocks of 16
+    for text in ["int4-b16", "nf4-b16", "quantile4-b16", "fp4e2", "dynamic8-b64"]:
+        q = fake_quantize(w, text)
+        assert torch.isfinite(q).all() and (q[2] == 0).all(), text
+    assert torch.equal(fake_quantize(torch.zeros(5, 7), "quantile3-b16"), torch.zeros(5, 7))
+    assert torch.equal(fake_quantize(torch.zeros(5, 7), "nf4"), torch.zeros(5, 7))
+
+
+def test_fp16_scale_rounding_is_simulated():
+    w = torch.randn(64, 64, generator=gen(7))
+    exact = fake_quantize(w, "int8-b64", scale_dtype=torch.float32)
+    rounded = fake_quantize(w, "int8-b64")
+    assert not torch.equal(exact, rounded)
+    assert torch.allclose(exact, rounded, rtol=0, atol=float(w.abs().max()) / 127)  # one int8 level
+
+
+def test_baselines_round_trip_through_their_dtype():
+    w = torch.randn(32, 32, generator=gen()) * 3
+    assert torch.equal(fake_quantize(w, "bf16"), w.bfloat16().float())
+    assert torch.equal(fake_quantize(w, "fp16"), w.half().float())
+    assert not torch.equal(fake_quantize(w, "bf16"), w)
+
+
+@pytest.mark.parametrize("text", ["int4-b64", "nf4-b64", "fp5e3-b128", "quantile4-b64", "dynamic8",
+                                  "int3-b64-o2"])
+def test_bfloat16_input_gives_same_values_as_float32(text):
+    w32 = torch.randn(96, 128, generator=gen(8)).bfloat16().float()  # exactly representable in bf16
+    assert torch.equal(fake_quantize(w32.bfloat16(), text), fake_quantize(w32, text).bfloat16())
+    assert fake_quantize(w32.half(), text).dtype == torch.float16
+
+
+@pytest.mark.parametrize("dtype", ["int", "fp", "nf", "dynamic", "quantile"])
+def test_error_falls_with_bits_and_smaller_blocks(dtype):
+    w = torch.randn(256, 256, generator=gen(9))
+
+    def mse(spec: QuantSpec) -> float:
+        return float((fake_quantize(w, spec) - w).pow(2).mean())
+
+    by_bits = [mse(QuantSpec(dtype, k, block_size=64)) for k in range(2, 9)]
+    assert all(a > b for a, b in zip(by_bits, by_bits[1:], strict=False)), by_bits
+    by_block = [mse(QuantSpec(dtype, 4, block_size=b)) for b in (16, 64, 256, 1024, 4096, None)]
+    assert all(a <= b for a, b in zip(by_block, by_block[1:], strict=False)), by_block
+
+
+def test_outliers_keep_widest_input_features_in_fp16():
+    w = torch.randn(48, 100, generator=gen(10))
+    w[:, [7, 42]] *= 20  # two input features with outsized weights
+    assert outlier_features(w, 2).tolist() == [7, 42]
+    q = fake_quantize(w, "int3-b64-o2")
+    assert torch.equal(q[:, [7, 42]], w[:, [7, 42]].half().float())
+    plain = fake_quantize(w, "int3-b64")
+    rest = [i for i in range(100) if i not in (7, 42)]
+    assert (q[:, rest] - w[:, rest]).pow(2).mean() < 0.2 * (plain[:, rest] - w[:, rest]).pow(2).mean()
+    # Conv1D orientation: input features are rows
+    qt = fake_quantize(w.t().contiguous(), "int3-b64-o2", in_dim=0)
+    assert torch.equal(qt[[7, 42]], w.t()[[7, 42]].half().float())
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole models
+# ------------------------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(100)
+        self.q, self.k = nn.Linear(100, 64), nn.Linear(100, 64)  # 6400 weights = 100 blocks of 64
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 100)
+        self.layers = nn.ModuleList([Block(), Block()])
+        self.head = nn.Linear(100, 10, bias=False)
+
+
+@pytest.mark.parametrize("text,bpp", [
+    ("int4-b64", 4.25),
+    ("int3-b64-o2", 3 + 0.25 + 0.02 * 13),  # 2 of 100 input features x 64 outputs kept at 16 bits
+    ("nf4", 4 + 16 / 6400),  # one absmax per tensor
+    ("fp4e2-b128", 4 + 16 / 128),
+    ("fp16", 16),
+])
+def test_bit_accounting_on_known_shapes(text, bpp):
+    torch.manual_seed(0)
+    model = Tiny()
+    report = quantize_model(model, text)
+    n_all = sum(p.numel() for p in model.parameters())
+    assert report.n_params_quantized == 4 * 6400 and report.n_params_other == n_all - 4 * 6400
+    assert report.bits_per_param == pytest.approx(bpp, rel=1e-12)
+    assert report.total_bits == pytest.approx(4 * 6400 * bpp + 16 * (n_all - 4 * 6400), rel=1e-12)
+    assert sorted(report.layer_mse) == ["layers.0.k", "layers.0.q", "layers.1.k", "layers.1.q"]
+    assert report.columns()["quant"] == text and report.columns()["n_params"] == n_all
+
+
+def tiny_neox() -> nn.Module:
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                           vocab_size=128, max_position_embeddings=64)
+    return GPTNeoXForCausalLM(config).eval()
+
+
+def tiny_gpt2() -> nn.Module:
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_positions=64)
+    return GPT2LMHeadModel(config).eval()
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("make", [tiny_neox, tiny_gpt2])
+def test_quantize_model_touches_only_block_linears_and_restores(make):
+    model = make()
+    before = snapshot(model)
+    linear_weights = {f"{name}.weight" for name, _ in transformer_linears(model)}
+    report = quantize_model(model, "int4-b64")
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == linear_weights
+    assert report.n_params_quantized == sum(model.state_dict()[k].numel() for k in linear_weights)
+    assert report.n_params_quantized + report.n_params_other == sum(p.numel() for p in model.parameters())
+    restore(model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("make", [tiny_neox, tiny_gpt2])
+def test_specs_do_not_compound(make):
+    model, fresh = make(), make()
+    quantize_model(model, "int3-b64-emb")
+    quantize_model(model, "nf4-b64")
+    quantize_model(fresh, "nf4-b64")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(),
+                                                 strict=True))
+    restore(model)
+    restore(model)  # a second restore is harmless
+
+
+def test_embedding_option_and_tied_weights_count_once():
+    model = tiny_gpt2()
+    wte = model.transformer.wte.weight
+    assert model.lm_head.weight is wte
+    before = wte.detach().clone()
+    plain = quantize_model(model, "int4-b64")
+    report = quantize_model(model, "int4-b64-emb")
+    assert not torch.equal(wte, before) and "transformer.wte" in report.layer_mse
+    assert report.n_params_quantized == plain.n_params_quantized + wte.numel()  # tied head counted once
+    assert report.n_params_quantized + report.n_params_other == sum(p.numel() for p in model.parameters())
+    quantize_model(model, "int4-b64")  # dropping -emb puts the embedding back
+    assert torch.equal(wte, before)
+    restore(model)
+
+
+def test_outliers_in_gpt2_conv1d_orientation():
+    model = tiny_gpt2()
+    conv = model.transformer.h[0].mlp.c_proj  # Conv1D weight [in=256, out=64]
+    original = conv.weight.detach().clone()
+    quantize_model(model, "int3-b64-o2")
+    rows = outlier_features(original, 2, in_dim=0)
+    assert len(rows) == 5  # round(2% of 256)
+    assert torch.equal(conv.weight[rows], original[rows].half().float())
+    restore(model)
+
+
+def test_logits_change_more_at_3_bits_than_at_8():
+    model = tiny_neox()
+    ids = torch.randint(0, 128, (2, 32), generator=gen())
+    with torch.no_grad():
+        base = model(ids).logits
+        quantize_model(model, "int8-b64")
+        d8 = (model(ids).logits - base).abs().mean()
+        quantize_model(model, "int3-b64")
+        d3 = (model(ids).logits - base).abs().mean()
+    restore(model)
+    assert 0 < d8 < d3 / 10
+
+
+def test_bfloat16_model_matches_float32_model():
+    m32 = tiny_neox()
+    for p in m32.parameters():
+        p.data = p.data.bfloat16().float()
+    m16 = copy.deepcopy(m32).to(torch.bfloat16)
+    r32, r16 = quantize_model(m32, "nf4-b64"), quantize_model(m16, "nf4-b64")
+    for (_, a), (_, b) in zip(transformer_linears(m32), transformer_linears(m16), strict=True):
+        assert torch.equal(a.weight.bfloat16(), b.weight)
+    assert r32.total_bits == r16.total_bits
+    assert all(math.isclose(r32.layer_mse[k], r16.layer_mse[k], rel_tol=1e-2) for k in r32.layer_mse)
