@@ -19,13 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks.law import FitConfig, fit_laws  # noqa: E402
 from tasks.law_damage import fit_damage  # noqa: E402
 from tasks.law_frontier import fit_frontiers  # noqa: E402
-from tasks.law_scaling import fit_power_laws_by_spec, fit_thresholds  # noqa: E402
+from tasks.law_scaling import fit_power_laws_by_spec, fit_thresholds, linear_curves  # noqa: E402
 from tasks.law_sim import simulate_results  # noqa: E402
 from tasks.law_table import (  # noqa: E402
     components,
     drop_unusable,
     latest_per_size,
-    linear_curves,
     metric_points,
     normalise,
     results_sha,

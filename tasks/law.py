@@ -20,15 +20,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from tasks.law_common import OK, FitConfig, num, table_rows
+from tasks.law_common import OK, FitConfig, json_safe, table_rows
 from tasks.law_damage import fit_damage
 from tasks.law_frontier import fit_frontiers
-from tasks.law_scaling import fit_power_laws_by_spec, fit_thresholds
+from tasks.law_scaling import fit_power_laws_by_spec, fit_thresholds, linear_curves
 from tasks.law_table import (
     components,
     drop_unusable,
     latest_per_size,
-    linear_curves,
     metric_points,
     normalise,
     results_sha,
@@ -49,19 +48,48 @@ class FitResult:
 
 
 def warm_starts(previous: Mapping | None) -> dict:
-    """Starting points from a previous fit document: (law, family, quant, metric) -> parameters."""
+    """Starting points from a previous fit document: (law, family, quant, metric) -> parameters.
+
+    A warm start joins the grid of starting points (it does not replace it): a refit after new
+    results starts from where the last fit ended, which keeps the estimates continuous.
+    """
     out: dict = {}
-    for e in (previous or {}).get("power_law", []):
-        if e.get("status") == OK:
-            out[("power_law", e["family"], e["quant"], e["metric"])] = np.array(
-                [np.log(e["A"]), e["alpha"], np.log(e["E"])]
-            )
-    for e in (previous or {}).get("threshold", []):
-        if e.get("status") == OK:
-            out[("threshold", e["family"], e["quant"], e["metric"])] = np.array(
-                [np.log2(e["s_star_bits"]), np.log(e["w"]), e["r_max"] - e["r_chance"], e["r_chance"]]
-            )
+    for law, params in (
+        ("power_law", lambda e: [np.log(e["A"]), e["alpha"], np.log(e["E"])]),
+        (
+            "threshold",
+            lambda e: [np.log2(e["s_star_bits"]), np.log(e["w"]), e["r_max"] - e["r_chance"], e["r_chance"]],
+        ),
+    ):
+        for e in (previous or {}).get(law, []):
+            try:
+                theta = np.array(params(e), dtype=float)
+                key = (law, e["family"], e["quant"], e["metric"])
+            except (KeyError, TypeError, ValueError):
+                continue  # an entry without numbers (insufficient data) or from another layout
+            if e.get("status") == OK and np.isfinite(theta).all():
+                out[key] = theta
     return out
+
+
+def linear_rows(curves: pl.DataFrame, n: int) -> list[pl.DataFrame]:
+    """Each fitted linear curve sampled over its spec's observed range of total bits."""
+    rows = []
+    for c in curves.filter(pl.col("status") == OK).iter_rows(named=True):
+        grid = np.geomspace(c["s_min"], c["s_max"], n)
+        rows.append(
+            table_rows(
+                "fit",
+                "linear_log2",
+                family=c["family"],
+                metric=c["metric"],
+                quant=c["quant"],
+                bits=c["bits"],
+                total_bits=grid,
+                fitted=c["intercept"] + c["slope"] * np.log2(grid),
+            )
+        )
+    return rows
 
 
 def fit_laws(
@@ -96,7 +124,10 @@ def fit_laws(
         total_bits=latest["total_bits"],
         value=latest["value"],
     )
-    table = pl.concat([point_rows, *frontier_rows, *t_rows, *p_rows, *d_rows], how="vertical")
+    table = pl.concat(
+        [point_rows, *frontier_rows, *linear_rows(curves, config.grid_points), *t_rows, *p_rows, *d_rows],
+        how="vertical",
+    )
     doc = {
         "results_sha": sha,
         "law_version": LAW_VERSION,
@@ -106,10 +137,7 @@ def fit_laws(
         "damage": damage,
         "extrapolation": t_checks + p_checks + d_checks,
         "recommendations": recs,
-        "curves": [
-            {k: (num(v) if isinstance(v, float) else v) for k, v in r.items()}
-            for r in curves.iter_rows(named=True)
-        ],
+        "curves": curves.drop("s_min", "s_max").to_dicts(),
         "families": sorted(df["family"].unique().to_list()),
         "n_rows": results.height,
         "dropped_rows": dropped,
@@ -117,4 +145,4 @@ def fit_laws(
         "warm_started": len(warm),
         "config": config.describe(),
     }
-    return FitResult(doc, table)
+    return FitResult(json_safe(doc), table)

@@ -63,6 +63,21 @@ def num(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def json_safe(obj: Any) -> Any:
+    """The document with every non-finite float (and numpy scalar) made JSON-safe: NaN -> None."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return num(obj)
+    return obj
+
+
 def ci_pair(samples: np.ndarray, level: float, transform=None) -> list[float | None]:
     lo, hi = interval(samples, level)
     if lo is not None and transform is not None:

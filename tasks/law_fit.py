@@ -163,6 +163,8 @@ def bootstrap_power_laws(
 
     Each replicate is refit from the point estimate (a warm start: the resampled optimum is near).
     """
+    if not problems:
+        return []
     hats = fit_power_laws([(p.s_bits, p.loss) for p in problems], [p.warm for p in problems], delta=delta)
     idx = [resample_indices(child_rng(seed, p.key), np.arange(len(p.loss)), n_boot, 3) for p in problems]
     s, mask = pad_rows([np.asarray(p.s_bits, float)[i] for p, i in zip(problems, idx, strict=True)])
@@ -319,6 +321,8 @@ def bootstrap_thresholds(
     """
     if resample not in THRESHOLD_RESAMPLE:
         raise ValueError(f"threshold resample must be one of {THRESHOLD_RESAMPLE}, not {resample!r}")
+    if not problems:
+        return []
     bounds = [threshold_bounds(p.x, p.chance) for p in problems]
     weights = [_threshold_weights(p) for p in problems]
     ys = [p.acc.mean(axis=1) for p in problems]

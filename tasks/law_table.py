@@ -12,7 +12,6 @@ then max step). Duplicate rows for the same (checkpoint, spec, dataset, metric) 
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 
 RESULT_COLUMNS = (
@@ -205,48 +204,6 @@ def latest_per_size(points: pl.DataFrame) -> pl.DataFrame:
         .select("family", "checkpoint_id")
     )
     return points.join(latest, on=["family", "checkpoint_id"], how="semi")
-
-
-def is_accuracy(metric: str) -> bool:
-    return metric == "mean_acc" or metric.startswith("acc:")
-
-
-def linear_curves(latest: pl.DataFrame, min_sizes: int) -> pl.DataFrame:
-    """value = intercept + slope * log2(total_bits) per (family, metric, spec): the paper's
-    'almost parallel' per-precision curves, comparable by slope and offset."""
-    rows = []
-    for (family, metric, quant), g in latest.sort("total_bits").group_by(
-        ["family", "metric", "quant"], maintain_order=True
-    ):
-        x, y = np.log2(g["total_bits"].to_numpy()), g["value"].to_numpy()
-        ok = g["n_params"].n_unique() >= min_sizes and np.ptp(x) > 0
-        slope, intercept = np.polyfit(x, y, 1) if ok else (np.nan, np.nan)
-        resid = y - (intercept + slope * x) if ok else np.full_like(y, np.nan)
-        rows.append(
-            {
-                "family": family,
-                "metric": metric,
-                "quant": quant,
-                "bits": int(g["bits"].max()),
-                "intercept": intercept,
-                "slope": slope,
-                "n_points": g.height,
-                "rmse": float(np.sqrt(np.mean(resid**2))) if ok else np.nan,
-                "status": "ok" if ok else "insufficient data",
-            }
-        )
-    schema = {
-        "family": pl.String,
-        "metric": pl.String,
-        "quant": pl.String,
-        "bits": pl.Int64,
-        "intercept": pl.Float64,
-        "slope": pl.Float64,
-        "n_points": pl.Int64,
-        "rmse": pl.Float64,
-        "status": pl.String,
-    }
-    return pl.DataFrame(rows, schema=schema)
 
 
 VOLATILE_COLUMNS = ("seconds", "created_at", "device", "kbitlaw_version")
