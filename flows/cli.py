@@ -172,20 +172,68 @@ def report(store: StoreOpt = None) -> None:
     _not_yet("report", "the report")
 
 
+SpecDirOpt = Annotated[str | None, typer.Option("--specs", help="Directory of dataset spec files (*.yaml)")]
+
+
 @datasets_app.command("clean")
 def datasets_clean(
-    names: Annotated[list[str] | None, typer.Argument()] = None, store: StoreOpt = None
+    names: Annotated[list[str] | None, typer.Argument(help="Dataset names (default: all)")] = None,
+    store: StoreOpt = None,
+    specs: SpecDirOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Clean the named datasets (all by default) into canonical Parquet + quarantine."""
-    _not_yet("datasets clean", "dataset cleaning")
+    """Clean the named datasets into canonical Parquet + quarantine (cached by content)."""
+    from flows.datasets import clean_datasets, select_specs
+    from tasks.data import DatasetError
+    from tasks.store import Store, StoreError
+
+    try:
+        s = Store(store)
+        done = clean_datasets(s, select_specs(names, specs))
+    except (DatasetError, StoreError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        doc = [
+            c.summary | {"key": s.url(c.key), "quarantine": s.url(c.quarantine_key), "cached": c.cached}
+            for c in done
+        ]
+        sys.stdout.write(json.dumps({"datasets": doc}) + "\n")
+        return
+    for c in done:
+        reasons = ", ".join(f"{k}: {v}" for k, v in c.summary["reasons"].items()) or "none"
+        typer.echo(
+            f"{c.name}\t{c.summary['rows_in']} in, {c.summary['rows_out']} clean, "
+            f"{c.summary['quarantined']} quarantined ({reasons})\t{'cached' if c.cached else 'cleaned'}"
+            f"\t{s.url(c.key)}"
+        )
 
 
 @datasets_app.command("validate")
 def datasets_validate(
-    names: Annotated[list[str] | None, typer.Argument()] = None, store: StoreOpt = None
+    names: Annotated[list[str] | None, typer.Argument(help="Dataset names (default: all)")] = None,
+    store: StoreOpt = None,
+    specs: SpecDirOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Validate the cleaned datasets with Great Expectations."""
-    _not_yet("datasets validate", "dataset validation")
+    """Validate the cleaned datasets with Great Expectations; exit 1 if any fails."""
+    from flows.datasets import select_specs, validate_datasets
+    from tasks.data import DatasetError
+    from tasks.store import Store, StoreError
+
+    try:
+        results = validate_datasets(Store(store), select_specs(names, specs))
+    except (DatasetError, StoreError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        doc = [
+            {"name": c.name, "sha": c.sha, "success": r.success, "message": r.message(), **urls}
+            for c, r, urls in results
+        ]
+        sys.stdout.write(json.dumps({"datasets": doc}) + "\n")
+    else:
+        for c, r, urls in results:
+            typer.echo(f"{c.name}\t{'ok' if r.success else 'FAILED'}\t{r.message()}\t{urls['html']}")
+    raise typer.Exit(0 if all(r.success for _, r, _ in results) else 1)
 
 
 @app.command()

@@ -1,6 +1,8 @@
 """The scoring engine: multiple_choice, cloze and perplexity, defined exactly as lm-evaluation-harness.
 
-- multiple_choice (id, context, choices, gold): one continuation per choice, `delimiter + choice`;
+- multiple_choice (id, context, choices, gold[, continuation]): one continuation per choice,
+  `delimiter + choice`; with a `continuation` (Winogrande's partial scoring) each choice instead
+  completes the context and " " + continuation is scored after it;
   `acc` = argmax of summed log-likelihood == gold; `acc_norm` = argmax of log-likelihood divided by
   the choice's length in characters; stderr = sample standard deviation / sqrt(n) (lm-eval's).
 - cloze (id, text), LAMBADA style: context = the text without its last space-separated word, target
@@ -125,7 +127,12 @@ def _prepare_mc(df, tokenizer, window, name, delimiter) -> Prepared:
             raise EvaluationError(
                 f"{name}: row id={row['id']}: gold {gold} out of range for {len(choices)} choices"
             )
-        pairs = [_encode_pair(tokenizer, row["context"], f"{delimiter}{c}") for c in choices]
+        partial = row.get("continuation")
+        if partial:  # partial scoring (Winogrande): each choice completes the context, score the rest
+            joined = [f"{row['context']} {c}" if row["context"] else c for c in choices]
+            pairs = [_encode_pair(tokenizer, ctx, f" {partial}") for ctx in joined]
+        else:
+            pairs = [_encode_pair(tokenizer, row["context"], f"{delimiter}{c}") for c in choices]
         fitted = [_fit_window(ctx, cont, window) for ctx, cont in pairs]
         if any(cut for _, cut in fitted):
             truncated += 1
@@ -137,7 +144,7 @@ def _prepare_mc(df, tokenizer, window, name, delimiter) -> Prepared:
                 Request(ctx, (tuple(cont),)) for (ctx, _), (_, cont) in zip(fitted, pairs, strict=True)
             )
         golds.append(gold)
-        lengths.append([float(len(c)) for c in choices])
+        lengths.append([float(len(partial))] * len(choices) if partial else [float(len(c)) for c in choices])
     owners = _owners(requests, [len(x) for x in lengths])
     return Prepared(
         name,

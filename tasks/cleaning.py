@@ -1,0 +1,130 @@
+"""Cleaning canonical rows with polars: normalise, then drop what cannot be scored, with a reason.
+
+Normalisation: Unicode NFC, runs of spaces/tabs collapsed to one space, runs of line breaks to
+one newline (prompts like "Question: ...\\nAnswer:" keep their line), ends stripped.
+Each dropped row goes to quarantine with the first reason that applies, in this order:
+null field, empty field, fewer than 2 choices, gold out of range, duplicate choices, too long,
+too short (cloze needs a context and a last word), duplicate id, duplicate row (same content as
+an earlier row after normalisation, whatever its id). Rows in = rows out + rows quarantined.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+CLEANING_VERSION = "1"  # part of every clean dataset's key: bump when a rule changes
+CANONICAL = {
+    "multiple_choice": ("id", "context", "choices", "gold"),
+    "cloze": ("id", "text"),
+    "perplexity": ("id", "text"),
+}
+OPTIONAL = {"multiple_choice": ("continuation",)}  # winogrande-style partial scoring
+
+
+def _normalise(expr: pl.Expr) -> pl.Expr:
+    return (
+        expr.str.normalize("NFC")
+        .str.replace_all(r"[^\S\n]+", " ")
+        .str.replace_all(r" ?\n[\s]*", "\n")
+        .str.strip_chars()
+    )
+
+
+def normalise(df: pl.DataFrame, kind: str) -> pl.DataFrame:
+    text_cols = [c for c in ("context", "text", "continuation") if c in df.columns]
+    exprs = [_normalise(pl.col(c)) for c in text_cols]
+    if "choices" in df.columns:
+        exprs.append(pl.col("choices").list.eval(_normalise(pl.element())))
+    return df.with_columns(exprs)
+
+
+def _reasons(kind: str, columns: list[str], max_chars: int) -> list[tuple[str, pl.Expr]]:
+    """(reason, condition) pairs, checked in order; conditions may assume earlier ones are false."""
+    fields = CANONICAL[kind]
+    rules = [("null field", pl.any_horizontal([pl.col(c).is_null() for c in fields]))]
+    if kind == "multiple_choice":
+        empty = (pl.col("context").str.len_chars() == 0) & ~pl.lit("continuation" in columns)
+        empty = (
+            empty
+            | pl.col("choices")
+            .list.eval(pl.element().is_null() | (pl.element().str.len_chars() == 0))
+            .list.any()
+        )
+        if "continuation" in columns:
+            empty = empty | (pl.col("continuation").fill_null("").str.len_chars() == 0)
+        n = pl.col("choices").list.len()
+        longest = pl.max_horizontal(
+            pl.col("context").str.len_chars(),
+            pl.col("choices").list.eval(pl.element().str.len_chars()).list.max(),
+        )
+        rules += [
+            ("empty field", empty),
+            ("fewer than 2 choices", n < 2),
+            ("gold out of range", (pl.col("gold") < 0) | (pl.col("gold") >= n)),
+            ("duplicate choices", pl.col("choices").list.n_unique() < n),
+            ("too long", longest > max_chars),
+        ]
+    else:
+        rules += [
+            ("empty field", pl.col("text").str.len_chars() == 0),
+            ("too long", pl.col("text").str.len_chars() > max_chars),
+        ]
+        if kind == "cloze":
+            rules.append(("too short", pl.col("text").str.split(" ").list.len() < 2))
+    return rules
+
+
+def _content_hash(kind: str, columns: list[str]) -> pl.Expr:
+    """Hash of a row's normalised content without its id: equal content, equal hash."""
+    parts = [c for c in CANONICAL[kind] + OPTIONAL.get(kind, ()) if c != "id" and c in columns]
+    cols = [pl.col(c).list.join("\x1f") if c == "choices" else pl.col(c).cast(pl.String) for c in parts]
+    return pl.concat_str(cols, separator="\x1e", ignore_nulls=True).hash(seed=0)
+
+
+def clean_frame(
+    raw: pl.DataFrame, kind: str, *, max_chars: int = 20_000
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(clean rows, quarantined rows with `reason`). `raw` has the canonical columns and `row`."""
+    columns = [c for c in CANONICAL[kind] + OPTIONAL.get(kind, ()) if c in raw.columns]
+    norm = normalise(raw.select(["row", *columns]), kind)
+    reason = pl.lit(None, dtype=pl.String)
+    for label, condition in reversed(_reasons(kind, columns, max_chars)):
+        reason = pl.when(condition.fill_null(True)).then(pl.lit(label)).otherwise(reason)
+    checked = norm.with_columns(reason.alias("reason"), _content_hash(kind, columns).alias("_hash"))
+    ok = pl.col("reason").is_null()
+    # Duplicates are judged only among rows that passed every other rule; the first one is kept.
+    dup_id = ok & (pl.int_range(pl.len()).over(pl.col("id"), ok) > 0)
+    checked = checked.with_columns(
+        pl.when(dup_id).then(pl.lit("duplicate id")).otherwise(pl.col("reason")).alias("reason")
+    )
+    ok = pl.col("reason").is_null()
+    first_of_hash = pl.int_range(pl.len()).over(pl.col("_hash"), pl.col("reason").is_null()) == 0
+    checked = checked.with_columns(
+        pl.when(ok & ~first_of_hash).then(pl.lit("duplicate row")).otherwise(pl.col("reason")).alias("reason")
+    )
+    clean = checked.filter(pl.col("reason").is_null()).select(columns)
+    if (
+        kind == "multiple_choice"
+        and "continuation" in clean.columns
+        and clean["continuation"].null_count() == clean.height
+    ):
+        clean = clean.drop("continuation")
+    # Quarantine keeps the row as it arrived (before normalisation), its raw index and the reason.
+    quarantine = (
+        raw.select(["row", *columns])
+        .join(checked.filter(pl.col("reason").is_not_null()).select("row", "reason"), on="row", how="inner")
+        .sort("row")
+    )
+    return clean, quarantine
+
+
+def summary(name: str, raw: pl.DataFrame, clean: pl.DataFrame, quarantine: pl.DataFrame) -> dict:
+    counts = dict(quarantine.group_by("reason").len().sort("reason").iter_rows()) if quarantine.height else {}
+    return {
+        "name": name,
+        "rows_in": raw.height,
+        "rows_out": clean.height,
+        "quarantined": quarantine.height,
+        "reasons": counts,
+        "cleaning_version": CLEANING_VERSION,
+    }
