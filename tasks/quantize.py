@@ -200,21 +200,24 @@ def spec_codebook(weight: torch.Tensor, spec: QuantSpec, scale_dtype: torch.dtyp
     """The codebook a spec rounds `weight` to, with its cached lookup table for fixed data types.
 
     quantile: equal-mass quantiles of the tensor's absmax-normalised values (the block scales it will
-    be quantized with), from at most QUANTILE_SAMPLES values drawn with a fixed seed.
+    be quantized with), from at most QUANTILE_SAMPLES values: runs of 256 consecutive values at
+    random (seeded) positions, so the sample is drawn without random-access gathers.
     """
     if spec.dtype != "quantile":
         table = fixed_table(spec.dtype, spec.bits, spec.exp_bits, weight.device)
         return table.codebook, table
     flat = weight.detach().reshape(-1)
-    n, width = flat.numel(), spec.block_size or flat.numel()
+    n, width, run = flat.numel(), spec.block_size or flat.numel(), 256
     scales = round_scales(block_absmax(flat, spec.block_size), scale_dtype)
     if n <= QUANTILE_SAMPLES:
-        idx = torch.arange(n, device=flat.device)
+        values, positions = flat, torch.arange(n, device=flat.device)
     else:
         gen = torch.Generator().manual_seed(seed)
-        idx = torch.randint(n, (QUANTILE_SAMPLES,), generator=gen).to(flat.device)
-    s = scales[idx // width]
-    normalised = torch.where(s > 0, flat[idx].float() / s, 0.0).clamp(-1, 1)
+        starts = torch.randint(n // run, (QUANTILE_SAMPLES // run,), generator=gen).to(flat.device) * run
+        positions = (starts[:, None] + torch.arange(run, device=flat.device)).view(-1)
+        values = flat[: n - n % run].view(-1, run).index_select(0, starts // run).view(-1)
+    s = scales[positions // width]
+    normalised = torch.where(s > 0, values.float() / s, 0.0).clamp(-1, 1)
     return quantile_codebook(normalised, spec.bits), None
 
 
@@ -306,7 +309,8 @@ def _is_conv1d(module: nn.Module) -> bool:
 def quant_targets(model: nn.Module, spec: QuantSpec) -> list[tuple[str, nn.Module, nn.Parameter]]:
     """(name, module, weight) a spec quantizes: the block linears, plus embeddings and LM head with -emb.
 
-    A weight shared by several modules (tied embeddings) appears once, under its first name.
+    A weight shared by several modules (tied embeddings) appears once, under its first name. For -o<P>,
+    an nn.Embedding's weight [vocab, hidden] is treated like the LM head's: hidden dims are the features.
     """
     modules = list(transformer_linears(model))
     if spec.embeddings:
@@ -367,9 +371,8 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str, *, scale_dtype: torc
             pristine[id(param)] = (param, param.detach().to(pristine_device or param.device, copy=True))
         original = pristine[id(param)][1].to(param.device)
         in_dim = 0 if _is_conv1d(module) else 1
-        quantized = fake_quantize(original, spec, scale_dtype=scale_dtype, in_dim=in_dim)
-        param.copy_(quantized)
-        mse[name] = _mse(quantized, original)
+        fake_quantize(original, spec, scale_dtype=scale_dtype, in_dim=in_dim, out=param.data)
+        mse[name] = _mse(param, original)
         bits += _layer_bits(spec, original, in_dim)
         n_quantized += original.numel()
     n_other = sum(p.numel() for p in model.parameters() if id(p) not in wanted)
