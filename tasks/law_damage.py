@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from tasks.law_common import NO_DATA, extrapolation_entry, num, table_rows
+from tasks.law_common import NO_DATA, OK, extrapolation_entry, num, table_rows
 from tasks.law_solve import bootstrap_linear, child_rng, interval
 
 FORMS = ("power", "exponential")
@@ -81,16 +82,162 @@ def to_params(coef: np.ndarray, cols: np.ndarray, form: str) -> np.ndarray:
     return full
 
 
-def _fit(x: np.ndarray, y: np.ndarray, clusters: np.ndarray, cols: np.ndarray, n_boot: int, rng) -> tuple:
-    coef, boot = bootstrap_linear(x[:, cols], y, clusters, n_boot, rng)
-    return coef, boot
+@dataclass(frozen=True)
+class SchemeData:
+    """One family's damage points for one scheme, dL > 0 only (the log needs it)."""
+
+    family: str
+    scheme: str
+    rows: pl.DataFrame
+    dropped_nonpositive: int
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.log(self.rows["delta"].to_numpy())
+
+    @property
+    def checkpoints(self) -> np.ndarray:
+        return self.rows["checkpoint_id"].to_numpy()
+
+    @property
+    def latest(self) -> dict:
+        """The checkpoint that saw the most tokens (then the later step, the larger model)."""
+        order = ["tokens_seen", "step", "n_params", "checkpoint_id"]
+        return self.rows.sort(order, descending=True, nulls_last=True).row(0, named=True)
+
+    def design(self, form: str) -> np.ndarray:
+        d, n, k = (self.rows[c].to_numpy().astype(float) for c in ("tokens_seen", "n_params", "bits"))
+        return design(d, n, k, form)
 
 
-def _predict(
-    x_new: np.ndarray, cols: np.ndarray, coef: np.ndarray, boot: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """dL at new design rows: the point prediction [m] and bootstrap predictions [n_boot, m]."""
-    return np.exp(x_new[:, cols] @ coef), np.exp(boot @ x_new[:, cols].T)
+def identifiable(x: np.ndarray, checkpoints: np.ndarray, cols: np.ndarray) -> bool:
+    """D varies (beta is the point of the law), two checkpoints at least, and a residual left."""
+    return 1 in cols and len(np.unique(checkpoints)) >= 2 and len(x) > len(cols)
+
+
+def predict(x_new: np.ndarray, coef: np.ndarray, boot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """dL at design rows (free columns only): the estimate [m] and bootstrap predictions [n_boot, m]."""
+    return np.exp(x_new @ coef), np.exp(boot @ x_new.T)
+
+
+def insufficient(base: dict) -> dict:
+    none = {p: None for p in PARAMS}
+    return {
+        **base,
+        **none,
+        "ci": {p: [None, None] for p in PARAMS},
+        "heldout_error": None,
+        "held_out": None,
+        "unidentified": [],
+        "next_checkpoint": None,
+        "status": NO_DATA,
+    }
+
+
+def held_out_check(data: SchemeData, form: str, cols: np.ndarray, n_boot: int, seed: int, level: float):
+    """Refit without the latest checkpoint and predict its points: (RMS log error, checks)."""
+    x, y, ckpt = data.design(form)[:, cols], data.y, data.checkpoints
+    latest = data.latest["checkpoint_id"]
+    train = ckpt != latest
+    if not np.array_equal(free_columns(data.design(form)[train]), cols) or not identifiable(
+        x[train], ckpt[train], cols
+    ):
+        return None, []
+    rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}|heldout")
+    coef, boot = bootstrap_linear(x[train], y[train], ckpt[train], n_boot, rng)
+    if not np.isfinite(coef).all():
+        return None, []
+    pred, pred_boot = predict(x[~train], coef, boot)
+    obs = np.exp(y[~train])
+    quants = data.rows["quant"].to_numpy()[~train]
+    checks = [
+        extrapolation_entry(
+            f"damage_{form}",
+            data.family,
+            q,
+            "delta_loss",
+            latest,
+            float(pred[j]),
+            pred_boot[:, j],
+            float(obs[j]),
+            math.nan,
+            level,
+        )
+        for j, q in enumerate(quants)
+    ]
+    return float(np.sqrt(np.mean((np.log(pred) - np.log(obs)) ** 2))), checks
+
+
+def next_checkpoint(data: SchemeData, all_rows: pl.DataFrame, form: str, cols, coef, boot, level: float):
+    """dL predicted for the latest checkpoint's size one more step of its last token growth ahead."""
+    latest = data.latest
+    size = all_rows.filter(pl.col("family") == data.family, pl.col("n_params") == latest["n_params"])
+    earlier = size.filter(pl.col("tokens_seen") < latest["tokens_seen"])["tokens_seen"]
+    if earlier.len() == 0:
+        return None
+    d_next = latest["tokens_seen"] ** 2 / float(earlier.max())
+    names = data.rows.sort("quant").group_by("bits", maintain_order=True).first().sort("bits")
+    ks = names["bits"].to_numpy().astype(float)
+    x = design(np.full(len(ks), d_next), np.full(len(ks), latest["n_params"]), ks, form)[:, cols]
+    pred, pred_boot = predict(x, coef, boot)
+    predictions = [
+        {
+            "quant": q,
+            "bits": int(k),
+            "delta_loss": num(pred[i]),
+            "ci": [num(v) for v in interval(pred_boot[:, i], level)],
+        }
+        for i, (q, k) in enumerate(zip(names["quant"], ks, strict=True))
+    ]
+    return {"n_params": int(latest["n_params"]), "tokens_seen": num(d_next), "predictions": predictions}
+
+
+def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, seed: int, level: float):
+    """One damage form on one scheme: (doc entry, extrapolation checks, long-table rows)."""
+    base = {
+        "family": data.family,
+        "scheme": data.scheme,
+        "form": form,
+        "n_points": data.rows.height,
+        "n_checkpoints": len(np.unique(data.checkpoints)),
+        "dropped_nonpositive": data.dropped_nonpositive,
+    }
+    if data.rows.height == 0:
+        return insufficient(base), [], []
+    x = data.design(form)
+    cols = free_columns(x)
+    if not identifiable(x, data.checkpoints, cols):
+        return insufficient(base), [], []
+    rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}")
+    coef, boot = bootstrap_linear(x[:, cols], data.y, data.checkpoints, n_boot, rng)
+    if not np.isfinite(coef).all():  # collinear (e.g. D proportional to N): not identifiable
+        return insufficient(base), [], []
+    est, samples = to_params(coef, cols, form), to_params(boot, cols, form)
+    heldout_error, checks = held_out_check(data, form, cols, n_boot, seed, level)
+    entry = {
+        **base,
+        **{p: num(est[i]) for i, p in enumerate(PARAMS)},
+        "ci": {p: [num(v) for v in interval(samples[:, i], level)] for i, p in enumerate(PARAMS)},
+        "heldout_error": num(heldout_error),
+        "held_out": data.latest["checkpoint_id"],
+        "unidentified": [p for i, p in enumerate(PARAMS) if i not in cols],
+        "next_checkpoint": next_checkpoint(data, all_rows, form, cols, coef, boot, level),
+        "status": OK,
+    }
+    r = data.rows
+    rows = table_rows(
+        "damage",
+        f"damage_{form}",
+        family=data.family,
+        metric="delta_loss",
+        quant=r["quant"],
+        bits=r["bits"],
+        n_params=r["n_params"],
+        tokens_seen=r["tokens_seen"],
+        value=r["delta"],
+        fitted=np.exp(x[:, cols] @ coef),
+    )
+    return entry, checks, [rows]
 
 
 def fit_damage(points: pl.DataFrame, n_boot: int, seed: int, level: float) -> tuple[list, list, list]:
@@ -98,145 +245,12 @@ def fit_damage(points: pl.DataFrame, n_boot: int, seed: int, level: float) -> tu
     dp = damage_points(points)
     entries, checks, rows = [], [], []
     for (family, scheme), g in dp.group_by(["family", "scheme"], maintain_order=True):
-        nonpositive = int((g["delta"] <= 0).sum())
-        g = g.filter(pl.col("delta") > 0)
-        d, n, k = (g[c].to_numpy().astype(float) for c in ("tokens_seen", "n_params", "bits"))
-        y = np.log(g["delta"].to_numpy()) if g.height else np.zeros(0)
-        ckpt = g["checkpoint_id"].to_numpy()
-        latest = (
-            g.sort(
-                ["tokens_seen", "step", "n_params", "checkpoint_id"], descending=True, nulls_last=True
-            ).row(0, named=True)
-            if g.height
-            else None
-        )
-        form_entries = []
-        for form in FORMS:
-            base = {
-                "family": family,
-                "scheme": scheme,
-                "form": form,
-                "n_points": g.height,
-                "n_checkpoints": len(np.unique(ckpt)),
-                "dropped_nonpositive": nonpositive,
-            }
-            x = design(d, n, k, form)
-            cols = free_columns(x) if g.height else np.arange(1)
-            ok = g.height > len(cols) and 1 in cols and len(np.unique(ckpt)) >= 2
-            coef, boot = (
-                _fit(x, y, ckpt, cols, n_boot, child_rng(seed, f"damage|{family}|{scheme}|{form}"))
-                if ok
-                else (np.full(len(cols), np.nan), None)
-            )
-            if not ok or not np.isfinite(coef).all():
-                form_entries.append(
-                    {
-                        **base,
-                        "C": None,
-                        "alpha": None,
-                        "beta": None,
-                        "gamma": None,
-                        "ci": {p: [None, None] for p in PARAMS},
-                        "heldout_error": None,
-                        "unidentified": [],
-                        "status": NO_DATA,
-                    }
-                )
-                continue
-            est, samples = to_params(coef, cols, form), to_params(boot, cols, form)
-            entry = {
-                **base,
-                **{p: num(est[i]) for i, p in enumerate(PARAMS)},
-                "ci": {p: [num(v) for v in interval(samples[:, i], level)] for i, p in enumerate(PARAMS)},
-                "unidentified": [p for i, p in enumerate(PARAMS) if i not in cols],
-                "status": "ok",
-            }
-            rows.append(
-                table_rows(
-                    "damage",
-                    f"damage_{form}",
-                    family=family,
-                    metric="delta_loss",
-                    quant=g["quant"],
-                    bits=g["bits"],
-                    n_params=g["n_params"],
-                    tokens_seen=g["tokens_seen"],
-                    value=g["delta"],
-                    fitted=np.exp(x[:, cols] @ coef),
-                )
-            )
-            # held out: refit without the latest checkpoint, predict it
-            held = ckpt == latest["checkpoint_id"]
-            train_cols = free_columns(x[~held])
-            entry["held_out"] = latest["checkpoint_id"]
-            entry["heldout_error"] = None
-            if (
-                held.any()
-                and np.array_equal(train_cols, cols)
-                and (~held).sum() > len(cols)
-                and len(np.unique(ckpt[~held])) >= 2
-            ):
-                c_tr, b_tr = _fit(
-                    x[~held],
-                    y[~held],
-                    ckpt[~held],
-                    cols,
-                    n_boot,
-                    child_rng(seed, f"damage|{family}|{scheme}|{form}|heldout"),
-                )
-                if np.isfinite(c_tr).all():
-                    pred, pred_boot = _predict(x[held], cols, c_tr, b_tr)
-                    obs = np.exp(y[held])
-                    entry["heldout_error"] = num(np.sqrt(np.mean((np.log(pred) - np.log(obs)) ** 2)))
-                    for j, q in enumerate(g["quant"].to_numpy()[held]):
-                        checks.append(
-                            extrapolation_entry(
-                                f"damage_{form}",
-                                family,
-                                q,
-                                "delta_loss",
-                                latest["checkpoint_id"],
-                                float(pred[j]),
-                                pred_boot[:, j],
-                                float(obs[j]),
-                                math.nan,
-                                level,
-                            )
-                        )
-            entry["next_checkpoint"] = _next_checkpoint(dp, latest, cols, coef, boot, form, level)
-            form_entries.append(entry)
-        errs = [e.get("heldout_error") for e in form_entries]
-        for e in form_entries:
-            e["heldout_better"] = None if None in errs else bool(e["heldout_error"] == min(errs))
-        entries.extend(form_entries)
+        data = SchemeData(family, scheme, g.filter(pl.col("delta") > 0), int((g["delta"] <= 0).sum()))
+        both = [fit_form(data, form, dp, n_boot, seed, level) for form in FORMS]
+        errors = [e["heldout_error"] for e, _, _ in both]
+        for entry, c, r in both:
+            entry["heldout_better"] = None if None in errors else entry["heldout_error"] == min(errors)
+            entries.append(entry)
+            checks.extend(c)
+            rows.extend(r)
     return entries, checks, rows
-
-
-def _next_checkpoint(
-    dp: pl.DataFrame, latest: dict, cols, coef, boot, form: str, level: float
-) -> dict | None:
-    """dL predicted at the latest checkpoint's size after one more step of its last token growth."""
-    same = dp.filter(pl.col("family") == latest["family"], pl.col("n_params") == latest["n_params"])
-    earlier = same.filter(pl.col("tokens_seen") < latest["tokens_seen"])["tokens_seen"]
-    if earlier.len() == 0:
-        return None
-    d_next = latest["tokens_seen"] ** 2 / float(earlier.max())
-    ks = np.unique(
-        dp.filter(pl.col("family") == latest["family"], pl.col("scheme") == latest["scheme"])["bits"]
-    )
-    x = design(np.full(len(ks), d_next), np.full(len(ks), latest["n_params"]), ks.astype(float), form)
-    pred, pred_boot = _predict(x, cols, coef, boot)
-    scheme = latest["scheme"]
-    return {
-        "n_params": int(latest["n_params"]),
-        "tokens_seen": num(d_next),
-        "predictions": [
-            {
-                "quant": scheme.replace("<k>", str(int(kk))),
-                "bits": int(kk),
-                "delta_loss": num(pred[i]),
-                "ci": [num(v) for v in interval(pred_boot[:, i], level)],
-            }
-            for i, kk in enumerate(ks)
-        ],
-    }

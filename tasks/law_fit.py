@@ -3,7 +3,11 @@
 The laws, with x = a log of total model bits S:
 - power law (Chinchilla approach 3): log L = LSE(a - alpha*ln S, e), i.e. L = E + A*S^-alpha with
   A = e^a, E = e^e, fitted by the summed Huber loss (delta 1e-3) on log L;
-- threshold: R = c + h*sigmoid((log2 S - m)/w): chance c, ceiling c + h, critical size S* = 2^m;
+- threshold: R = c + h*sigmoid((log2 S - m)/w): chance c, ceiling c + h, critical size S* = 2^m,
+  fitted by weighted least squares (1/stderr of each accuracy).
+Each law has a point fit from a grid of starts and a bootstrap whose replicates are refit from
+the point estimate; all problems of a law (every spec, metric and extrapolation refit) are
+solved together.
 """
 
 from __future__ import annotations
@@ -16,6 +20,15 @@ from scipy.optimize import minimize
 from tasks.law_solve import Model, child_rng, pad, pad_rows, resample_indices, robust_loss, solve_batched
 
 HUBER_DELTA = 1e-3
+
+
+@dataclass(frozen=True)
+class Bootstrapped:
+    theta: np.ndarray  # the point estimate [p]; NaN when the fit failed
+    boot: np.ndarray  # [n_boot, p] refits of resampled data; NaN rows failed
+    predicted: float | None = None  # the law at the problem's prediction point
+    predicted_boot: np.ndarray | None = None
+
 
 # -- power law: L = E + A * S^-alpha ----------------------------------------------------------------
 
@@ -139,6 +152,20 @@ def fit_power_law(s_bits: np.ndarray, loss: np.ndarray, warm: np.ndarray | None 
     return fit_power_laws([(s_bits, loss)], [warm])[0]
 
 
+def refit_power_law_batch(
+    s_bits: np.ndarray, loss: np.ndarray, mask: np.ndarray, warm: np.ndarray, *, delta: float = HUBER_DELTA
+) -> np.ndarray:
+    """Refit many point sets [B, n] at once, each from its warm start [B, 3] (raw); NaN if failed."""
+    x = np.log(np.where(mask > 0, s_bits, 1.0))
+    y = np.log(np.where(mask > 0, loss, 1.0))
+    x0 = (x * mask).sum(1) / np.maximum(mask.sum(1), 1)
+    model = _power_law_model(x - x0[:, None], y, mask)
+    theta, f = solve_batched(model, to_centred(warm, x0), POWER_LAW_LO, POWER_LAW_HI, delta=delta)
+    theta = from_centred(theta, x0)
+    theta[~np.isfinite(f)] = np.nan
+    return theta
+
+
 @dataclass(frozen=True)
 class PowerLawProblem:
     key: str  # names the problem; seeds its bootstrap draws
@@ -146,14 +173,6 @@ class PowerLawProblem:
     loss: np.ndarray
     s_predict: float | None = None  # also predict L here (extrapolation checks)
     warm: np.ndarray | None = None  # raw (a, alpha, e) from a previous fit
-
-
-@dataclass(frozen=True)
-class Bootstrapped:
-    theta: np.ndarray  # the point estimate [p]; NaN when the fit failed
-    boot: np.ndarray  # [n_boot, p] refits of resampled data; NaN rows failed
-    predicted: float | None = None  # the law at the problem's prediction point
-    predicted_boot: np.ndarray | None = None
 
 
 def bootstrap_power_laws(
@@ -185,21 +204,19 @@ def bootstrap_power_laws(
     return out
 
 
-def refit_power_law_batch(
-    s_bits: np.ndarray, loss: np.ndarray, mask: np.ndarray, warm: np.ndarray, *, delta: float = HUBER_DELTA
-) -> np.ndarray:
-    """Refit many point sets [B, n] at once, each from its warm start [B, 3] (raw); NaN if failed."""
-    x = np.log(np.where(mask > 0, s_bits, 1.0))
-    y = np.log(np.where(mask > 0, loss, 1.0))
-    x0 = (x * mask).sum(1) / np.maximum(mask.sum(1), 1)
-    model = _power_law_model(x - x0[:, None], y, mask)
-    theta, f = solve_batched(model, to_centred(warm, x0), POWER_LAW_LO, POWER_LAW_HI, delta=delta)
-    theta = from_centred(theta, x0)
-    theta[~np.isfinite(f)] = np.nan
-    return theta
-
-
 # -- threshold law: R = c + h * sigmoid((x - m) / w), x = log2 S ----------------------------------
+
+
+@dataclass(frozen=True)
+class ThresholdProblem:
+    key: str
+    x: np.ndarray  # log2 total bits per point [n]
+    acc: np.ndarray  # [n, D] accuracy per dataset; the metric is their mean
+    n_examples: np.ndarray  # [n, D]; NaN where unknown
+    stderr: np.ndarray  # [n, D]; NaN where unknown
+    chance: float | None  # None: a free parameter
+    x_predict: float | None = None
+    warm: np.ndarray | None = None  # (m, ln w, h, c) from a previous fit
 
 
 @dataclass(frozen=True)
@@ -265,18 +282,6 @@ def fit_threshold_batch(
     theta, f = solve_batched(_threshold_model(x, y, weight), starts, bounds_lo, bounds_hi)
     theta[~np.isfinite(f)] = np.nan
     return theta, f
-
-
-@dataclass(frozen=True)
-class ThresholdProblem:
-    key: str
-    x: np.ndarray  # log2 total bits per point [n]
-    acc: np.ndarray  # [n, D] accuracy per dataset; the metric is their mean
-    n_examples: np.ndarray  # [n, D]; NaN where unknown
-    stderr: np.ndarray  # [n, D]; NaN where unknown
-    chance: float | None  # None: a free parameter
-    x_predict: float | None = None
-    warm: np.ndarray | None = None  # (m, ln w, h, c) from a previous fit
 
 
 def accuracy_stderr(acc: np.ndarray, n: np.ndarray, stderr: np.ndarray) -> np.ndarray:

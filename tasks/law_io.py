@@ -95,16 +95,20 @@ def _previous_doc(store: Store) -> dict[str, Any] | None:
 
 
 def fit_store(store: Store, config: FitConfig = FitConfig()) -> StoredFit:
-    """Fit the store's results unless this exact fit is stored already; write and point at it."""
+    """Fit the store's results unless this exact fit is stored already; fits/latest.json then
+    points at the fit of the store's current results."""
     results = read_results_store(store)
     sha = results_sha(results)
     json_key, parquet_key = fit_keys(sha)
-    if store.exists(json_key):
-        doc = store.read_json(json_key)
-        if _same_settings(doc, config):
-            return StoredFit(doc, refitted=False, key=json_key)
-    fit = fit_laws(results, config, previous=_previous_doc(store))
-    store.write_parquet(parquet_key, fit.table)
-    store.write_json(json_key, fit.doc)
-    store.write_json(LATEST, {"results_sha": sha, "fit": json_key, "table": parquet_key})
-    return StoredFit(fit.doc, refitted=True, key=json_key)
+    stored = store.read_json(json_key) if store.exists(json_key) else None
+    if stored is not None and _same_settings(stored, config):
+        outcome = StoredFit(stored, refitted=False, key=json_key)
+    else:
+        fit = fit_laws(results, config, previous=_previous_doc(store))
+        store.write_parquet(parquet_key, fit.table)
+        store.write_json(json_key, fit.doc)  # last: its presence means the fit is complete
+        outcome = StoredFit(fit.doc, refitted=True, key=json_key)
+    pointer = {"results_sha": sha, "fit": json_key, "table": parquet_key}
+    if not store.exists(LATEST) or store.read_json(LATEST) != pointer:
+        store.write_json(LATEST, pointer)
+    return outcome

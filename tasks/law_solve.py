@@ -63,8 +63,8 @@ def solve_batched(
         # A parameter on a bound that the gradient pushes outward is held for this step, so the
         # step is a Newton step in the free directions instead of a clipped full one.
         blocked = ((ta <= lo[a]) & (g > 0)) | ((ta >= hi[a]) & (g < 0))
-        ja = ja * (free[a] * ~blocked)[:, None, :]
-        g = np.einsum("bn,bnp->bp", w * ra, ja)
+        keep = free[a] * ~blocked
+        ja, g = ja * keep[:, None, :], g * keep
         h = np.einsum("bnp,bnq->bpq", ja * w[..., None], ja)
         d = np.diagonal(h, axis1=1, axis2=2)
         jitter = 1e-12 * (d.max(axis=1, keepdims=True) + 1.0)

@@ -81,12 +81,22 @@ def test_second_fit_of_unchanged_results_reads_the_stored_fit(tmp_path, results,
     assert second.doc == first.doc
 
     # a new checkpoint's results: a refit, warm-started from the previous fit
-    newer = simulate_results(SIZES, [6e10], SPECS, seed=9)
+    newer = simulate_results(SIZES, [6e10], SPECS, seed=9).with_columns(
+        checkpoint_id=pl.col("checkpoint_id").str.replace("step-1000", "step-3000"), step=pl.lit(3000)
+    )
     put_results(store, newer)
     third = fit_store(store, config)
     assert third.refitted and len(calls) == 2 and calls[1]["results_sha"] == sha
     assert third.doc["results_sha"] != sha and third.doc["warm_started"] > 0
     assert store.read_json(LATEST)["results_sha"] == third.doc["results_sha"]
+
+    # back to the first results (the new checkpoint's files removed): the stored fit, re-pointed
+    for key in store.list("results"):
+        if "step-3000" in key:
+            store.delete(key)
+    fourth = fit_store(store, config)
+    assert not fourth.refitted and len(calls) == 2 and fourth.doc == first.doc
+    assert store.read_json(LATEST)["results_sha"] == sha
 
 
 def test_a_stored_fit_with_other_settings_is_not_reused(tmp_path, results):
