@@ -14,8 +14,8 @@ from typing import Any
 def fit_command(store_uri: str | None, results_file: str | None, as_json: bool) -> int:
     """Run one fit; print the fit document (--json: one JSON document on stdout, nothing else)
     or a short summary. Returns the exit code: 0 ok, 1 unusable input or store failure."""
-    from tasks.law import fit_laws
-    from tasks.law_io import fit_store, read_results_file
+    from tasks.law import FitConfig, fit_laws
+    from tasks.law_io import default_chance, fit_store, read_results_file
     from tasks.law_table import ResultsError
     from tasks.store import Store, StoreError
 
@@ -23,7 +23,8 @@ def fit_command(store_uri: str | None, results_file: str | None, as_json: bool) 
         return _error("use --store or --results, not both")
     try:
         if results_file:
-            doc, where = fit_laws(read_results_file(results_file)).doc, None
+            results = read_results_file(results_file)
+            doc, where = fit_laws(results, FitConfig(chance=default_chance(results))).doc, None
         else:
             store = Store(store_uri)
             stored = fit_store(store)
@@ -31,7 +32,7 @@ def fit_command(store_uri: str | None, results_file: str | None, as_json: bool) 
     except (ResultsError, StoreError, ValueError) as exc:
         return _error(str(exc))
     if as_json:
-        sys.stdout.write(json.dumps(doc, allow_nan=False) + "\n")
+        sys.stdout.write(json.dumps(doc, allow_nan=False, sort_keys=True) + "\n")
     else:
         _summary(doc, where)
     return 0

@@ -23,7 +23,7 @@ class FitConfig:
     n_boot: int = 200  # bootstrap resamples per law
     seed: int = 0
     level: float = 0.90  # interval coverage
-    min_sizes: int = 3  # curves and threshold law
+    min_sizes: int = 3  # curves and threshold law (which also needs a size per free parameter)
     min_sizes_power_law: int = 4  # 3 parameters: a 4th size is the least that leaves a residual
     min_sizes_frontier: int = 2
     n_budgets: int = 64

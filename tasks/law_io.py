@@ -20,7 +20,7 @@ import polars as pl
 
 from tasks.law import LAW_VERSION, FitConfig, fit_laws
 from tasks.law_table import ResultsError, normalise, results_sha
-from tasks.store import Store
+from tasks.store import Store, StoreError
 
 LATEST = "fits/latest.json"
 
@@ -77,6 +77,37 @@ def read_results_store(store: Store) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal_relaxed")
 
 
+def default_chance(results: pl.DataFrame, store: Store | None = None) -> dict[str, float]:
+    """Chance accuracy per dataset where it is known, so the threshold law need not fit it:
+    0 for cloze (a greedy whole-word match is not guessed), and for a multiple-choice dataset
+    whose clean file datasets/clean/<name>/<dataset_sha>.parquet is in the store, the mean of
+    1/len(choices) over its examples. Any other dataset keeps chance as a free parameter."""
+    chance: dict[str, float] = {}
+    cols = ["dataset", "kind"] + (["dataset_sha"] if "dataset_sha" in results.columns else [])
+    found = (
+        results.filter(pl.col("kind").is_in(["cloze", "multiple_choice"])).select(cols).unique().sort(cols)
+    )
+    for row in found.iter_rows(named=True):
+        name = row["dataset"]
+        if row["kind"] == "cloze":
+            chance[name] = 0.0
+        elif store is not None and name not in chance and row.get("dataset_sha"):
+            key = f"datasets/clean/{name}/{row['dataset_sha']}.parquet"
+            try:
+                if store.exists(key):
+                    choices = store.read_parquet(key)["choices"].list.len()
+                    if choices.len() and (choices > 0).all():
+                        chance[name] = float((1.0 / choices).mean())
+            except (
+                StoreError,
+                OSError,
+                ValueError,
+                pl.exceptions.PolarsError,
+            ):  # odd file: chance stays free
+                continue
+    return chance
+
+
 def _same_settings(doc: dict[str, Any], config: FitConfig) -> bool:
     stored = json.dumps(doc.get("config"), sort_keys=True)
     wanted = json.dumps(json.loads(json.dumps(config.describe())), sort_keys=True)
@@ -94,10 +125,12 @@ def _previous_doc(store: Store) -> dict[str, Any] | None:
         return None
 
 
-def fit_store(store: Store, config: FitConfig = FitConfig()) -> StoredFit:
+def fit_store(store: Store, config: FitConfig | None = None) -> StoredFit:
     """Fit the store's results unless this exact fit is stored already; fits/latest.json then
-    points at the fit of the store's current results."""
+    points at the fit of the store's current results. Without a config: the defaults, with the
+    chance levels the store knows (default_chance)."""
     results = read_results_store(store)
+    config = config or FitConfig(chance=default_chance(results, store))
     sha = results_sha(results)
     json_key, parquet_key = fit_keys(sha)
     stored = store.read_json(json_key) if store.exists(json_key) else None

@@ -107,11 +107,11 @@ def curve_rows(
     )
 
 
-def _run(groups: list[SizeGroup], make: Callable, minimum: int, solve: Callable) -> tuple[list, list]:
-    """Build each group's full and without-largest problems (None when too few sizes) and solve
-    them all in one batch. Returns the fits of both, aligned with `groups` (None where skipped)."""
-    full = [make(g, None) if g.points.height >= minimum else None for g in groups]
-    held = [make(g, g.without_largest()) if g.points.height - 1 >= minimum else None for g in groups]
+def _run(groups: list[SizeGroup], make: Callable, minimum: Callable, solve: Callable) -> tuple[list, list]:
+    """Build each group's full and without-largest problems (None when fewer sizes than
+    minimum(group)) and solve them all in one batch. Returns both fits, aligned with `groups`."""
+    full = [make(g, None) if g.points.height >= minimum(g) else None for g in groups]
+    held = [make(g, g.without_largest()) if g.points.height - 1 >= minimum(g) else None for g in groups]
     todo = [p for p in full + held if p is not None]
     fitted = dict(zip([p.key for p in todo], solve(todo), strict=True))
     ok = [None if p is None or not np.isfinite(fitted[p.key].theta).all() else fitted[p.key] for p in full]
@@ -220,24 +220,33 @@ def fit_thresholds(
     )
     family_datasets = dict(zip(acc_ds["family"], acc_ds["dataset"].to_list(), strict=True))
 
+    def datasets(g: SizeGroup) -> list[str]:
+        return family_datasets[g.family] if g.metric == "mean_acc" else [g.metric.removeprefix("acc:")]
+
+    def chance(g: SizeGroup) -> float | None:
+        known = config.chance or {}
+        return (
+            float(np.mean([known[d] for d in datasets(g)])) if all(d in known for d in datasets(g)) else None
+        )
+
+    def minimum(g: SizeGroup) -> int:
+        """No fewer sizes than free parameters: 3, or 4 when the chance level is fitted too."""
+        return max(config.min_sizes, 3 if chance(g) is not None else 4)
+
     def make(g: SizeGroup, keep: np.ndarray | None) -> ThresholdProblem:
-        datasets = family_datasets[g.family] if g.metric == "mean_acc" else [g.metric.removeprefix("acc:")]
-        acc, n, se = _accuracy_arrays(comp, g, datasets)
+        acc, n, se = _accuracy_arrays(comp, g, datasets(g))
         x = np.log2(g.points["total_bits"].to_numpy())
-        chance = None
-        if config.chance and all(ds in config.chance for ds in datasets):
-            chance = float(np.mean([config.chance[ds] for ds in datasets]))
         w = warm.get(("threshold", g.family, g.quant, g.metric))
         key = f"threshold|{g.family}|{g.quant}|{g.metric}"
         if keep is None:
-            return ThresholdProblem(key, x, acc, n, se, chance, warm=w)
+            return ThresholdProblem(key, x, acc, n, se, chance(g), warm=w)
         return ThresholdProblem(
             f"{key}|extrapolate",
             x[keep],
             acc[keep],
             n[keep],
             se[keep],
-            chance,
+            chance(g),
             x_predict=float(x[~keep][0]),
             warm=w,
         )
@@ -247,7 +256,7 @@ def fit_thresholds(
     def solve(todo: list[ThresholdProblem]) -> list[Bootstrapped]:
         return bootstrap_thresholds(todo, config.n_boot, config.seed, resample=config.threshold_resample)
 
-    fits, held = _run(groups, make, config.min_sizes, solve)
+    fits, held = _run(groups, make, minimum, solve)
     entries, checks, rows = [], [], []
     for g, p, f, h in zip(groups, problems, fits, held, strict=True):
         entries.append(_threshold_entry(g, p, f, config.level))
@@ -303,7 +312,7 @@ def fit_power_laws_by_spec(latest: pl.DataFrame, config: FitConfig, warm: Mappin
     def solve(todo: list[PowerLawProblem]) -> list[Bootstrapped]:
         return bootstrap_power_laws(todo, config.n_boot, config.seed)
 
-    fits, held = _run(groups, make, config.min_sizes_power_law, solve)
+    fits, held = _run(groups, make, lambda g: config.min_sizes_power_law, solve)
     entries, checks, rows = [], [], []
     for g, f, h in zip(groups, fits, held, strict=True):
         entries.append(_power_law_entry(g, f, config.level))

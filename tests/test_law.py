@@ -216,6 +216,15 @@ def test_too_few_sizes_for_one_spec_leaves_the_others_fitted(small_world):
     assert doc["recommendation"]["quant"] in SPECS
 
 
+def test_threshold_needs_a_size_per_free_parameter():
+    df = simulate_results(list(np.geomspace(2e7, 1.4e9, 3)), [1e10], ["fp16", "int4-b64"], [MC, PPL], seed=6)
+    free = entry(fit_laws(df, FitConfig(n_boot=20)).doc, "threshold", quant="fp16", metric="acc:mc")
+    assert free["status"] == "insufficient data"  # 4 parameters (chance too) from 3 sizes
+    known = fit_laws(df, FitConfig(n_boot=20, chance={"mc": 0.25})).doc
+    assert entry(known, "threshold", quant="fp16", metric="acc:mc")["status"] == "ok"
+    assert all(e["status"] == "insufficient data" for e in known["power_law"])  # 3 parameters, 3 sizes
+
+
 def test_one_checkpoint_per_size_is_insufficient_for_damage_only():
     df = simulate_results(list(np.geomspace(2e7, 1.4e9, 5)), [1e10], SPECS, seed=6)
     doc = fit_laws(df, FitConfig(n_boot=30)).doc

@@ -11,7 +11,7 @@ import pytest
 import tasks.law_io as law_io
 from flows.fit import fit_command
 from tasks.law import FitConfig, fit_laws
-from tasks.law_io import LATEST, fit_store, read_results_file
+from tasks.law_io import LATEST, default_chance, fit_store, read_results_file
 from tasks.law_sim import simulate_results
 from tasks.law_table import ResultsError, normalise, results_sha
 from tasks.store import Store, sha256_bytes
@@ -179,3 +179,20 @@ def test_fit_from_file_and_store_agree(tmp_path, results):
     put_results(store, results)
     config = FitConfig(n_boot=15)
     assert fit_store(store, config).doc == fit_laws(results, config).doc
+
+
+def test_default_chance_from_kinds_and_stored_datasets(tmp_path, results):
+    store = Store(str(tmp_path))
+    # hellaswag's clean file has 4 and 2 choices: chance (1/4 + 1/2) / 2; piqa's file is absent
+    clean = pl.DataFrame(
+        {
+            "id": ["a", "b"],
+            "context": ["c", "d"],
+            "choices": [["w", "x", "y", "z"], ["u", "v"]],
+            "gold": [0, 1],
+        }
+    )
+    store.write_parquet("datasets/clean/hellaswag/sha-hellaswag.parquet", clean)
+    chance = default_chance(normalise(results), store)
+    assert chance == {"lambada": 0.0, "hellaswag": pytest.approx(0.375)}
+    assert default_chance(normalise(results)) == {"lambada": 0.0}
