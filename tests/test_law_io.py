@@ -196,3 +196,18 @@ def test_default_chance_from_kinds_and_stored_datasets(tmp_path, results):
     chance = default_chance(normalise(results), store)
     assert chance == {"lambada": 0.0, "hellaswag": pytest.approx(0.375)}
     assert default_chance(normalise(results)) == {"lambada": 0.0}
+
+
+def test_kbitlaw_fit_subprocess_stdout_is_only_the_json_document(tmp_path, results):
+    import subprocess
+    import sys
+
+    path = tmp_path / "results.parquet"
+    results.write_parquet(path)
+    run = [sys.executable, "-m", "flows", "fit", "--json", "--results"]
+    ok = subprocess.run([*run, str(path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert STABLE_KEYS <= set(json.loads(ok.stdout))
+    bad = subprocess.run([*run, str(tmp_path / "nope.csv")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.strip().count("\n") == 0 and "nope.csv: no such file" in bad.stderr
