@@ -100,3 +100,22 @@ def _summary(doc: dict[str, Any], where: tuple[str, bool] | None) -> None:
     console.print(table)
     flagged = [c for c in doc["extrapolation"] if c["flagged"]]
     console.print(f"extrapolation checks: {len(doc['extrapolation'])}, flagged: {len(flagged)}")
+
+
+def _fit_flow():
+    from prefect import flow
+
+    from flows.nightly import fit_task
+
+    @flow(name="fit", log_prints=True)
+    def fit_laws(store: str | None = None) -> dict:
+        """Refit the k-bit laws to the store's results (reads the stored fit if nothing changed)."""
+        from tasks.store import Store
+
+        out = fit_task(Store(store).uri)
+        return {"fit": out["key"], "refitted": out["refitted"]}
+
+    return fit_laws
+
+
+fit_laws = _fit_flow()

@@ -38,6 +38,12 @@ class FitConfig:
         return d
 
 
+# The long table stored as fit.parquet. `section` says what a row is:
+# - "point": an observed point (metric `value` of each size's latest checkpoint at a spec);
+# - "fit": a sample of a fitted curve (`law` linear_log2 | threshold | power_law): `fitted`, with
+#   the pointwise bootstrap band in `lo`/`hi` for the nonlinear laws;
+# - "frontier": a Pareto-frontier point; "budget": at budget `total_bits`, the best point within it;
+# - "damage": an observed dL (`value`) with the form's fit (`fitted`), law damage_power | _exponential.
 TABLE_SCHEMA = {
     "section": pl.String,
     "law": pl.String,

@@ -18,7 +18,6 @@ error tells which form extrapolates better), and predicts dL at the next checkpo
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,13 +28,8 @@ from tasks.law_solve import bootstrap_linear, child_rng, interval
 
 FORMS = ("power", "exponential")
 PARAMS = ("C", "beta", "alpha", "gamma")  # coefficient order: log C, beta, alpha, gamma-term
-_SCHEME = re.compile(r"^([a-z]+?)\d+(?:e\d+)?(.*)$")
-
-
-def scheme_of(quant: str) -> str:
-    """`int4-b64` -> `int<k>-b64`, `fp3e2-b64` -> `fp<k>-b64`: the spec with its bit width abstracted."""
-    m = _SCHEME.match(quant)
-    return f"{m[1]}<k>{m[2]}" if m else quant
+# `int4-b64` -> `int<k>-b64`, `fp3e2-b64` -> `fp<k>-b64`: the spec with its bit width abstracted
+SCHEME = pl.col("quant").str.replace(r"^([a-z]+?)\d+(?:e\d+)?", "${1}<k>")
 
 
 def damage_points(points: pl.DataFrame) -> pl.DataFrame:
@@ -53,7 +47,7 @@ def damage_points(points: pl.DataFrame) -> pl.DataFrame:
         .join(base, on=["family", "checkpoint_id"])
         .with_columns(
             delta=pl.col("value") - pl.col("base"),
-            scheme=pl.col("quant").map_elements(scheme_of, return_dtype=pl.String),
+            scheme=SCHEME,
         )
         .sort(["family", "scheme", "checkpoint_id", "quant"])
     )
