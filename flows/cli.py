@@ -26,6 +26,7 @@ app.add_typer(datasets_app, name="datasets")
 StoreOpt = Annotated[
     str | None, typer.Option("--store", help="Store URI (default: $KBITLAW_STORE or .kbitlaw/store)")
 ]
+SpecDirOpt = Annotated[str | None, typer.Option("--specs", help="Directory of dataset spec files (*.yaml)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
@@ -81,12 +82,57 @@ def nightly(
     grid: Annotated[
         str, typer.Option(help="Grid name (quick|default|paper) or comma-separated specs")
     ] = "default",
-    datasets: Annotated[str | None, typer.Option(help="Comma-separated dataset names")] = None,
+    datasets: Annotated[str | None, typer.Option(help="Comma-separated dataset names (default: all)")] = None,
     runner: Annotated[str, typer.Option(help="thread | dask")] = "thread",
+    workers: Annotated[
+        int, typer.Option(help="Concurrent evaluations (thread workers or Dask processes)")
+    ] = 1,
+    dask_address: Annotated[
+        str | None, typer.Option(help="An existing Dask scheduler (tcp://host:8786)")
+    ] = None,
+    specs: SpecDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Discover checkpoints, evaluate what is new, refit the laws and write the report."""
-    _not_yet("nightly", "the nightly flow")
+    _quiet_libraries()
+    if runner not in ("thread", "dask"):
+        _fail(f"--runner must be thread or dask, got {runner!r}")
+    from flows.nightly import nightly as nightly_flow
+    from flows.nightly import task_runner
+
+    names = [n.strip() for n in datasets.split(",")] if datasets else None
+    flow = nightly_flow.with_options(task_runner=task_runner(runner, workers, dask_address))
+    state = flow(
+        store=store,
+        checkpoints=checkpoints,
+        grid=grid,
+        datasets=names,
+        workers=workers,
+        spec_dir=specs,
+        return_state=True,
+    )
+    summary = _flow_summary(state)
+    if as_json:
+        sys.stdout.write(json.dumps(summary, allow_nan=False) + "\n")
+    else:
+        ev = summary.get("evaluations", {})
+        typer.echo(
+            f"checkpoints: {summary.get('checkpoints')} ({summary.get('new_checkpoints')} new); "
+            f"evaluations: {ev.get('computed')} computed, {ev.get('cached')} cached, "
+            f"{ev.get('failed')} failed"
+        )
+        typer.echo(f"fit: {summary.get('fit')}")
+        for problem in summary.get("failures", []) + summary.get("invalid_datasets", []):
+            typer.echo(f"failed: {problem}", err=True)
+    raise typer.Exit(0 if state.is_completed() else 1)
+
+
+def _flow_summary(state) -> dict:
+    """The flow's summary document, also when the flow ended Failed (its data carries it)."""
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, dict):
+        return data
+    return {"error": str(state.message or data)}
 
 
 @app.command()
@@ -172,9 +218,6 @@ def report(store: StoreOpt = None) -> None:
     _not_yet("report", "the report")
 
 
-SpecDirOpt = Annotated[str | None, typer.Option("--specs", help="Directory of dataset spec files (*.yaml)")]
-
-
 @datasets_app.command("clean")
 def datasets_clean(
     names: Annotated[list[str] | None, typer.Argument(help="Dataset names (default: all)")] = None,
@@ -238,14 +281,25 @@ def datasets_validate(
 
 @app.command()
 def serve() -> None:
-    """Serve the deployments with their schedules (no work pool needed)."""
-    _not_yet("serve", "the Prefect deployments")
+    """Serve the deployments of prefect.yaml with their schedules and trigger (no work pool needed)."""
+    from prefect import serve as prefect_serve
+
+    from flows.serve import runner_deployments
+
+    prefect_serve(*runner_deployments())
 
 
 @app.command("emit-checkpoint")
 def emit_checkpoint(uri: Annotated[str, typer.Argument(help="The new checkpoint's URI")]) -> None:
     """Announce a new checkpoint (a Prefect event that triggers its evaluation)."""
-    _not_yet("emit-checkpoint", "event-triggered evaluation")
+    from flows.serve import emit_checkpoint as emit
+    from tasks.checkpoints import CheckpointError
+
+    try:
+        event_id = emit(uri)
+    except (CheckpointError, RuntimeError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"emitted kbitlaw.checkpoint.created for {uri} (event {event_id})")
 
 
 @app.command("checkpoints")

@@ -1,6 +1,6 @@
 """`kbitlaw fit`: fit the k-bit laws to the stored results (or a results file) and show them.
 
-Only the command function for now; the Prefect flow wraps it in a later change. Domain logic lives
+The `fit` flow (a deployment) wraps the same store fit in a task. Domain logic lives
 in tasks/law*.py; this file reads arguments, calls it and prints.
 """
 
@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
 
 def fit_command(store_uri: str | None, results_file: str | None, as_json: bool) -> int:
@@ -102,20 +105,21 @@ def _summary(doc: dict[str, Any], where: tuple[str, bool] | None) -> None:
     console.print(f"extrapolation checks: {len(doc['extrapolation'])}, flagged: {len(flagged)}")
 
 
-def _fit_flow():
-    from prefect import flow
+@task(name="fit-laws", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def fit_task(store_uri: str, keys: list[str] | None = None) -> dict[str, Any]:
+    """Fit the store's results, or just `keys` (or read the stored fit of exactly these results)."""
+    from tasks.law_io import fit_store
+    from tasks.store import Store
 
-    from flows.nightly import fit_task
-
-    @flow(name="fit", log_prints=True)
-    def fit_laws(store: str | None = None) -> dict:
-        """Refit the k-bit laws to the store's results (reads the stored fit if nothing changed)."""
-        from tasks.store import Store
-
-        out = fit_task(Store(store).uri)
-        return {"fit": out["key"], "refitted": out["refitted"]}
-
-    return fit_laws
+    store = Store(store_uri)
+    stored = fit_store(store, keys=keys)
+    return {"key": store.url(stored.key), "refitted": stored.refitted, "doc": stored.doc}
 
 
-fit_laws = _fit_flow()
+@flow(name="fit", log_prints=True)
+def fit_flow(store: str | None = None) -> dict[str, Any]:
+    """Refit the k-bit laws to the store's results (the fit-laws deployment)."""
+    from tasks.store import Store
+
+    out = fit_task(Store(store).uri)
+    return {"fit": out["key"], "refitted": out["refitted"]}

@@ -11,6 +11,7 @@ key names the results, and the fit of those results under this code is what belo
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,15 +64,20 @@ def read_results_file(path: str | Path) -> pl.DataFrame:
     return df
 
 
-def read_results_store(store: Store) -> pl.DataFrame:
-    """Every results/<checkpoint_fp>/<quant>/<eval_key>.parquet in the store, normalised."""
-    keys = [k for k in store.list("results") if k.endswith(".parquet")]
+def read_results_store(store: Store, keys: list[str] | None = None) -> pl.DataFrame:
+    """The given results keys (default: every results/<fp>/<quant>/<eval_key>.parquet), normalised.
+
+    The nightly passes the keys of the current checkpoints and dataset versions, so results of a
+    dataset version that has since changed are not mixed into the fit.
+    """
+    if keys is None:
+        keys = [k for k in store.list("results") if k.endswith(".parquet")]
     if not keys:
         raise ResultsError(f"{store.uri}: no results under results/")
     frames = []
-    for key in keys:
+    for key, data in store.read_many(sorted(keys)).items():
         try:
-            frames.append(normalise(store.read_parquet(key)))
+            frames.append(normalise(pl.read_parquet(io.BytesIO(data))))
         except ResultsError as exc:
             raise ResultsError(f"{store.url(key)}: {exc}") from exc
     return pl.concat(frames, how="diagonal_relaxed")

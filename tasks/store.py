@@ -158,6 +158,21 @@ class Store:
         return {"size": int(raw["size"]), "etag": tag}
 
     # -- bytes -------------------------------------------------------------------------------
+    def read_many(self, keys: list[str]) -> dict[str, bytes]:
+        """Several objects in one call (S3 requests go out concurrently)."""
+        paths = {self.path(k): k for k in keys}
+        if not paths:
+            return {}
+        try:
+            data = self.fs.cat(list(paths), on_error="raise")
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{self.uri}: missing object ({exc})") from None
+        except Exception as exc:
+            raise self._wrap("read", f"{len(keys)} keys", exc) from exc
+        if len(paths) == 1 and not isinstance(data, dict):
+            data = {next(iter(paths)): data}
+        return {paths[p]: b for p, b in data.items()}
+
     def read_bytes(self, key: str) -> bytes:
         path = self.path(key)
         try:

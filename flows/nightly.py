@@ -1,0 +1,174 @@
+"""The nightly flow: discover -> clean + validate -> evaluate what is missing -> fit -> report.
+
+Cached work shows in the Prefect UI as task runs in the state "Cached": the flow lists the store's
+results once, and a (checkpoint, spec) whose every output key exists returns at once with that
+state, without loading anything. Work is ordered so each worker keeps one checkpoint loaded while
+it walks through the specs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.states import Completed, Failed
+
+from flows.datasets import clean_and_validate, select_specs
+from flows.fit import fit_task
+from tasks.checkpoints import discover
+from tasks.quantize import resolve_grid
+from tasks.store import Store
+from tasks.sweep import (
+    DatasetRef,
+    checkpoint_dict,
+    checkpoint_from_dict,
+    evaluate_checkpoint_spec,
+    missing,
+    result_key,
+)
+
+
+@task(name="discover-checkpoints", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def discover_checkpoints(uri: str) -> dict[str, Any]:
+    found, errors = discover(uri)
+    for e in errors:
+        get_run_logger().error("unusable checkpoint: %s", e)
+    return {"checkpoints": [checkpoint_dict(c) for c in found], "errors": [str(e) for e in errors]}
+
+
+@task(name="evaluate", cache_policy=NO_CACHE, task_run_name="{checkpoint[id]} @ {spec}")
+def evaluate_spec(store_uri: str, checkpoint: dict, spec: str, todo: list[dict], cached: list[str]):
+    """One (checkpoint, spec): evaluate the datasets in `todo`; none left means Cached."""
+    if not todo:
+        return Completed(
+            name="Cached",
+            message=f"{len(cached)} results already in the store",
+            data={"checkpoint": checkpoint["id"], "quant": spec, "computed": [], "cached": cached},
+        )
+    return evaluate_checkpoint_spec(
+        Store(store_uri), checkpoint_from_dict(checkpoint), spec, [DatasetRef(**d) for d in todo]
+    )
+
+
+def plan(
+    store: Store, checkpoints: list[dict], specs: list[str], datasets: list[DatasetRef], width: int
+) -> list[tuple[dict, str, list[DatasetRef], list[str]]]:
+    """Every (checkpoint, spec) with its missing datasets, ordered for model reuse: checkpoints in
+    groups of `width` (one per worker), specs interleaved within a group."""
+    have = set(store.list("results"))
+    work = []
+    for start in range(0, len(checkpoints), width):
+        group = checkpoints[start : start + width]
+        for spec in specs:
+            for ckpt in group:
+                todo = missing(have, ckpt["fingerprint"], spec, datasets)
+                work.append((ckpt, spec, todo, [d.name for d in datasets if d not in todo]))
+    return work
+
+
+def task_runner(runner: str, workers: int, address: str | None = None):
+    if runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if address:
+            return DaskTaskRunner(address=address)
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+def sweep(
+    store: str | None,
+    checkpoints: str | None,
+    grid: str,
+    datasets: list[str] | None,
+    workers: int,
+    spec_dir: str | None,
+) -> dict | Any:
+    """The body shared by the nightly and evaluate-checkpoint flows (runs inside either)."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    s = Store(store)
+    specs = [str(q) for q in resolve_grid(grid)]
+    found = discover_checkpoints(checkpoints or s.url("checkpoints"))
+    cleaned = [
+        clean_and_validate.submit(s.uri, spec.name, spec_dir) for spec in select_specs(datasets, spec_dir)
+    ]
+    wait(cleaned)
+    refs = [DatasetRef(**f.result()["ref"]) for f in cleaned if f.state.is_completed()]
+    bad_data = [f.state.message for f in cleaned if not f.state.is_completed()]
+    work = plan(s, found["checkpoints"], specs, refs, width=max(1, workers))
+    futures = [
+        evaluate_spec.submit(s.uri, c, q, [d.__dict__ for d in todo], done) for c, q, todo, done in work
+    ]
+    wait(futures)
+    states = [f.state for f in futures]
+    failures = [
+        f"{c['id']} @ {q}: {st.message}"
+        for st, (c, q, _, _) in zip(states, work, strict=True)
+        if not st.is_completed()
+    ]
+    fit = None
+    current = {result_key(c["fingerprint"], q, d) for c, q, _, _ in work for d in refs}
+    keys = sorted(current & set(s.list("results")))
+    if keys:
+        fit_state = fit_task(s.uri, keys, return_state=True)
+        fit = fit_state.result()["key"] if fit_state.is_completed() else None
+        if not fit_state.is_completed():
+            failures.append(f"fit: {fit_state.message}")
+    summary = {
+        "checkpoints": len(found["checkpoints"]),
+        "new_checkpoints": len({c["id"] for c, _, todo, _ in work if todo}),
+        "evaluations": {
+            "computed": sum(1 for st in states if st.is_completed() and st.name != "Cached"),
+            "cached": sum(1 for st in states if st.name == "Cached"),
+            "failed": sum(1 for st in states if not st.is_completed()),
+        },
+        "fit": fit,
+        "report": None,
+        "unusable_checkpoints": found["errors"],
+        "invalid_datasets": bad_data,
+        "failures": failures,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    logger.info("%s", {k: summary[k] for k in ("checkpoints", "new_checkpoints", "evaluations", "fit")})
+    problems = failures + bad_data + found["errors"]
+    if problems:
+        return Failed(message=f"{len(problems)} problem(s): " + "; ".join(problems[:5]), data=summary)
+    return summary
+
+
+@flow(name="nightly", log_prints=True)
+def nightly(
+    store: str | None = None,
+    checkpoints: str | None = None,
+    grid: str = "default",
+    datasets: list[str] | None = None,
+    workers: int = 1,
+    spec_dir: str | None = None,
+) -> dict:
+    """Evaluate every missing (checkpoint x spec x dataset version) under the checkpoints URI, then refit."""
+    return sweep(store, checkpoints, grid, datasets, workers, spec_dir)
+
+
+@flow(name="evaluate-checkpoint", log_prints=True)
+def evaluate_checkpoint(
+    checkpoint_uri: str,
+    grid: str = "default",
+    datasets: list[str] | None = None,
+    store: str | None = None,
+    workers: int = 1,
+) -> dict:
+    """One checkpoint (e.g. announced by a kbitlaw.checkpoint.created event): its evaluations + a refit."""
+    return sweep(store, checkpoint_uri, grid, datasets, workers, None)
