@@ -23,7 +23,15 @@ import polars as pl
 from tasks.law_common import json_safe
 from tasks.law_io import LATEST as LATEST_FIT
 from tasks.law_io import fit_keys, read_results_store
-from tasks.law_table import ResultsError, components, drop_unusable, latest_per_size, metric_points, normalise
+from tasks.law_table import (
+    REQUIRED_COLUMNS,
+    ResultsError,
+    components,
+    drop_unusable,
+    latest_per_size,
+    metric_points,
+    normalise,
+)
 from tasks.law_table import results_sha as compute_results_sha
 from tasks.report_claims import check_claims
 from tasks.report_figures import block_plot, dtype_plot, scaling_plot
@@ -68,6 +76,12 @@ class Inputs:
     problems: list[str]  # what could not be read or does not match
 
 
+def no_points() -> pl.DataFrame:
+    """An empty points table with the usual columns, so every section can say "no data" itself."""
+    empty = normalise(pl.DataFrame(schema=dict.fromkeys(REQUIRED_COLUMNS, pl.String)))
+    return metric_points(components(empty))[0]
+
+
 def read_points(store: Store, keys: list[str] | None, doc: dict):
     """Law points of the results (all families), the keys read, the dataset versions used and any
     problem to show."""
@@ -75,7 +89,7 @@ def read_points(store: Store, keys: list[str] | None, doc: dict):
     try:
         results = normalise(read_results_store(store, keys))
     except (ResultsError, StoreError, FileNotFoundError) as exc:
-        return pl.DataFrame(), keys, [], [f"results could not be read: {exc}"]
+        return no_points(), keys, [], [f"results could not be read: {exc}"]
     versions = (
         results.select("dataset", pl.col("dataset_sha").cast(pl.String)).unique().drop_nulls().sort("dataset")
     )
@@ -103,7 +117,7 @@ def load_inputs(store: Store, fit_key: str, results_keys: list[str] | None) -> I
     others = [f for f in doc.get("families", []) if f != family]
     if others:
         problems.append(f"this report covers family {family}; also in the fit: {', '.join(others)}")
-    latest = latest_per_size(points) if points.height else points
+    latest = latest_per_size(points)
     return Inputs(doc, table, points, latest, family, keys, versions, problems)
 
 
@@ -222,7 +236,7 @@ def build_report(
             return {"key": keys["html"], "url": store.url(keys["html"]), "summary": summary, "cached": True}
     inp = load_inputs(store, fit_key, results_keys)
     datasets = datasets if datasets is not None else datasets_from_store(store, inp.dataset_versions)
-    claims = check_claims(inp.latest, inp.points, inp.doc) if inp.latest.height else []
+    claims = check_claims(inp.latest, inp.points, inp.doc)
     summary = headline(inp.doc, inp.table, inp.latest, inp.family, claims)
     summary |= {
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from tasks.report_claims import best_per_bits, headline_metric, specs_of
-from tasks.report_stats import NO_DATA, NOT_TESTABLE, higher_is_better, score
+from tasks.report_stats import BASELINES, NO_DATA, NOT_TESTABLE, higher_is_better, score
 
 DPI = 100
 WIDTH = 11.0  # inches: 1100 px, readable in a 1280 px window
@@ -140,18 +140,38 @@ def scaling_plot(latest: pl.DataFrame, table: pl.DataFrame, family: str, scope: 
 # -- 2, 3: data types and block sizes -------------------------------------------------------------------
 
 
+def versus_baseline(latest: pl.DataFrame, metric: str) -> tuple[pl.DataFrame, str]:
+    """The metric as damage against the same checkpoint's 16-bit model when one was evaluated:
+    loss increase, or accuracy lost (positive = worse). Differences between data types are a few
+    hundredths on a scale of several units, so absolute curves would lie on top of each other.
+    Without a 16-bit baseline: the metric itself."""
+    pts = latest.filter(pl.col("metric") == metric)
+    base = (
+        pts.filter(pl.col("quant").is_in(list(BASELINES)))
+        .group_by("checkpoint_id")
+        .agg(pl.col("value").first().alias("base"))
+    )
+    if base.height == 0:
+        return pts.with_columns(y=pl.col("value")), metric_label(metric)
+    sign = 1.0 if metric == "loss" else -1.0
+    damaged = pts.join(base, on="checkpoint_id").with_columns(y=(pl.col("value") - pl.col("base")) * sign)
+    label = "Loss increase over 16-bit (nats/token)" if metric == "loss" else "Accuracy lost vs 16-bit"
+    return damaged, label
+
+
 def dtype_plot(latest: pl.DataFrame, family: str) -> Figure:
     """At 3 and 4 bits: one line per data type, at the block size where most types were run."""
     metric = "loss" if (latest["metric"] == "loss").any() else headline_metric(latest)
     title = "Data types compared at 3 and 4 bits"
     caption = (
-        "Same bit width and block size, one line per data type. The paper's order at 4 bits, by "
-        "perplexity: quantile >= float > int ~ dynamic exponent."
+        "Same bit width and block size, one line per spec, drawn as the damage against the same "
+        "checkpoint's 16-bit model (lower is better) when that was evaluated. The paper's order at "
+        "4 bits, by perplexity: quantile >= float > int ~ dynamic exponent."
     )
     if metric is None:
         return Figure("dtypes", title, caption, note=NO_DATA)
-    scored = score(latest, metric)
-    specs = specs_of(scored).filter(pl.col("outlier_pct") == 0)
+    specs = specs_of(score(latest, metric)).filter(pl.col("outlier_pct") == 0)
+    values, ylabel = versus_baseline(latest, metric)
     fig, axes = new_figure(2)
     drawn = 0
     for ax, k in zip(axes, (3, 4), strict=True):
@@ -162,15 +182,20 @@ def dtype_plot(latest: pl.DataFrame, family: str) -> Figure:
             continue
         block = min(counts, key=lambda b: (-counts[b], math.inf if b is None else b))
         rows = at_k.filter(pl.col("block_size").is_null() if block is None else pl.col("block_size") == block)
+        seen: dict[str, int] = {}  # several specs of one type (fp4e2, fp4e3) differ by line style
         for r in rows.sort("mean_score", descending=True).iter_rows(named=True):
-            pts = scored.filter(pl.col("quant") == r["quant"]).sort("total_bits")
+            pts = values.filter(pl.col("quant") == r["quant"]).sort("total_bits")
+            style = ("-", "--", ":", "-.")[seen.setdefault(r["dtype"], 0) % 4]
+            seen[r["dtype"]] += 1
             color = DTYPE_COLORS.get(r["dtype"], "#444")
-            ax.plot(pts["total_bits"], pts["value"], "o-", color=color, lw=2, ms=5, label=r["quant"])
+            ax.plot(
+                pts["total_bits"], pts["y"], marker="o", ls=style, color=color, lw=2, ms=5, label=r["quant"]
+            )
         drawn += 1
         ax.set_xscale("log")
         ax.set_title(f"{k}-bit, block {'per tensor' if block is None else int(block)}", fontsize=12)
         ax.set_xlabel(TOTAL_BITS, fontsize=11)
-        ax.set_ylabel(metric_label(metric), fontsize=11)
+        ax.set_ylabel(ylabel, fontsize=11)
         ax.legend(fontsize=9)
     if not drawn:
         return Figure("dtypes", title, caption, note=NOT_TESTABLE)

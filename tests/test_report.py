@@ -173,6 +173,18 @@ def test_too_few_sizes_give_insufficient_data_not_numbers(tmp_path):
     assert "S*" in html and "insufficient data" in html
 
 
+def test_report_without_readable_results_still_shows_the_fit(tmp_path):
+    df = simulate_results(SIZES[:3], [2e10], ["fp16", "int4-b64"], seed=7)
+    store, fit_key = fitted_store(tmp_path / "store", df)
+    for key in store.list("results"):
+        store.delete(key)
+    report = build_report(store, fit_key)
+    html = page_text(store, report["key"])
+    assert "results could not be read" in html
+    assert report["summary"]["recommendation"]["status"] == "ok"  # from the fit document
+    assert "Accuracy versus total model bits: insufficient data" in html
+
+
 # -- what changed, caching, the command -------------------------------------------------------------
 
 
