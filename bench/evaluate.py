@@ -184,7 +184,8 @@ def main() -> None:
             flops = 2 * linear * tokens + 2 * hidden * len(tok) * kept
             theirs_s, theirs = lm_eval_run(m, tok, kind, df)
             print(
-                f"| {label} ({linear / 1e6:.1f}M linear) | {kind} | {n / ours_s:,.0f} | {tokens / ours_s:,.0f} | "
+                f"| {label} ({linear / 1e6:.1f}M linear) | {kind} | {n / ours_s:,.0f} | "
+                f"{tokens / ours_s:,.0f} | "
                 f"{n / theirs_s:,.0f} | {theirs_s / ours_s:.2f}x | {same_scores(kind, df, rows, theirs)} | "
                 f"{flops / ours_s:.3g} | {100 * flops / ours_s / peak:.0f}% of {peak:.3g} |"
             )

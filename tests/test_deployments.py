@@ -62,7 +62,8 @@ def test_serve_builds_the_same_deployments(deployed):
     served = {d.name: d for d in runner_deployments()}
     assert set(served) == {"nightly", "evaluate-checkpoint", "fit", "clean-datasets"}
     nightly, _ = asyncio.run(_read("nightly/nightly"))
-    assert [s.schedule.cron for s in served["nightly"].schedules] == [s.schedule.cron for s in nightly.schedules]
+    served_crons = [s.schedule.cron for s in served["nightly"].schedules]
+    assert served_crons == [s.schedule.cron for s in nightly.schedules]
     assert [s.schedule.timezone for s in served["nightly"].schedules] == ["UTC"]
     assert served["nightly"].concurrency_limit == 1
     _, automations = asyncio.run(_read("evaluate-checkpoint/evaluate-checkpoint"))
