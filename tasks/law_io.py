@@ -131,11 +131,11 @@ def _previous_doc(store: Store) -> dict[str, Any] | None:
         return None
 
 
-def fit_store(store: Store, config: FitConfig | None = None) -> StoredFit:
-    """Fit the store's results unless this exact fit is stored already; fits/latest.json then
-    points at the fit of the store's current results. Without a config: the defaults, with the
-    chance levels the store knows (default_chance)."""
-    results = read_results_store(store)
+def fit_store(store: Store, config: FitConfig | None = None, keys: list[str] | None = None) -> StoredFit:
+    """Fit the store's results (or just `keys`) unless this exact fit is stored already;
+    fits/latest.json then points at it. Without a config: the defaults, with the chance levels the
+    store knows (default_chance)."""
+    results = read_results_store(store, keys)
     config = config or FitConfig(chance=default_chance(results, store))
     sha = results_sha(results)
     json_key, parquet_key = fit_keys(sha)

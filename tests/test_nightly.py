@@ -1,0 +1,163 @@
+"""The nightly flow on a tiny family: incremental work, faults, runners, real Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.nightly import nightly, task_runner
+from tasks import sweep
+from tasks.law_io import read_results_store
+from tasks.law_table import results_sha
+from tasks.store import Store
+from tests.conftest import make_family, write_specs
+
+GRID = "fp16,int4-b64"
+
+
+@pytest.fixture
+def setup(tmp_path, prefect_api):
+    store = tmp_path / "store"
+    make_family(store / "checkpoints")
+    specs = write_specs(tmp_path / "specs")
+    return str(store), str(specs)
+
+
+def run(store: str, specs: str, workers: int = 1, runner: str = "thread", checkpoints: str | None = None):
+    flow = nightly.with_options(task_runner=task_runner(runner, workers))
+    state = flow(
+        store=store, checkpoints=checkpoints, grid=GRID, spec_dir=specs, workers=workers, return_state=True
+    )
+    return state, state.result(raise_on_failure=False)
+
+
+def result_keys(store: str) -> list[str]:
+    return [k for k in Store(store).list("results")]
+
+
+def test_nightly_is_incremental(setup, tmp_path):
+    store, specs = setup
+    state, first = run(store, specs)
+    assert state.is_completed(), first
+    assert first["checkpoints"] == 4 and first["new_checkpoints"] == 4
+    assert first["evaluations"] == {"computed": 8, "cached": 0, "failed": 0}
+    assert len(result_keys(store)) == 4 * 2 * 3  # checkpoints x specs x datasets
+    assert first["fit"] and Store(store).exists("fits/latest.json")
+
+    loads = sweep.POOL.loads
+    state, second = run(store, specs)
+    assert second["evaluations"] == {"computed": 0, "cached": 8, "failed": 0}
+    assert second["new_checkpoints"] == 0
+    assert sweep.POOL.loads == loads  # no model was loaded
+    assert second["fit"] == first["fit"]
+
+    make_family(Path(store) / "checkpoints", sizes=(("h64", 64, 1),), steps=(10,))  # one new checkpoint
+    state, third = run(store, specs)
+    assert third["evaluations"] == {"computed": 2, "cached": 8, "failed": 0}
+    assert third["new_checkpoints"] == 1 and sweep.POOL.loads == loads + 1
+    assert len(result_keys(store)) == 5 * 2 * 3
+
+    # A changed dataset costs only evaluations on that dataset.
+    spec = json.loads((Path(specs) / "cloze.yaml").read_text())
+    spec["params"]["seed"] = 1
+    (Path(specs) / "cloze.yaml").write_text(json.dumps(spec))
+    before = set(result_keys(store))
+    state, fourth = run(store, specs)
+    added = set(result_keys(store)) - before
+    assert fourth["evaluations"]["computed"] == 10 and len(added) == 10  # 5 checkpoints x 2 specs x 1 dataset
+    everything = read_results_store(Store(store))
+    assert everything.filter(everything["dataset"] == "cloze")["dataset_sha"].n_unique() == 2  # both kept
+    # ... but the fit uses only the current version: 10 old cloze files x 2 metrics are left out.
+    doc = Store(store).read_json(Store(store).read_json("fits/latest.json")["fit"])
+    assert doc["n_rows"] == everything.height - 10 * 2
+
+
+def test_broken_checkpoint_fails_alone(setup):
+    store, specs = setup
+    bad = Path(store) / "checkpoints" / "tiny" / "h32" / "step-10"
+    config = json.loads((bad / "config.json").read_text())
+    config["hidden_size"] = 40  # weights no longer match: loading fails
+    (bad / "config.json").write_text(json.dumps(config))
+    state, summary = run(store, specs)
+    assert state.is_failed()
+    assert summary["evaluations"] == {"computed": 6, "cached": 0, "failed": 2}
+    assert all("tiny/h32/step-10" in f for f in summary["failures"])
+    assert "tiny/h32/step-10" in state.message
+    assert summary["fit"]  # the others were fitted
+
+
+def test_dask_runner_gives_the_same_results(setup, tmp_path):
+    store, specs = setup
+    other = str(tmp_path / "store-dask")
+    shutil.copytree(Path(store) / "checkpoints", Path(other) / "checkpoints")
+    state, a = run(store, specs, workers=2, runner="thread")
+    state_b, b = run(other, specs, workers=2, runner="dask")
+    assert state.is_completed() and state_b.is_completed(), b
+    assert b["evaluations"] == a["evaluations"] == {"computed": 8, "cached": 0, "failed": 0}
+    ra, rb = read_results_store(Store(store)), read_results_store(Store(other))
+    # checkpoint URIs differ (two stores); everything else is identical
+    assert results_sha(ra.drop("checkpoint_uri")) == results_sha(rb.drop("checkpoint_uri"))
+
+
+def _cli(store: str, specs: str, api: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_API_URL": api}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flows",
+            "nightly",
+            "--store",
+            store,
+            "--grid",
+            GRID,
+            "--specs",
+            specs,
+            "--json",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_killed_run_leaves_nothing_torn_and_resumes(setup, prefect_api):
+    store, specs = setup
+    proc = _cli(store, specs, prefect_api)
+    deadline = time.monotonic() + 180
+    while len(result_keys(store)) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    partial = result_keys(store)
+    assert 0 < len(partial) < 24
+    for key in partial:  # every object that exists is complete
+        assert Store(store).read_parquet(key).height > 0
+    leftovers = [p for p in Path(store).rglob("*") if p.name.startswith(".kbitlaw-tmp-")]
+    assert not any(str(p).endswith(".parquet") and p.stat().st_size == 0 for p in leftovers)
+    state, summary = run(store, specs)
+    assert state.is_completed()
+    assert len(result_keys(store)) == 24
+    assert summary["evaluations"]["cached"] >= 1
+
+
+def test_two_runs_at_once_agree(setup, prefect_api):
+    store, specs = setup
+    procs = [_cli(store, specs, prefect_api) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    docs = [json.loads(o[0]) for o in outs]
+    assert all(d["checkpoints"] == 4 for d in docs)
+    keys = result_keys(store)
+    assert len(keys) == 24 and len(set(keys)) == 24
+    frame = read_results_store(Store(store))
+    assert frame.height == frame.unique(subset=["checkpoint_id", "quant", "dataset", "metric"]).height
