@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
 from prefect import flow, get_run_logger, task
@@ -25,9 +26,18 @@ def clean_datasets_now(store: Store, specs: list[DatasetSpec]) -> list[CleanData
 
 
 def validate_now(store: Store, spec: DatasetSpec, cleaned: CleanDataset):
-    """Validate a clean dataset once: a stored validation result for its sha is read, not recomputed."""
-    from tasks.validate import store_validation, validate_frame
+    """Validate a clean dataset once: a stored result for its sha and suite settings is read."""
+    from tasks.validate import VALIDATOR_VERSION, store_validation, stored_validation, validate_frame
 
+    settings = {
+        "kind": spec.kind,
+        "min_rows": spec.min_rows,
+        "max_chars": spec.max_chars,
+        "extra": list(spec.expectations),
+        "validator": VALIDATOR_VERSION,
+    }
+    if stored := stored_validation(store, spec.name, cleaned.sha, settings):
+        return stored
     report = validate_frame(
         store.read_parquet(cleaned.key),
         spec.kind,
@@ -37,7 +47,7 @@ def validate_now(store: Store, spec: DatasetSpec, cleaned: CleanDataset):
         max_chars=spec.max_chars,
         extra=list(spec.expectations),
     )
-    return report, store_validation(store, report)
+    return report, store_validation(store, report, settings)
 
 
 def validate_datasets(store: Store, specs: list[DatasetSpec]) -> list[tuple[CleanDataset, object, dict]]:
@@ -58,6 +68,7 @@ def clean_and_validate(store_uri: str, name: str, spec_dir: str | None = None) -
     """One dataset: clean (or read the stored clean version) and validate; raise if invalid."""
     from tasks.validate import ValidationFailed
 
+    started = time.perf_counter()
     store, spec = Store(store_uri), select_specs([name], spec_dir)[0]
     cleaned = clean_dataset(store, spec)
     report, urls = validate_now(store, spec, cleaned)
@@ -72,7 +83,13 @@ def clean_and_validate(store_uri: str, name: str, spec_dir: str | None = None) -
     if not report.success:
         raise ValidationFailed(report)
     ref = DatasetRef(spec.name, spec.kind, cleaned.key, cleaned.sha, spec.delimiter)
-    return {"ref": asdict(ref), "summary": cleaned.summary, "validation": urls, "chance": spec.chance}
+    return {
+        "ref": asdict(ref),
+        "summary": cleaned.summary,
+        "validation": urls,
+        "chance": spec.chance,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 @flow(name="clean-datasets", log_prints=True)

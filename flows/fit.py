@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from prefect import flow, task
@@ -111,9 +112,11 @@ def fit_task(store_uri: str, keys: list[str] | None = None) -> dict[str, Any]:
     from tasks.law_io import fit_store
     from tasks.store import Store
 
+    started = time.perf_counter()
     store = Store(store_uri)
     stored = fit_store(store, keys=keys)
-    return {"key": store.url(stored.key), "refitted": stored.refitted, "doc": stored.doc}
+    seconds = time.perf_counter() - started
+    return {"key": store.url(stored.key), "refitted": stored.refitted, "doc": stored.doc, "seconds": seconds}
 
 
 @flow(name="fit", log_prints=True)

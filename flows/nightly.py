@@ -11,15 +11,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
+from prefect.futures import as_completed, wait
 from prefect.states import Completed, Failed
 
 from flows.datasets import clean_and_validate, select_specs
 from flows.fit import fit_task
 from tasks.checkpoints import discover
 from tasks.quantize import resolve_grid
+from tasks.report_artifacts import progress_artifact, progress_bar, publish_artifacts
 from tasks.store import Store
 from tasks.sweep import (
     DatasetRef,
@@ -51,6 +52,26 @@ def evaluate_spec(store_uri: str, checkpoint: dict, spec: str, todo: list[dict],
     return evaluate_checkpoint_spec(
         Store(store_uri), checkpoint_from_dict(checkpoint), spec, [DatasetRef(**d) for d in todo]
     )
+
+
+@task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def report_task(store_uri: str, fit_key: str, results_keys: list[str], provenance: dict) -> dict:
+    """The HTML report of this fit (cached when the same fit was reported before)."""
+    from tasks.report import build_report
+
+    started = time.perf_counter()
+    report = build_report(Store(store_uri), fit_key, results_keys=results_keys, provenance=provenance)
+    return {k: report[k] for k in ("key", "url", "summary", "cached")} | {
+        "seconds": time.perf_counter() - started
+    }
+
+
+def headline(report_summary: dict) -> str:
+    """One line a person can act on: the recommended precision (or why there is none)."""
+    rec = report_summary.get("recommendation") or {}
+    if rec.get("status", "ok") != "ok" or "quant" not in rec:
+        return "recommended precision: insufficient data"
+    return f"recommended precision: {rec['quant']} ({rec['bits']}-bit)"
 
 
 def plan(
@@ -95,8 +116,10 @@ def sweep(
     datasets: list[str] | None,
     workers: int,
     spec_dir: str | None,
+    progress: bool = False,
 ) -> dict | Any:
-    """The body shared by the nightly and evaluate-checkpoint flows (runs inside either)."""
+    """The body shared by the nightly and evaluate-checkpoint flows (runs inside either).
+    `progress`: draw a terminal progress bar (interactive CLI runs only)."""
     logger = get_run_logger()
     started = time.perf_counter()
     s = Store(store)
@@ -107,26 +130,47 @@ def sweep(
     ]
     wait(cleaned)
     refs = [DatasetRef(**f.result()["ref"]) for f in cleaned if f.state.is_completed()]
+    in_tasks = sum(f.result()["seconds"] for f in cleaned if f.state.is_completed())
     bad_data = [f.state.message for f in cleaned if not f.state.is_completed()]
     work = plan(s, found["checkpoints"], specs, refs, width=max(1, workers))
     futures = [
         evaluate_spec.submit(s.uri, c, q, [d.__dict__ for d in todo], done) for c, q, todo, done in work
     ]
-    wait(futures)
+    update = progress_artifact(len(futures), "evaluations of this nightly run (computed or cached)")
+    with progress_bar(len(futures), "evaluating", enabled=progress) as advance:
+        for done, _ in enumerate(as_completed(futures), start=1):
+            update(done)
+            advance()
+    wait(futures)  # sets each future's final state (as_completed alone leaves .state to the API)
     states = [f.state for f in futures]
+    computed = [f for f, st in zip(futures, states, strict=True) if st.is_completed() and st.name != "Cached"]
+    model_work = sum(f.result()["seconds"] for f in computed)
     failures = [
         f"{c['id']} @ {q}: {st.message}"
         for st, (c, q, _, _) in zip(states, work, strict=True)
         if not st.is_completed()
     ]
-    fit = None
+    fit, fit_doc, report, report_summary = None, {}, None, None
     current = {result_key(c["fingerprint"], q, d) for c, q, _, _ in work for d in refs}
     keys = sorted(current & set(s.list("results")))
     if keys:
         fit_state = fit_task(s.uri, keys, return_state=True)
-        fit = fit_state.result()["key"] if fit_state.is_completed() else None
-        if not fit_state.is_completed():
+        if fit_state.is_completed():
+            fit, fit_doc = fit_state.result()["key"], fit_state.result()["doc"]
+            in_tasks += fit_state.result()["seconds"]
+        else:
             failures.append(f"fit: {fit_state.message}")
+    if fit:
+        run = runtime.flow_run
+        provenance = {"flow run": f"{run.flow_name} {run.name} ({run.id})", "grid": grid, "workers": workers}
+        report_state = report_task(s.uri, fit, keys, provenance, return_state=True)
+        if report_state.is_completed():
+            built = report_state.result()
+            report_summary = built["summary"]
+            in_tasks += built["seconds"]
+            report = {"key": built["key"], "url": built["url"], "headline": headline(report_summary)}
+        else:
+            failures.append(f"report: {report_state.message}")
     summary = {
         "checkpoints": len(found["checkpoints"]),
         "new_checkpoints": len({c["id"] for c, _, todo, _ in work if todo}),
@@ -136,13 +180,20 @@ def sweep(
             "failed": sum(1 for st in states if not st.is_completed()),
         },
         "fit": fit,
-        "report": None,
+        "report": report,
         "unusable_checkpoints": found["errors"],
         "invalid_datasets": bad_data,
         "failures": failures,
         "seconds": round(time.perf_counter() - started, 2),
+        # where the time went: model work (load, quantize, evaluate, write) and the other task
+        # bodies (clean + validate, fit, report); the rest of "seconds" is orchestration
+        "timing": {"model_work": round(model_work, 2), "other_tasks": round(in_tasks, 2)},
     }
     logger.info("%s", {k: summary[k] for k in ("checkpoints", "new_checkpoints", "evaluations", "fit")})
+    if report:
+        logger.info("report: %s (%s)", report["url"], report["headline"])
+    if fit:
+        publish_artifacts(report and {"url": report["url"], "summary": report_summary}, summary, fit_doc)
     problems = failures + bad_data + found["errors"]
     if problems:
         return Failed(message=f"{len(problems)} problem(s): " + "; ".join(problems[:5]), data=summary)
@@ -157,9 +208,11 @@ def nightly(
     datasets: list[str] | None = None,
     workers: int = 1,
     spec_dir: str | None = None,
+    progress: bool = False,
 ) -> dict:
-    """Evaluate every missing (checkpoint x spec x dataset version) under the checkpoints URI, then refit."""
-    return sweep(store, checkpoints, grid, datasets, workers, spec_dir)
+    """Evaluate every missing (checkpoint x spec x dataset version) under the checkpoints URI, refit
+    the laws and report. `progress`: a terminal progress bar (the CLI sets it on a terminal)."""
+    return sweep(store, checkpoints, grid, datasets, workers, spec_dir, progress)
 
 
 @flow(name="evaluate-checkpoint", log_prints=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -158,10 +159,11 @@ def evaluate_checkpoint_spec(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the datasets whose results are missing; returns {"computed": [...], "cached": [...]}."""
+    started = time.perf_counter()
     todo = [d for d in datasets if not store.exists(result_key(ckpt.fingerprint, spec, d))]
     done = [d.name for d in datasets if d not in todo]
     if not todo:
-        return {"checkpoint": ckpt.id, "quant": spec, "computed": [], "cached": done}
+        return {"checkpoint": ckpt.id, "quant": spec, "computed": [], "cached": done, "seconds": 0.0}
     entry = POOL.acquire(ckpt, device or default_device())
     try:
         model, tokenizer = entry["model"], entry["tokenizer"]
@@ -174,7 +176,14 @@ def evaluate_checkpoint_spec(
             store.write_parquet(result_key(ckpt.fingerprint, spec, ds), results_frame(rows))
     finally:
         POOL.release(ckpt)
-    return {"checkpoint": ckpt.id, "quant": spec, "computed": [d.name for d in todo], "cached": done}
+    seconds = time.perf_counter() - started  # the model work: load, quantize, evaluate, write
+    return {
+        "checkpoint": ckpt.id,
+        "quant": spec,
+        "computed": [d.name for d in todo],
+        "cached": done,
+        "seconds": seconds,
+    }
 
 
 def checkpoint_dict(ckpt: Checkpoint) -> dict[str, Any]:

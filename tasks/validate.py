@@ -33,6 +33,7 @@ import polars as pl
 
 from tasks.cleaning import CANONICAL
 
+VALIDATOR_VERSION = 1  # bump when a suite changes: stored validation results are then re-run
 EXAMPLES = 5  # unexpected values (and their ids) kept per failed expectation
 RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES}
 _GX_LOCK = threading.Lock()
@@ -66,6 +67,19 @@ class ValidationReport:
             "message": self.message(),
             "result": self.result,
         }
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> ValidationReport:
+        failures = tuple((f["expectation"], int(f["count"])) for f in doc["failures"])
+        return cls(
+            doc["name"],
+            doc["kind"],
+            doc["sha"],
+            bool(doc["success"]),
+            int(doc["n_rows"]),
+            failures,
+            doc["result"],
+        )
 
 
 class ValidationFailed(ValueError):
@@ -306,12 +320,27 @@ def validation_keys(name: str, sha: str) -> dict[str, str]:
     return {"json": f"{base}.json", "html": f"{base}.html"}
 
 
-def store_validation(store: Any, report: ValidationReport) -> dict[str, str]:
-    """Write the report as JSON and HTML; return {"json": url, "html": url}."""
+def store_validation(store: Any, report: ValidationReport, settings: dict | None = None) -> dict[str, str]:
+    """Write the report as JSON and HTML (the JSON last: it marks a complete pair) with the suite
+    `settings` it was run with; return {"json": url, "html": url}."""
     keys = validation_keys(report.name, report.sha)
-    store.write_json(keys["json"], report.to_dict())
     store.write_bytes(keys["html"], render_html(report).encode("utf-8"))
+    store.write_json(keys["json"], report.to_dict() | {"settings": settings})
     return {kind: store.url(key) for kind, key in keys.items()}
+
+
+def stored_validation(
+    store: Any, name: str, sha: str, settings: dict
+) -> tuple[ValidationReport, dict] | None:
+    """The stored report of this clean data under exactly these suite settings, or None: a dataset
+    that did not change is not validated again (GX costs seconds per dataset)."""
+    keys = validation_keys(name, sha)
+    if not store.exists(keys["json"]):
+        return None
+    doc = store.read_json(keys["json"])
+    if doc.get("settings") != json.loads(json.dumps(settings)) or not store.exists(keys["html"]):
+        return None
+    return ValidationReport.from_dict(doc), {kind: store.url(key) for kind, key in keys.items()}
 
 
 _CSS = """

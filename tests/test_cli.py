@@ -40,12 +40,11 @@ def test_every_command_has_help(name):
     assert "Usage" in out.stdout
 
 
-@pytest.mark.parametrize("args", [["report"]])
-def test_unbuilt_commands_say_so_in_one_line(args, tmp_path):
-    out = kbitlaw(*args, cwd=tmp_path)
-    assert out.returncode == 2
+def test_report_without_a_fit_says_so_in_one_line(tmp_path):
+    out = kbitlaw("report", "--store", str(tmp_path / "store"), cwd=tmp_path)
+    assert out.returncode == 1
     assert out.stdout == ""
-    assert out.stderr.count("\n") == 1 and "not available yet" in out.stderr
+    assert out.stderr.count("\n") == 1 and "no fit yet" in out.stderr
 
 
 def test_checkpoints_json_is_the_only_stdout(tree_for_cli):

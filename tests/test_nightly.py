@@ -42,6 +42,16 @@ def result_keys(store: str) -> list[str]:
     return [k for k in Store(store).list("results")]
 
 
+def run_artifacts(state) -> dict:
+    """The artifacts the flow run created, by key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    flow_run = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+    with get_client(sync_client=True) as client:
+        return {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_run))}
+
+
 def test_nightly_is_incremental(setup, tmp_path):
     store, specs = setup
     state, first = run(store, specs)
@@ -50,19 +60,28 @@ def test_nightly_is_incremental(setup, tmp_path):
     assert first["evaluations"] == {"computed": 8, "cached": 0, "failed": 0}
     assert len(result_keys(store)) == 4 * 2 * 3  # checkpoints x specs x datasets
     assert first["fit"] and Store(store).exists("fits/latest.json")
+    report = first["report"]
+    assert Store(store).exists(report["key"]) and report["headline"].startswith("recommended precision")
+    assert Store(store).read_json("reports/latest.json")["report"] == report["key"]
+    artifacts = run_artifacts(state)
+    assert {"kbitlaw-summary", "kbitlaw-report", "kbitlaw-evaluation-progress"} <= set(artifacts)
+    assert artifacts["kbitlaw-evaluation-progress"].data == 100.0
+    assert "tiny" in artifacts["kbitlaw-summary"].data and report["url"] in artifacts["kbitlaw-summary"].data
 
     loads = sweep.POOL.loads
     state, second = run(store, specs)
     assert second["evaluations"] == {"computed": 0, "cached": 8, "failed": 0}
     assert second["new_checkpoints"] == 0
     assert sweep.POOL.loads == loads  # no model was loaded
-    assert second["fit"] == first["fit"]
+    assert second["fit"] == first["fit"] and second["report"] == first["report"]  # nothing rebuilt
 
     make_family(Path(store) / "checkpoints", sizes=(("h64", 64, 1),), steps=(10,))  # one new checkpoint
     state, third = run(store, specs)
     assert third["evaluations"] == {"computed": 2, "cached": 8, "failed": 0}
     assert third["new_checkpoints"] == 1 and sweep.POOL.loads == loads + 1
     assert len(result_keys(store)) == 5 * 2 * 3
+    assert third["report"]["key"] != first["report"]["key"]
+    assert Store(store).read_json("reports/latest.json")["report"] == third["report"]["key"]
 
     # A changed dataset costs only evaluations on that dataset.
     spec = json.loads((Path(specs) / "cloze.yaml").read_text())

@@ -9,7 +9,13 @@ import polars as pl
 import pytest
 
 from tasks.store import Store
-from tasks.validate import ValidationFailed, require_valid, store_validation, validate_frame
+from tasks.validate import (
+    ValidationFailed,
+    require_valid,
+    store_validation,
+    stored_validation,
+    validate_frame,
+)
 
 N = 20  # rows in each clean frame
 
@@ -172,6 +178,20 @@ def test_store_validation_writes_json_and_escaped_html(tmp_path):
     assert "expect_column_values_to_be_unique(id)" in page
     assert "<script" not in page.lower()
     assert "&lt;script&gt;" in page  # the hostile id is shown, escaped
+
+
+def test_stored_validation_is_reused_only_under_the_same_settings(tmp_path):
+    store = Store(str(tmp_path))
+    settings = {"kind": "perplexity", "min_rows": 50}
+    report = validate_frame(text(), "perplexity", name="prose", sha="ab12", min_rows=50)
+    urls = store_validation(store, report, settings)
+    again = stored_validation(store, "prose", "ab12", settings)
+    assert again is not None and again == (report, urls)
+    assert again[0].message() == report.message() and not again[0].success
+    assert stored_validation(store, "prose", "ab12", settings | {"min_rows": 5}) is None  # a changed suite
+    assert stored_validation(store, "prose", "cd34", settings) is None  # changed data
+    store.delete("datasets/validation/prose/ab12.html")
+    assert stored_validation(store, "prose", "ab12", settings) is None  # an incomplete pair
 
 
 def test_passing_report_page_says_passed(tmp_path):
