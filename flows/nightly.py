@@ -8,11 +8,15 @@ it walks through the specs.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from typing import Any
 
+import torch
 from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed, wait
 from prefect.states import Completed, Failed
 
@@ -90,23 +94,46 @@ def plan(
     return work
 
 
+def task_resources() -> dict[str, float]:
+    """Dask resources each evaluation claims: KBITLAW_TASK_RESOURCES="GPU=1" (workers of an existing
+    cluster then need `--resources GPU=1`); by default one GPU per task where this machine has one."""
+    text = os.environ.get("KBITLAW_TASK_RESOURCES")
+    if text is None:
+        return {"GPU": 1} if torch.cuda.is_available() else {}
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    return {name.strip(): float(amount) for name, amount in pairs}
+
+
 def task_runner(runner: str, workers: int, address: str | None = None):
+    """The flow's task runner: threads (one process; models shared through the pool) or Dask."""
     if runner == "dask":
         from prefect_dask import DaskTaskRunner
 
         if address:
             return DaskTaskRunner(address=address)
+        gpus, resources = torch.cuda.device_count(), task_resources()
         return DaskTaskRunner(
             cluster_kwargs={
-                "n_workers": workers,
+                "n_workers": min(workers, gpus) if gpus else workers,
                 "threads_per_worker": 1,
                 "processes": True,
                 "dashboard_address": None,
+                **({"resources": resources} if resources else {}),  # one task's worth per worker
             }
         )
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=workers)
+
+
+def claim(resources: dict[str, float]):
+    """Annotate Dask submissions with the resources a task needs (nothing for other runners)."""
+    runner = FlowRunContext.get().task_runner if FlowRunContext.get() else None
+    if not resources or type(runner).__name__ != "DaskTaskRunner":
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.annotate(resources=resources)
 
 
 def sweep(
@@ -133,9 +160,10 @@ def sweep(
     in_tasks = sum(f.result()["seconds"] for f in cleaned if f.state.is_completed())
     bad_data = [f.state.message for f in cleaned if not f.state.is_completed()]
     work = plan(s, found["checkpoints"], specs, refs, width=max(1, workers))
-    futures = [
-        evaluate_spec.submit(s.uri, c, q, [d.__dict__ for d in todo], done) for c, q, todo, done in work
-    ]
+    with claim(task_resources()):
+        futures = [
+            evaluate_spec.submit(s.uri, c, q, [d.__dict__ for d in todo], done) for c, q, todo, done in work
+        ]
     update = progress_artifact(len(futures), "evaluations of this nightly run (computed or cached)")
     with progress_bar(len(futures), "evaluating", enabled=progress) as advance:
         for done, _ in enumerate(as_completed(futures), start=1):

@@ -112,8 +112,9 @@ def test_broken_checkpoint_fails_alone(setup):
     assert summary["fit"]  # the others were fitted
 
 
-def test_dask_runner_gives_the_same_results(setup, tmp_path):
+def test_dask_runner_gives_the_same_results(setup, tmp_path, monkeypatch):
     store, specs = setup
+    monkeypatch.setenv("KBITLAW_TASK_RESOURCES", "MODEL=1")  # each evaluation claims a worker's slot
     other = str(tmp_path / "store-dask")
     shutil.copytree(Path(store) / "checkpoints", Path(other) / "checkpoints")
     state, a = run(store, specs, workers=2, runner="thread")
