@@ -75,7 +75,8 @@ def headline(report_summary: dict) -> str:
     rec = report_summary.get("recommendation") or {}
     if rec.get("status", "ok") != "ok" or "quant" not in rec:
         return "recommended precision: insufficient data"
-    return f"recommended precision: {rec['quant']} ({rec['bits']}-bit)"
+    line = f"recommended precision: {rec['quant']} ({rec['bits']}-bit)"
+    return f"{line}. {rec['confidence']}" if rec.get("confidence") else line
 
 
 def plan(
