@@ -66,21 +66,26 @@ def logic(rng: random.Random, difficulty: int) -> tuple[str, str, list[str]]:
 
 
 def causal(rng: random.Random, difficulty: int) -> tuple[str, str, list[str]]:
-    """If-then chains: one chain of `difficulty + 1` hops is triggered, three others are not."""
-    hops = difficulty + 1
-    pairs = rng.sample([(a, v) for a in ANIMALS for v in VERBS], 4 * (hops + 1))
+    """If-then chains: one chain of `difficulty + 1` hops is triggered, `difficulty + 1` others are not
+    (their ends are the distractors, topped up with events that are not in the context)."""
+    hops, n_chains = difficulty + 1, min(difficulty + 2, 4)
+    pairs = rng.sample([(a, v) for a in ANIMALS for v in VERBS], n_chains * (hops + 1) + 3)
     events = [f"{a} {v}" for a, v in pairs]
-    chains = [events[i * (hops + 1) : (i + 1) * (hops + 1)] for i in range(4)]
+    chains = [events[i * (hops + 1) : (i + 1) * (hops + 1)] for i in range(n_chains)]
     rules = [f"if the {a} then the {b} ." for chain in chains for a, b in zip(chain, chain[1:], strict=False)]
     rng.shuffle(rules)
     start = chains[0][0]
-    return f"{' '.join(rules)} the {start} . so the", chains[0][-1], [c[-1] for c in chains[1:]]
+    distractors = [c[-1] for c in chains[1:]] + events[n_chains * (hops + 1) :]
+    return f"{' '.join(rules)} the {start} . so the", chains[0][-1], distractors[:3]
 
 
 def induction(rng: random.Random, difficulty: int) -> tuple[str, str, list[str]]:
     """Continue a repeating pattern of period `difficulty + 2` (distinct words)."""
     period = difficulty + 2
-    pool = rng.choice([COLORS, ANIMALS, OBJECTS, NAMES])
+    # Words from every class: with one class per pattern (8 colors: 336 patterns of three) a model
+    # memorizes the training patterns, and since evaluation patterns are never among them, the
+    # memory points at a wrong word; from 50 words a pattern is new and must be copied in context.
+    pool = COLORS + ANIMALS + OBJECTS + NAMES
     pattern = rng.sample(pool, period)
     shown = 3 * period - 1  # fixed by the period, so no instance is a prefix of another
     seq = [pattern[i % period] for i in range(shown)]
@@ -91,8 +96,11 @@ def induction(rng: random.Random, difficulty: int) -> tuple[str, str, list[str]]
 
 
 def arithmetic(rng: random.Random, difficulty: int) -> tuple[str, str, list[str]]:
-    """A two-step story sum with addends up to `difficulty + 2` (answers stay within twenty)."""
-    top = min(difficulty + 2, 10)
+    """A two-step story sum with addends up to 3 * difficulty + 2 (answers stay within twenty).
+
+    The sums are facts to learn (25 at difficulty 1, 64 at 2): a bigger model holds more of them
+    after the same number of tokens, so this suite grades with size smoothly, not all at once."""
+    top = min(3 * difficulty + 2, 10)
     a, b = rng.randint(1, top), rng.randint(1, top)
     who, obj = rng.choice(NAMES), rng.choice(OBJECTS)
     total = a + b
@@ -120,20 +128,39 @@ def cloze(rng: random.Random, difficulty: int) -> tuple[str, str, list[str]]:
     return " ".join(context.split()), obj, other_objs
 
 
+def _fact(pool: list[str], *keys: str) -> str:
+    """A fixed fact of the world: the member of `pool` that `keys` point at (a stable hash)."""
+    digest = hashlib.blake2b(" ".join(keys).encode(), digest_size=4).digest()
+    return pool[int.from_bytes(digest, "big") % len(pool)]
+
+
 def prose(rng: random.Random, difficulty: int) -> tuple[str, str, list[str]]:
-    """Plain narrative sentences (the perplexity suite and the corpus' connective tissue)."""
+    """Plain narrative sentences (the perplexity suite and the corpus' connective tissue).
+
+    The world has habits: who meets which animal where, each animal's usual doing and place, each
+    person's favourite color and friend (9 times in 10; `_fact`). There are hundreds of them, so a
+    bigger model, or a longer-trained one, has learned more of them: the perplexity falls with size
+    and with training steadily, not in one jump.
+    """
     who = rng.choice(NAMES)
+
+    def usual(pool: list[str], *keys: str) -> str:
+        return _fact(pool, *keys) if rng.random() < 0.9 else rng.choice(pool)
+
     sentences = []
     for _ in range(difficulty + 2):
         template = rng.randrange(4)
         if template == 0:
-            sentences.append(
-                f"{who} saw a {rng.choice(COLORS)} {rng.choice(ANIMALS)} near the {rng.choice(PLACES)} ."
-            )
+            animal = rng.choice(ANIMALS)
+            color, place = usual(COLORS, who, "color"), usual(PLACES, who, animal)
+            sentences.append(f"{who} saw a {color} {animal} near the {place} .")
         elif template == 1:
-            sentences.append(f"the {rng.choice(ANIMALS)} {rng.choice(VERBS)} in the {rng.choice(PLACES)} .")
+            animal = rng.choice(ANIMALS)
+            verb, place = usual(VERBS, animal, "does"), usual(PLACES, animal, "lives")
+            sentences.append(f"the {animal} {verb} in the {place} .")
         elif template == 2:
-            sentences.append(f"{who} gave a {rng.choice(OBJECTS)} to {rng.choice(NAMES)} .")
+            obj = rng.choice(OBJECTS)
+            sentences.append(f"{who} gave a {obj} to {usual(NAMES, who, obj)} .")
         else:
             sentences.append(f"{who} has {rng.choice(NUMBERS[1:10])} {rng.choice(OBJECTS)}s .")
     head, last = " ".join(sentences).removesuffix(" .").rsplit(" ", 1)
@@ -190,16 +217,29 @@ def suite(family: str, n: int, seed: int = 0, difficulty: int = 1) -> list[dict]
     return rows
 
 
+# Share of the corpus' TOKENS per family. Instances are drawn in inverse proportion to their
+# length, so a long family (causal at 4 hops is ~150 words of random rules) cannot crowd out the
+# short ones: drawn by count, causal alone would be half of the corpus and mostly noise.
+CORPUS_SHARE = {"logic": 0.2, "causal": 0.2, "induction": 0.1, "arithmetic": 0.1, "cloze": 0.15, "text": 0.25}
+
+
+def _mean_words(family: str, difficulty: int, n: int = 64) -> float:
+    rng = random.Random(f"length:{family}:{difficulty}")
+    return sum(len(FAMILIES[family](rng, difficulty)[0].split()) + 2 for _ in range(n)) / n
+
+
 def training_corpus(
-    n_docs: int, seed: int = 0, difficulties: tuple[int, ...] = (0, 1, 2, 3)
+    n_docs: int, seed: int = 0, difficulties: tuple[int, ...] = (0, 1, 2)
 ) -> Iterator[str]:
-    """Documents of solved training instances from every family, mixed, deterministic for a seed."""
+    """Documents of solved training instances from every family, mixed (by CORPUS_SHARE of the
+    tokens, difficulties equally), deterministic for a seed."""
     rng = random.Random(f"corpus:{seed}")
     streams = {(f, d): _instances(f, seed + 1000, d, False) for f in FAMILIES for d in difficulties}
     keys = list(streams)
+    weights = [CORPUS_SHARE[f] / _mean_words(f, d) for f, d in keys]
     for _ in range(n_docs):
         parts = []
-        for _ in range(rng.randint(2, 5)):
-            context, answer, _ = next(streams[rng.choice(keys)])
+        for key in rng.choices(keys, weights, k=rng.randint(2, 5)):
+            context, answer, _ = next(streams[key])
             parts.append(f"{context} {answer} .")
         yield " ".join(parts)
