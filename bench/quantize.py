@@ -104,6 +104,7 @@ def main() -> None:
         def run():
             for w, o in zip(weights, outputs, strict=True):
                 fake_quantize(w, spec, out=o if preallocated else None)
+
         return run
 
     bnb_nf4(weights[0][:64])
@@ -120,9 +121,11 @@ def main() -> None:
     rows.append(("bitsandbytes nf4, blocksize 64", bnb_rate, peak_extra("bitsandbytes")))
     rows.append(("copy_ (memory bandwidth)", copy_rate, float("nan")))
 
-    print(f"{count} x [{side}, {side}] float32 = {n_params / 1e6:.0f}M params, CPU, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
-          f"best of {args.repeat}")
+    print(
+        f"{count} x [{side}, {side}] float32 = {n_params / 1e6:.0f}M params, CPU, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+        f"best of {args.repeat}"
+    )
     print()
     print("| method | Mparams/s | vs bitsandbytes | vs copy | peak extra memory / tensor |")
     print("|---|---:|---:|---:|---:|")
