@@ -32,7 +32,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
 bench: $(VENV)/.installed-dev
-	$(BIN)/python bench/quantize.py
+	for b in quantize evaluate law datasets nightly; do $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .kbitlaw
