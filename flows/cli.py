@@ -60,17 +60,42 @@ def default_checkpoints(store: str | None) -> str:
 
 
 @app.command()
-def demo(store: StoreOpt = None) -> None:
+def demo(
+    store: StoreOpt = None,
+    arrive: Annotated[
+        bool, typer.Option("--arrive", help="Publish only the next round of checkpoints, then run nightly")
+    ] = False,
+    grid: Annotated[str | None, typer.Option(help="Grid name or comma-separated specs")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes/threads (default: one per core)")] = None,
+    sizes: Annotated[str | None, typer.Option(help="Comma-separated size names (default: all six)")] = None,
+    budget: Annotated[int | None, typer.Option(help="Training tokens per size (default: the demo's)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Build the embedded demo (datasets + checkpoint family) and run nightly once."""
-    from tasks.checkpoints import discover
-    from tasks.store import Store
+    _quiet_libraries()
+    from flows.demo import DEMO_GRID, describe, run_demo
 
-    s = Store(store)
-    found, errors = discover(s.url("checkpoints"))
-    typer.echo(f"store: {s.uri} ({len(found)} checkpoints, {len(errors)} unreadable)", err=True)
-    _not_yet(
-        "demo", "the embedded demo (builtin datasets, a self-trained checkpoint family, the nightly flow)"
-    )
+    try:
+        summary = run_demo(
+            store,
+            arrive=arrive,
+            grid=grid or DEMO_GRID,
+            workers=workers,
+            sizes=sizes,
+            budget=budget,
+            show_progress=False if as_json else None,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(summary, allow_nan=False, default=str) + "\n")
+    else:
+        for line in describe(summary):
+            typer.echo(line)
+    night = summary["nightly"]
+    for problem in night.get("failures", []) + night.get("invalid_datasets", []):
+        typer.echo(f"failed: {problem}", err=True)
+    raise typer.Exit(1 if night.get("failures") or "checkpoints" not in night else 0)
 
 
 @app.command()

@@ -1,0 +1,206 @@
+"""`kbitlaw demo`: build the embedded demo family if missing, then run the nightly flow over it.
+
+The nightly flow cleans and validates the builtin datasets itself; the demo only adds the
+checkpoints (tasks/train.py: a GPT-NeoX family trained here, cached in the store) and a grid small
+enough for a first run on a laptop CPU, yet with the precisions the laws need: 16-bit, 8, 4 and 3
+bits, integer and a 4-bit float type, with and without blocks.
+
+    summary = run_demo(".kbitlaw/store")                 # build what is missing + nightly
+    summary = run_demo(store, arrive=True)               # publish the next round of checkpoints first
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any
+
+from tasks.store import Store
+from tasks.train import FAMILY, BuildReport, Progress, TrainConfig, build_family
+
+DEMO_FAMILY = "demo"
+DEMO_GRID = "fp16,int8-b64,int8,nf4-b64,int4-b64,int4,int3-b64,int3"
+
+
+def demo_sizes(names: str | None):
+    """FAMILY, or the sizes named in a comma-separated list (for a smaller, faster demo)."""
+    if not names:
+        return FAMILY
+    by_name = {s.name: s for s in FAMILY}
+    unknown = [n for n in names.split(",") if n.strip() not in by_name]
+    if unknown:
+        raise ValueError(f"unknown size(s) {', '.join(unknown)} (known: {', '.join(by_name)})")
+    return tuple(by_name[n.strip()] for n in names.split(","))
+
+
+@contextmanager
+def progress_bars(enabled: bool):
+    """A progress callback for build_family: rich bars per size on stderr, or nothing."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bars
+
+    bars = Bars(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(p: Progress) -> None:
+        if p.phase in ("tokenizer", "corpus"):
+            bars.console.print(
+                f"[dim]{'training the tokenizer' if p.phase == 'tokenizer' else 'encoding the corpus'}"
+            )
+        elif p.phase == "publish":
+            bars.console.print(f"published {p.size}")
+        elif p.size:
+            if p.size not in tasks:
+                tasks[p.size] = bars.add_task(p.size, total=p.total, note="")
+            if p.phase == "cached" or p.loss is not None:
+                bars.update(tasks[p.size], note="cached" if p.phase == "cached" else f"loss {p.loss:.3f}")
+            bars.update(tasks[p.size], completed=p.step)
+
+    with bars:
+        yield update
+
+
+def run_demo(
+    store: str | None = None,
+    *,
+    arrive: bool = False,
+    grid: str = DEMO_GRID,
+    workers: int | None = None,
+    sizes: str | None = None,
+    budget: int | None = None,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Build the family (what is missing), run nightly once; returns {"build", "nightly", "story"}.
+
+    show_progress: rich progress bars on stderr (default: when stderr is a terminal)."""
+    s = Store(store)
+    cores = len(os.sched_getaffinity(0))
+    workers = workers or cores
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    config = TrainConfig(budget_tokens=budget) if budget else TrainConfig()
+    began = time.perf_counter()
+    with progress_bars(show_progress) as update:
+        report: BuildReport = build_family(
+            s,
+            DEMO_FAMILY,
+            sizes=demo_sizes(sizes),
+            config=config,
+            arrive=arrive,
+            workers=workers,
+            progress=update,
+        )
+    built = time.perf_counter()
+    summary = run_nightly(s, grid, workers)
+    night_done = time.perf_counter()
+    return {
+        "build": {
+            "family": report.family,
+            "trained": len(report.trained),
+            "cached": len(report.cached),
+            "published": report.published,
+            "steps_trained": report.steps_trained,
+            "seconds": round(built - began, 2),
+        },
+        "nightly": summary | {"seconds": round(night_done - built, 2)},
+        "story": _story_or_none(s),
+    }
+
+
+def _story_or_none(store: Store) -> dict[str, Any] | None:
+    try:
+        return story(store)
+    except Exception as exc:  # the story is a summary of the run; it never fails the demo
+        logging.getLogger("kbitlaw").warning("story check skipped: %s", exc)
+        return None
+
+
+def story(store: Store) -> dict[str, Any] | None:
+    """Does the family tell the demo's story? Checked on the results nightly stored (fp16, int3 and
+    int8-b64 where the grid has them); None when there is nothing to check."""
+    import polars as pl
+
+    from tasks.demo_story import quant_drop, stored_story_table, story_checks, story_summary
+
+    table = stored_story_table(store, DEMO_FAMILY)
+    if table.is_empty():
+        return None
+    summary = story_summary(table)
+    final = summary.filter(
+        (pl.col("step") == pl.col("step").max().over("size")) & (pl.col("quant") == "fp16")
+    )
+    cols = [c for c in ("size", "step", "mean_acc", "loss") if c in final.columns]
+    return {
+        "checks": story_checks(summary),
+        "fp16": final.select(cols).to_dicts(),
+        "drop": {q: quant_drop(summary, q) for q in ("int3", "int8-b64")},
+    }
+
+
+def run_nightly(store: Store, grid: str, workers: int) -> dict[str, Any]:
+    """The nightly flow over the store's checkpoints, `workers` evaluations side by side (each with
+    one torch thread and its own loaded model: the demo's models are small)."""
+    import torch
+
+    from flows.nightly import nightly, task_runner
+    from tasks import sweep
+
+    sweep.POOL.capacity = max(sweep.POOL.capacity, workers)
+    threads = torch.get_num_threads()
+    if workers > 1:
+        torch.set_num_threads(1)
+    try:
+        flow = nightly.with_options(task_runner=task_runner("thread", workers))
+        state = flow(store=store.uri, grid=grid, workers=workers, return_state=True)
+    finally:
+        torch.set_num_threads(threads)
+    data = state.result(raise_on_failure=False)
+    if not isinstance(data, dict):
+        return {"error": str(state.message or data), "failures": [str(state.message or data)]}
+    return data
+
+
+def describe(summary: dict[str, Any]) -> list[str]:
+    """The lines `kbitlaw demo` prints: what was built, what nightly did, where the report is."""
+    build, night = summary["build"], summary["nightly"]
+    lines = [
+        f"family {build['family']}: {build['trained']} checkpoints trained, {build['cached']} cached"
+        + (f", {len(build['published'])} published" if build["published"] else "")
+        + f" ({build['seconds']:.0f} s)"
+    ]
+    if "error" in night and "checkpoints" not in night:
+        return [*lines, f"nightly failed: {night['error']}"]
+    ev = night.get("evaluations", {})
+    lines.append(
+        f"nightly: {night.get('checkpoints')} checkpoints ({night.get('new_checkpoints')} new); "
+        f"evaluations: {ev.get('computed')} computed, {ev.get('cached')} cached, {ev.get('failed')} failed "
+        f"({night['seconds']:.0f} s)"
+    )
+    report = night.get("report")
+    if isinstance(report, dict):
+        lines.append(f"report: {report.get('path_or_url') or report.get('url') or report.get('key')}")
+        if report.get("headline"):
+            lines.append(f"headline: {report['headline']}")
+    elif report:
+        lines.append(f"report: {report}")
+    else:
+        lines.append(f"fit: {night.get('fit')}")
+    if story := summary.get("story"):
+        checks = story["checks"]
+        lines.append(f"story: {sum(checks.values())} of {len(checks)} claims hold")
+        lines += [f"  {'ok  ' if ok else 'FAIL'} {claim}" for claim, ok in checks.items()]
+    return lines
