@@ -39,7 +39,10 @@ def _quiet_libraries() -> None:
     """Library progress bars and notices go nowhere: stdout is for results, stderr for our logs."""
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Our own loggers at INFO; libraries (httpx logs every API request at INFO) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for name in ("flows", "tasks"):
+        logging.getLogger(name).setLevel(logging.INFO)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -124,6 +127,7 @@ def nightly(
         _fail(f"--runner must be thread or dask, got {runner!r}")
     from flows.nightly import nightly as nightly_flow
     from flows.nightly import task_runner
+    from tasks.report_artifacts import interactive
 
     names = [n.strip() for n in datasets.split(",")] if datasets else None
     flow = nightly_flow.with_options(task_runner=task_runner(runner, workers, dask_address))
@@ -134,6 +138,7 @@ def nightly(
         datasets=names,
         workers=workers,
         spec_dir=specs,
+        progress=not as_json and interactive(),
         return_state=True,
     )
     summary = _flow_summary(state)
@@ -147,6 +152,9 @@ def nightly(
             f"{ev.get('failed')} failed"
         )
         typer.echo(f"fit: {summary.get('fit')}")
+        if summary.get("report"):
+            typer.echo(f"report: {summary['report']['url']}")
+            typer.echo(summary["report"]["headline"])
         for problem in summary.get("failures", []) + summary.get("invalid_datasets", []):
             typer.echo(f"failed: {problem}", err=True)
     raise typer.Exit(0 if state.is_completed() else 1)
@@ -230,17 +238,18 @@ def fit(
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the k-bit scaling laws to the stored results (or a results file)."""
-    try:
-        from flows.fit import fit_command
-    except ImportError:
-        _not_yet("fit", "law fitting")
+    from flows.fit import fit_command
+
     raise typer.Exit(fit_command(store, results, as_json))
 
 
 @app.command()
 def report(store: StoreOpt = None) -> None:
-    """Write the HTML report for the newest fit and print where it is."""
-    _not_yet("report", "the report")
+    """Write the HTML report for the newest fit (if missing) and print where it is."""
+    _quiet_libraries()
+    from tasks.report import report_command
+
+    raise typer.Exit(report_command(store))
 
 
 @datasets_app.command("clean")
@@ -363,6 +372,8 @@ def list_checkpoints(
 
 
 def main() -> None:
+    # The ephemeral Prefect server would try to send telemetry and log an ERROR with no network.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     app()
 
 
