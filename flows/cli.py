@@ -30,11 +30,6 @@ SpecDirOpt = Annotated[str | None, typer.Option("--specs", help="Directory of da
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
-def _not_yet(command: str, capability: str) -> None:
-    typer.echo(f"kbitlaw {command}: not available yet: {capability} has not been built", err=True)
-    raise typer.Exit(2)
-
-
 def _quiet_libraries() -> None:
     """Library progress bars and notices go nowhere: stdout is for results, stderr for our logs."""
     import logging
