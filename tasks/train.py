@@ -81,10 +81,10 @@ class Size:
 FAMILY: tuple[Size, ...] = (
     Size("h32-l1", 32, 1, lr=0.02, heads=2),
     Size("h32-l2", 32, 2, lr=0.02, heads=2),
-    Size("h48-l2", 48, 2, lr=0.014, heads=3),
+    Size("h48-l2", 48, 2, lr=0.016, heads=3),
     Size("h64-l3", 64, 3, lr=0.01),
-    Size("h96-l3", 96, 3, lr=0.008),
-    Size("h128-l4", 128, 4, lr=0.0065),
+    Size("h96-l3", 96, 3, lr=0.007),
+    Size("h128-l4", 128, 4, lr=0.0055),
 )
 
 
