@@ -228,9 +228,7 @@ def _mean_words(family: str, difficulty: int, n: int = 64) -> float:
     return sum(len(FAMILIES[family](rng, difficulty)[0].split()) + 2 for _ in range(n)) / n
 
 
-def training_corpus(
-    n_docs: int, seed: int = 0, difficulties: tuple[int, ...] = (0, 1, 2)
-) -> Iterator[str]:
+def training_corpus(n_docs: int, seed: int = 0, difficulties: tuple[int, ...] = (0, 1, 2)) -> Iterator[str]:
     """Documents of solved training instances from every family, mixed (by CORPUS_SHARE of the
     tokens, difficulties equally), deterministic for a seed."""
     rng = random.Random(f"corpus:{seed}")
