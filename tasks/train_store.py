@@ -115,7 +115,7 @@ def load_weights(store: Store, prefix: str):
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("config.json", "model.safetensors"):
             store.get_file(f"{prefix}/{name}", Path(tmp) / name)
-        return GPTNeoXForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+        return GPTNeoXForCausalLM.from_pretrained(tmp, dtype=torch.float32, use_safetensors=True)
 
 
 def optimizer_bytes(opt: torch.optim.Optimizer) -> bytes:
