@@ -106,8 +106,9 @@ class QuantSpec:
             elif opt == "emb":
                 name, value = "embeddings", True
             elif opt[:1] == "b":
-                raise ValueError(f"block size must be a power of two in {MIN_BLOCK}..{MAX_BLOCK}, "
-                                 f"got {opt[1:]!r}")
+                raise ValueError(
+                    f"block size must be a power of two in {MIN_BLOCK}..{MAX_BLOCK}, got {opt[1:]!r}"
+                )
             elif opt[:1] == "o":
                 raise ValueError(f"outlier percent must be a number in (0, 100), got {opt[1:]!r} in {text!r}")
             else:
@@ -168,10 +169,22 @@ GRIDS: dict[str, list[str]] = {
     # nightly: float at every k (the paper's recommended type, B=64), the 4-bit data types and block
     # sizes, and the fragile 3-bit settings including proxy quantization
     "default": [
-        "fp16", "int8",
-        "fp3e2-b64", "fp4e2-b64", "fp5e3-b64", "fp6e3-b64", "fp7e4-b64", "fp8e4-b64",
-        "int4-b64", "nf4-b64", "quantile4-b64", "int4", "fp4e2",
-        "int3-b64", "quantile3-b64", "int3-b64-o2",
+        "fp16",
+        "int8",
+        "fp3e2-b64",
+        "fp4e2-b64",
+        "fp5e3-b64",
+        "fp6e3-b64",
+        "fp7e4-b64",
+        "fp8e4-b64",
+        "int4-b64",
+        "nf4-b64",
+        "quantile4-b64",
+        "int4",
+        "fp4e2",
+        "int3-b64",
+        "quantile3-b64",
+        "int3-b64-o2",
     ],
     # the full Dettmers & Zettlemoyer sweep: k 3..8 x 5 data types x 8 block settings, + fp16
     "paper": _k_grid(["int", "fp", "quantile", "dynamic", "nf"], [64, 128, 256, 512, 1024, 2048, 4096, None]),
@@ -195,8 +208,9 @@ def resolve_grid(name_or_csv: str) -> list[QuantSpec]:
 # ---------------------------------------------------------------------------------------------
 
 
-def spec_codebook(weight: torch.Tensor, spec: QuantSpec, scale_dtype: torch.dtype = torch.float16,
-                  seed: int = 0) -> tuple[torch.Tensor, NearestTable | None]:
+def spec_codebook(
+    weight: torch.Tensor, spec: QuantSpec, scale_dtype: torch.dtype = torch.float16, seed: int = 0
+) -> tuple[torch.Tensor, NearestTable | None]:
     """The codebook a spec rounds `weight` to, with its cached lookup table for fixed data types.
 
     quantile: equal-mass quantiles of the tensor's absmax-normalised values (the block scales it will
@@ -259,8 +273,9 @@ def fake_quantize(
     if cols is not None:  # zeros never raise a block's absmax and round to exactly 0
         work = work.clone().index_fill_(in_dim, cols, 0)
     codebook, table = spec_codebook(work, spec, scale_dtype)
-    out = fake_quantize_blockwise(work, codebook, spec.block_size, scale_dtype=scale_dtype, table=table,
-                                  out=out)
+    out = fake_quantize_blockwise(
+        work, codebook, spec.block_size, scale_dtype=scale_dtype, table=table, out=out
+    )
     if cols is not None:
         kept = weight.detach().index_select(in_dim, cols).to(torch.float16).to(weight.dtype)
         out.index_copy_(in_dim, cols, kept)
@@ -290,10 +305,17 @@ class QuantReport:
     def columns(self) -> dict:
         """The results-schema columns this report fills (DESIGN.md, Results)."""
         s = self.spec
-        return {"quant": str(s), "dtype": s.dtype, "bits": s.bits, "block_size": s.block_size,
-                "outlier_pct": s.outlier_pct, "bits_per_param": self.bits_per_param,
-                "total_bits": self.total_bits, "n_params": self.n_params,
-                "n_params_quantized": self.n_params_quantized}
+        return {
+            "quant": str(s),
+            "dtype": s.dtype,
+            "bits": s.bits,
+            "block_size": s.block_size,
+            "outlier_pct": s.outlier_pct,
+            "bits_per_param": self.bits_per_param,
+            "total_bits": self.total_bits,
+            "n_params": self.n_params,
+            "n_params_quantized": self.n_params_quantized,
+        }
 
 
 # model -> {id(param): (param, pristine copy)}; weak, so the copies die with the model
@@ -334,8 +356,11 @@ def _layer_bits(spec: QuantSpec, weight: torch.Tensor, in_dim: int) -> float:
         return 16.0 * weight.numel()
     n = weight.numel()
     n_blocks = math.ceil(n / spec.block_size) if spec.block_size else 1
-    n_outliers = outlier_count(weight.shape[in_dim], spec.outlier_pct) * (n // weight.shape[in_dim]) \
-        if spec.outlier_pct else 0
+    n_outliers = (
+        outlier_count(weight.shape[in_dim], spec.outlier_pct) * (n // weight.shape[in_dim])
+        if spec.outlier_pct
+        else 0
+    )
     return spec.bits * n + SCALE_BITS * n_blocks + (16 - spec.bits) * n_outliers
 
 
@@ -343,14 +368,19 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean squared difference in float64, chunked so that no full-size float32 temporaries exist."""
     a, b, total = a.detach().reshape(-1), b.detach().reshape(-1), 0.0
     for start in range(0, a.numel(), 1 << 22):
-        d = a[start:start + (1 << 22)].float() - b[start:start + (1 << 22)].float()
+        d = a[start : start + (1 << 22)].float() - b[start : start + (1 << 22)].float()
         total += float(torch.dot(d, d).double())
     return total / max(1, a.numel())
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, spec: QuantSpec | str, *, scale_dtype: torch.dtype = torch.float16,
-                   pristine_device: torch.device | str | None = None) -> QuantReport:
+def quantize_model(
+    model: nn.Module,
+    spec: QuantSpec | str,
+    *,
+    scale_dtype: torch.dtype = torch.float16,
+    pristine_device: torch.device | str | None = None,
+) -> QuantReport:
     """Fake-quantize the model's weights in place, always starting from the original weights.
 
     The first call keeps a pristine copy of every weight it touches (on `pristine_device`, default the
@@ -376,9 +406,14 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str, *, scale_dtype: torc
         bits += _layer_bits(spec, original, in_dim)
         n_quantized += original.numel()
     n_other = sum(p.numel() for p in model.parameters() if id(p) not in wanted)
-    return QuantReport(spec=spec, n_params_quantized=n_quantized, n_params_other=n_other,
-                       bits_per_param=bits / max(1, n_quantized), total_bits=bits + 16.0 * n_other,
-                       layer_mse=mse)
+    return QuantReport(
+        spec=spec,
+        n_params_quantized=n_quantized,
+        n_params_other=n_other,
+        bits_per_param=bits / max(1, n_quantized),
+        total_bits=bits + 16.0 * n_other,
+        layer_mse=mse,
+    )
 
 
 @torch.no_grad()

@@ -240,25 +240,43 @@ def make_family(root: Path, sizes=FAMILY_SIZES, steps=FAMILY_STEPS, family: str 
     for name, hidden, layers in sizes:
         for i, step in enumerate(steps):
             torch.manual_seed(hash((name, step)) % 1000)
-            config = GPTNeoXConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                                   intermediate_size=4 * hidden, vocab_size=len(tokenizer),
-                                   max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
+            config = GPTNeoXConfig(
+                hidden_size=hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=4,
+                intermediate_size=4 * hidden,
+                vocab_size=len(tokenizer),
+                max_position_embeddings=256,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
             path = root / family / name / f"step-{step}"
             path.mkdir(parents=True, exist_ok=True)
             GPTNeoXForCausalLM(config).save_pretrained(path, safe_serialization=True)
             tokenizer.save_pretrained(path)
-            (path / "kbitlaw.json").write_text(json.dumps(
-                {"family": family, "size": name, "step": step, "tokens_seen": step * 1000 * (i + 1)}))
+            (path / "kbitlaw.json").write_text(
+                json.dumps(
+                    {"family": family, "size": name, "step": step, "tokens_seen": step * 1000 * (i + 1)}
+                )
+            )
             paths.append(path)
     return paths
 
 
 def write_specs(directory: Path, n: int = 12) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    for name, kind, chance in (("logic", "multiple_choice", 0.25), ("cloze", "cloze", 0.0),
-                               ("text", "perplexity", None)):
-        spec = {"name": name, "kind": kind, "source": f"builtin:{name}",
-                "params": {"n": n, "seed": 0, "difficulty": 1}, "min_rows": 4}
+    for name, kind, chance in (
+        ("logic", "multiple_choice", 0.25),
+        ("cloze", "cloze", 0.0),
+        ("text", "perplexity", None),
+    ):
+        spec = {
+            "name": name,
+            "kind": kind,
+            "source": f"builtin:{name}",
+            "params": {"n": n, "seed": 0, "difficulty": 1},
+            "min_rows": 4,
+        }
         if chance is not None:
             spec["chance"] = chance
         (directory / f"{name}.yaml").write_text(json.dumps(spec))

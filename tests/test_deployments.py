@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def prefect_cli(api: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_API_URL": api}
     prefect = Path(sys.executable).parent / "prefect"
-    return subprocess.run([str(prefect), "--no-prompt", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [str(prefect), "--no-prompt", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +76,20 @@ def test_serve_builds_the_same_deployments(deployed):
 
 def test_emit_checkpoint(prefect_api, tiny_checkpoint, tmp_path):
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    ok = subprocess.run([sys.executable, "-m", "flows", "emit-checkpoint", str(tiny_checkpoint)], env=env,
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "flows", "emit-checkpoint", str(tiny_checkpoint)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "emitted kbitlaw.checkpoint.created" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "flows", "emit-checkpoint", str(tmp_path / "nope")], env=env,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "flows", "emit-checkpoint", str(tmp_path / "nope")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 1 and "no such checkpoint directory" in bad.stderr

@@ -57,9 +57,23 @@ def reference(w: torch.Tensor, codebook: torch.Tensor, block: int | None, scale_
 # ------------------------------------------------------------------------------------------------
 
 CANONICAL = [
-    "fp16", "bf16", "bf16-emb", "int4-b64", "nf4-b64", "fp4e2-b64", "quantile3-b128", "dynamic8-b256",
-    "int3-b64-o2", "int8", "fp8e4", "nf2-b16", "int5-b4096-o0.5", "fp3e1-b64-o1.25-emb", "quantile4-emb",
-    "fp8e7-b32", "dynamic2",
+    "fp16",
+    "bf16",
+    "bf16-emb",
+    "int4-b64",
+    "nf4-b64",
+    "fp4e2-b64",
+    "quantile3-b128",
+    "dynamic8-b256",
+    "int3-b64-o2",
+    "int8",
+    "fp8e4",
+    "nf2-b16",
+    "int5-b4096-o0.5",
+    "fp3e1-b64-o1.25-emb",
+    "quantile4-emb",
+    "fp8e7-b32",
+    "dynamic2",
 ]
 
 
@@ -73,11 +87,20 @@ def test_every_grid_spec_round_trips():
         assert [str(s) for s in resolve_grid(name)] == specs, name
 
 
-@pytest.mark.parametrize("text,canonical", [
-    ("fp4-b64", "fp4e2-b64"), ("fp2", "fp2e1"), ("fp3", "fp3e2"), ("fp5", "fp5e3"), ("fp8", "fp8e4"),
-    (" NF4-B64 ", "nf4-b64"), ("int3-o2-b64", "int3-b64-o2"), ("int4-o2.50", "int4-o2.5"),
-    ("int4-emb-b64", "int4-b64-emb"),
-])
+@pytest.mark.parametrize(
+    "text,canonical",
+    [
+        ("fp4-b64", "fp4e2-b64"),
+        ("fp2", "fp2e1"),
+        ("fp3", "fp3e2"),
+        ("fp5", "fp5e3"),
+        ("fp8", "fp8e4"),
+        (" NF4-B64 ", "nf4-b64"),
+        ("int3-o2-b64", "int3-b64-o2"),
+        ("int4-o2.50", "int4-o2.5"),
+        ("int4-emb-b64", "int4-b64-emb"),
+    ],
+)
 def test_parse_normalises(text, canonical):
     assert str(QuantSpec.parse(text)) == canonical
 
@@ -91,28 +114,31 @@ def test_spec_fields():
     assert QuantSpec.parse("bf16").is_baseline and not QuantSpec.parse("int8").is_baseline
 
 
-@pytest.mark.parametrize("text,message", [
-    ("int9", "k must be 2..8, got 9"),
-    ("nf1", "k must be 2..8, got 1"),
-    ("int4-b100", "block size must be a power of two in 16..4096, got 100"),
-    ("int4-b8192", "block size must be a power of two in 16..4096, got 8192"),
-    ("int4-b8", "got 8"),
-    ("foo4", "unknown data type 'foo'"),
-    ("foo", "unknown data type 'foo'"),
-    ("int", "missing bit width k in 'int'"),
-    ("int4e2", "exponent bits (e2) only apply to fp, not int"),
-    ("fp4e4", "fp4: exponent bits must be 1..3, got 4"),
-    ("fp4e0", "fp4: exponent bits must be 1..3, got 0"),
-    ("int4-x3", "unknown option '-x3'"),
-    ("int4-", "unknown option '-'"),
-    ("int4-b64-b128", "option '-b128' given twice"),
-    ("int4-o0", "outlier percent must be in (0, 100), got 0"),
-    ("int4-o100", "outlier percent must be in (0, 100), got 100"),
-    ("int4-o-2", "outlier percent must be a number in (0, 100), got ''"),
-    ("int4-bx", "block size must be a power of two in 16..4096, got 'x'"),
-    ("fp16-b64", "fp16 is an unquantized baseline"),
-    ("4bit", "cannot read '4bit'"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("int9", "k must be 2..8, got 9"),
+        ("nf1", "k must be 2..8, got 1"),
+        ("int4-b100", "block size must be a power of two in 16..4096, got 100"),
+        ("int4-b8192", "block size must be a power of two in 16..4096, got 8192"),
+        ("int4-b8", "got 8"),
+        ("foo4", "unknown data type 'foo'"),
+        ("foo", "unknown data type 'foo'"),
+        ("int", "missing bit width k in 'int'"),
+        ("int4e2", "exponent bits (e2) only apply to fp, not int"),
+        ("fp4e4", "fp4: exponent bits must be 1..3, got 4"),
+        ("fp4e0", "fp4: exponent bits must be 1..3, got 0"),
+        ("int4-x3", "unknown option '-x3'"),
+        ("int4-", "unknown option '-'"),
+        ("int4-b64-b128", "option '-b128' given twice"),
+        ("int4-o0", "outlier percent must be in (0, 100), got 0"),
+        ("int4-o100", "outlier percent must be in (0, 100), got 100"),
+        ("int4-o-2", "outlier percent must be a number in (0, 100), got ''"),
+        ("int4-bx", "block size must be a power of two in 16..4096, got 'x'"),
+        ("fp16-b64", "fp16 is an unquantized baseline"),
+        ("4bit", "cannot read '4bit'"),
+    ],
+)
 def test_invalid_specs_name_the_bad_part(text, message):
     with pytest.raises(ValueError) as err:
         QuantSpec.parse(text)
@@ -137,8 +163,11 @@ def test_grids():
     assert {64, None} <= {s.block_size for s in default} and any(s.outlier_pct for s in default)
     assert len(paper) == 1 + 6 * 5 * 8 and paper[0] == QuantSpec.parse("fp16")
     assert {(s.dtype, s.bits, s.block_size) for s in paper[1:]} == {
-        (d, k, b) for d in ("int", "fp", "quantile", "dynamic", "nf") for k in range(3, 9)
-        for b in (64, 128, 256, 512, 1024, 2048, 4096, None)}
+        (d, k, b)
+        for d in ("int", "fp", "quantile", "dynamic", "nf")
+        for k in range(3, 9)
+        for b in (64, 128, 256, 512, 1024, 2048, 4096, None)
+    }
 
 
 def test_resolve_grid_lists_and_errors():
@@ -251,8 +280,21 @@ def test_dense_codebook_falls_back_to_search():
     assert torch.equal(fake_quantize_blockwise(w, cb, 64), reference(w, cb, 64))
 
 
-@pytest.mark.parametrize("text", ["int4-b64", "int8", "fp4e2-b64", "fp8e4-b128", "nf4-b64", "nf3",
-                                  "dynamic8-b256", "dynamic4-b64", "int3-b64-o2", "nf2-b16"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "int4-b64",
+        "int8",
+        "fp4e2-b64",
+        "fp8e4-b128",
+        "nf4-b64",
+        "nf3",
+        "dynamic8-b256",
+        "dynamic4-b64",
+        "int3-b64-o2",
+        "nf2-b16",
+    ],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_idempotent(text, dtype):
     w = student_t((64, 96), seed=5).to(dtype)
@@ -300,8 +342,9 @@ def test_baselines_round_trip_through_their_dtype():
     assert not torch.equal(fake_quantize(w, "bf16"), w)
 
 
-@pytest.mark.parametrize("text", ["int4-b64", "nf4-b64", "fp5e3-b128", "quantile4-b64", "dynamic8",
-                                  "int3-b64-o2"])
+@pytest.mark.parametrize(
+    "text", ["int4-b64", "nf4-b64", "fp5e3-b128", "quantile4-b64", "dynamic8", "int3-b64-o2"]
+)
 def test_bfloat16_input_gives_same_values_as_float32(text):
     w32 = torch.randn(96, 128, generator=gen(8)).bfloat16().float()  # exactly representable in bf16
     assert torch.equal(fake_quantize(w32.bfloat16(), text), fake_quantize(w32, text).bfloat16())
@@ -355,13 +398,16 @@ class Tiny(nn.Module):
         self.head = nn.Linear(100, 10, bias=False)
 
 
-@pytest.mark.parametrize("text,bpp", [
-    ("int4-b64", 4.25),
-    ("int3-b64-o2", 3 + 0.25 + 0.02 * 13),  # 2 of 100 input features x 64 outputs kept at 16 bits
-    ("nf4", 4 + 16 / 6400),  # one absmax per tensor
-    ("fp4e2-b128", 4 + 16 / 128),
-    ("fp16", 16),
-])
+@pytest.mark.parametrize(
+    "text,bpp",
+    [
+        ("int4-b64", 4.25),
+        ("int3-b64-o2", 3 + 0.25 + 0.02 * 13),  # 2 of 100 input features x 64 outputs kept at 16 bits
+        ("nf4", 4 + 16 / 6400),  # one absmax per tensor
+        ("fp4e2-b128", 4 + 16 / 128),
+        ("fp16", 16),
+    ],
+)
 def test_bit_accounting_on_known_shapes(text, bpp):
     torch.manual_seed(0)
     model = Tiny()
@@ -376,8 +422,14 @@ def test_bit_accounting_on_known_shapes(text, bpp):
 
 def tiny_neox() -> nn.Module:
     torch.manual_seed(0)
-    config = GPTNeoXConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                           vocab_size=128, max_position_embeddings=64)
+    config = GPTNeoXConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        vocab_size=128,
+        max_position_embeddings=64,
+    )
     return GPTNeoXForCausalLM(config).eval()
 
 
@@ -411,8 +463,10 @@ def test_specs_do_not_compound(make):
     quantize_model(model, "int3-b64-emb")
     quantize_model(model, "nf4-b64")
     quantize_model(fresh, "nf4-b64")
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(),
-                                                 strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True)
+    )
     restore(model)
     restore(model)  # a second restore is harmless
 
