@@ -192,7 +192,7 @@ def describe(summary: dict[str, Any]) -> list[str]:
     )
     report = night.get("report")
     if isinstance(report, dict):
-        lines.append(f"report: {report.get('path_or_url') or report.get('url') or report.get('key')}")
+        lines.append(f"report: {report.get('url') or report.get('key')}")
         if report.get("headline"):
             lines.append(f"headline: {report['headline']}")
     elif report:
