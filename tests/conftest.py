@@ -166,19 +166,10 @@ def corpus_sentences(n: int, seed: int = 0) -> list[str]:
 
 
 def make_bpe_tokenizer(texts: list[str], vocab_size: int = 300):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The byte-level BPE the demo family uses (tasks/train.py), trained on `texts`."""
+    from tasks.train import train_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    return train_tokenizer(texts, vocab_size)
 
 
 def make_trained_checkpoint(path: Path, *, steps: int = 150, window: int = 64, seed: int = 0) -> Path:
