@@ -185,8 +185,8 @@ def sweep(
     if keys:
         fit_state = fit_task(s.uri, keys, return_state=True)
         if fit_state.is_completed():
-            fit, fit_doc = fit_state.result()["key"], fit_state.result()["doc"]
-            in_tasks += fit_state.result()["seconds"]
+            fitted = fit_state.result()
+            fit, fit_doc, in_tasks = fitted["key"], fitted["doc"], in_tasks + fitted["seconds"]
         else:
             failures.append(f"fit: {fit_state.message}")
     if fit:
@@ -204,7 +204,7 @@ def sweep(
         "checkpoints": len(found["checkpoints"]),
         "new_checkpoints": len({c["id"] for c, _, todo, _ in work if todo}),
         "evaluations": {
-            "computed": sum(1 for st in states if st.is_completed() and st.name != "Cached"),
+            "computed": len(computed),
             "cached": sum(1 for st in states if st.name == "Cached"),
             "failed": sum(1 for st in states if not st.is_completed()),
         },
