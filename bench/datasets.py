@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks import world  # noqa: E402
-from tasks.cleaning import clean_frame  # noqa: E402
-from tasks.data import canonical, parse_spec, raw_input  # noqa: E402
-from tasks.store import Store  # noqa: E402
+from kbitlaw.data import world  # noqa: E402
+from kbitlaw.data.cleaning import clean_frame  # noqa: E402
+from kbitlaw.data.specs import canonical, parse_dataset_spec, raw_input  # noqa: E402
+from kbitlaw.store import Store  # noqa: E402
 
 
 def write_raw(path: Path, n: int, seed: int = 0) -> None:
@@ -59,7 +59,7 @@ def main() -> None:
         raw_path = Path(tmp) / "mc.jsonl"
         write_raw(raw_path, args.rows)
         size_mb = raw_path.stat().st_size / 1e6
-        spec = parse_spec(
+        spec = parse_dataset_spec(
             {"name": "bench-mc", "kind": "multiple_choice", "source": str(raw_path), "min_rows": 1000},
             "bench",
         )
@@ -82,7 +82,7 @@ def main() -> None:
         t = time.perf_counter()
         import great_expectations  # noqa: F401
 
-        from tasks.validate import validate_frame
+        from kbitlaw.data.validate import validate_frame
 
         times["import GX"] = time.perf_counter() - t
 

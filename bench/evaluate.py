@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
-from tasks.evaluate import evaluate_prepared, metrics, prepare  # noqa: E402
-from tasks.quantize import quantize_model, restore  # noqa: E402
-from tasks.scoring import Scorer  # noqa: E402
+from kbitlaw.eval.engine import evaluate_prepared, metrics, prepare  # noqa: E402
+from kbitlaw.eval.scoring import Scorer  # noqa: E402
+from kbitlaw.quant.fake import quantize_model, restore  # noqa: E402
 
 WORDS = (
     "time year people way day man thing woman life child world school state family student group "

@@ -27,12 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.checkpoints import discover  # noqa: E402
-from tasks.store import Store  # noqa: E402
+from kbitlaw.checkpoints import discover  # noqa: E402
+from kbitlaw.store import Store  # noqa: E402
 
 
 def nightly(store: Path, grid: str, workers: int) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "flows", "nightly", "--store", str(store), "--grid", grid]
+    cmd = [sys.executable, "-m", "kbitlaw", "nightly", "--store", str(store), "--grid", grid]
     cmd += ["--workers", str(workers), "--json"]
     env = {**os.environ, "PREFECT_API_URL": ""}  # each run starts its own ephemeral server, as a user's would
     began = time.perf_counter()
@@ -57,7 +57,7 @@ def row(name: str, wall: float, s: dict) -> str:
 
 def main() -> None:
     try:
-        from flows.demo import DEMO_GRID as default_grid
+        from kbitlaw.flows.demo import DEMO_GRID as default_grid
     except ImportError:
         default_grid = "quick"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,7 +71,7 @@ def main() -> None:
     source = Store(args.source)
     found, _ = discover(source.url("checkpoints"))
     if not found:
-        from tasks.train import build_family
+        from kbitlaw.demo.train import build_family
 
         print("building the demo family into", source.uri, file=sys.stderr)
         build_family(source)

@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.quantize import QuantSpec, fake_quantize  # noqa: E402
+from kbitlaw.quant.fake import fake_quantize  # noqa: E402
+from kbitlaw.quant.spec import QuantSpec  # noqa: E402
 
 SPECS = ["nf4-b64", "int4-b64", "fp4e2-b64", "quantile4-b64", "dynamic8-b256"]
 PEAK_SHAPE = (4096, 4096)

@@ -26,7 +26,14 @@ app.add_typer(datasets_app, name="datasets")
 StoreOpt = Annotated[
     str | None, typer.Option("--store", help="Store URI (default: $KBITLAW_STORE or .kbitlaw/store)")
 ]
-SpecDirOpt = Annotated[str | None, typer.Option("--specs", help="Directory of dataset spec files (*.yaml)")]
+SpecDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset-specs",
+        help="Directory of dataset specs (*.yaml); default: $KBITLAW_DATASET_SPECS, ./datasets, builtin",
+    ),
+]
+OldSpecDirOpt = Annotated[str | None, typer.Option("--specs", hidden=True)]  # the name before 0.2
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
@@ -36,7 +43,7 @@ def _quiet_libraries() -> None:
 
     # Our own loggers at INFO; libraries (httpx logs every API request at INFO) at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    for name in ("flows", "tasks"):
+    for name in ("kbitlaw",):
         logging.getLogger(name).setLevel(logging.INFO)
     from transformers.utils import logging as hf_logging
 
@@ -52,7 +59,7 @@ def _fail(message: str, code: int = 1) -> None:
 def default_checkpoints(store: str | None) -> str:
     if os.environ.get("KBITLAW_CHECKPOINTS"):
         return os.environ["KBITLAW_CHECKPOINTS"]
-    from tasks.store import Store
+    from kbitlaw.store import Store
 
     return Store(store).url("checkpoints")
 
@@ -71,7 +78,7 @@ def demo(
 ) -> None:
     """Build the embedded demo (datasets + checkpoint family) and run nightly once."""
     _quiet_libraries()
-    from flows.demo import DEMO_GRID, describe, run_demo
+    from kbitlaw.flows.demo import DEMO_GRID, describe, run_demo
 
     try:
         summary = run_demo(
@@ -114,15 +121,16 @@ def nightly(
         str | None, typer.Option(help="An existing Dask scheduler (tcp://host:8786)")
     ] = None,
     specs: SpecDirOpt = None,
+    old_specs: OldSpecDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Discover checkpoints, evaluate what is new, refit the laws and write the report."""
     _quiet_libraries()
     if runner not in ("thread", "dask"):
         _fail(f"--runner must be thread or dask, got {runner!r}")
-    from flows.nightly import nightly as nightly_flow
-    from flows.nightly import task_runner
-    from tasks.report_artifacts import interactive
+    from kbitlaw.flows.artifacts import interactive
+    from kbitlaw.flows.nightly import nightly as nightly_flow
+    from kbitlaw.flows.nightly import task_runner
 
     names = [n.strip() for n in datasets.split(",")] if datasets else None
     flow = nightly_flow.with_options(task_runner=task_runner(runner, workers, dask_address))
@@ -132,7 +140,7 @@ def nightly(
         grid=grid,
         datasets=names,
         workers=workers,
-        spec_dir=specs,
+        dataset_specs=specs or old_specs,
         progress=not as_json and interactive(),
         return_state=True,
     )
@@ -186,10 +194,10 @@ def evaluate(
 ) -> None:
     """Evaluate one checkpoint on one dataset at one or more quant specs (loaded once)."""
     _quiet_libraries()
-    from flows.evaluate import evaluate_specs
-    from tasks.checkpoints import CheckpointError
-    from tasks.data import read_dataset_file
-    from tasks.evaluate import EvaluationError
+    from kbitlaw.checkpoints import CheckpointError
+    from kbitlaw.data.specs import read_dataset_file
+    from kbitlaw.eval.engine import EvaluationError
+    from kbitlaw.eval.run import evaluate_specs
 
     try:
         df, kind = read_dataset_file(data, kind, limit)
@@ -233,7 +241,7 @@ def fit(
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the k-bit scaling laws to the stored results (or a results file)."""
-    from flows.fit import fit_command
+    from kbitlaw.flows.console import fit_command
 
     raise typer.Exit(fit_command(store, results, as_json))
 
@@ -242,7 +250,7 @@ def fit(
 def report(store: StoreOpt = None) -> None:
     """Write the HTML report for the newest fit (if missing) and print where it is."""
     _quiet_libraries()
-    from tasks.report import report_command
+    from kbitlaw.flows.console import report_command
 
     raise typer.Exit(report_command(store))
 
@@ -252,16 +260,17 @@ def datasets_clean(
     names: Annotated[list[str] | None, typer.Argument(help="Dataset names (default: all)")] = None,
     store: StoreOpt = None,
     specs: SpecDirOpt = None,
+    old_specs: OldSpecDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Clean the named datasets into canonical Parquet + quarantine (cached by content)."""
-    from flows.datasets import clean_datasets, select_specs
-    from tasks.data import DatasetError
-    from tasks.store import Store, StoreError
+    from kbitlaw.data.prepare import clean_datasets, select_dataset_specs
+    from kbitlaw.data.specs import DatasetError
+    from kbitlaw.store import Store, StoreError
 
     try:
         s = Store(store)
-        done = clean_datasets(s, select_specs(names, specs))
+        done = clean_datasets(s, select_dataset_specs(names, specs or old_specs))
     except (DatasetError, StoreError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
@@ -285,15 +294,16 @@ def datasets_validate(
     names: Annotated[list[str] | None, typer.Argument(help="Dataset names (default: all)")] = None,
     store: StoreOpt = None,
     specs: SpecDirOpt = None,
+    old_specs: OldSpecDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate the cleaned datasets with Great Expectations; exit 1 if any fails."""
-    from flows.datasets import select_specs, validate_datasets
-    from tasks.data import DatasetError
-    from tasks.store import Store, StoreError
+    from kbitlaw.data.prepare import select_dataset_specs, validate_datasets
+    from kbitlaw.data.specs import DatasetError
+    from kbitlaw.store import Store, StoreError
 
     try:
-        results = validate_datasets(Store(store), select_specs(names, specs))
+        results = validate_datasets(Store(store), select_dataset_specs(names, specs or old_specs))
     except (DatasetError, StoreError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
@@ -313,7 +323,7 @@ def serve() -> None:
     """Serve the deployments of prefect.yaml with their schedules and trigger (no work pool needed)."""
     from prefect import serve as prefect_serve
 
-    from flows.serve import runner_deployments
+    from kbitlaw.flows.serve import runner_deployments
 
     prefect_serve(*runner_deployments())
 
@@ -321,8 +331,8 @@ def serve() -> None:
 @app.command("emit-checkpoint")
 def emit_checkpoint(uri: Annotated[str, typer.Argument(help="The new checkpoint's URI")]) -> None:
     """Announce a new checkpoint (a Prefect event that triggers its evaluation)."""
-    from flows.serve import emit_checkpoint as emit
-    from tasks.checkpoints import CheckpointError
+    from kbitlaw.checkpoints import CheckpointError
+    from kbitlaw.flows.serve import emit_checkpoint as emit
 
     try:
         event_id = emit(uri)
@@ -338,7 +348,7 @@ def list_checkpoints(
     as_json: JsonOpt = False,
 ) -> None:
     """List the checkpoints found under a URI, with their fingerprints and any unreadable ones."""
-    from tasks.checkpoints import discover
+    from kbitlaw.checkpoints import discover
 
     found, errors = discover(uri or default_checkpoints(store))
     if as_json:

@@ -1,7 +1,7 @@
 """`kbitlaw demo`: build the embedded demo family if missing, then run the nightly flow over it.
 
 The nightly flow cleans and validates the builtin datasets itself; the demo only adds the
-checkpoints (tasks/train.py: a GPT-NeoX family trained here, cached in the store) and a grid small
+checkpoints (kbitlaw.demo.train: a GPT-NeoX family trained here, cached in the store) and a grid small
 enough for a first run on a laptop CPU, yet with the precisions the laws need: 16-bit, 8, 4 and 3
 bits, integer and a 4-bit float type, with and without blocks.
 
@@ -18,8 +18,8 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
-from tasks.store import Store
-from tasks.train import FAMILY, BuildReport, Progress, TrainConfig, build_family
+from kbitlaw.demo.train import FAMILY, BuildReport, Progress, TrainConfig, build_family
+from kbitlaw.store import Store
 
 DEMO_FAMILY = "demo"
 DEMO_GRID = "fp16,int8-b64,int8,nf4-b64,int4-b64,int4,int3-b64,int3"
@@ -134,7 +134,7 @@ def story(store: Store) -> dict[str, Any] | None:
     int8-b64 where the grid has them); None when there is nothing to check."""
     import polars as pl
 
-    from tasks.demo_story import quant_drop, stored_story_table, story_checks, story_summary
+    from kbitlaw.demo.story import quant_drop, stored_story_table, story_checks, story_summary
 
     table = stored_story_table(store, DEMO_FAMILY)
     if table.is_empty():
@@ -156,8 +156,8 @@ def run_nightly(store: Store, grid: str, workers: int) -> dict[str, Any]:
     one torch thread and its own loaded model: the demo's models are small)."""
     import torch
 
-    from flows.nightly import nightly, task_runner
-    from tasks import sweep
+    from kbitlaw.eval import sweep
+    from kbitlaw.flows.nightly import nightly, task_runner
 
     sweep.POOL.capacity = max(sweep.POOL.capacity, workers)
     threads = torch.get_num_threads()

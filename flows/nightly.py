@@ -20,20 +20,22 @@ from prefect.context import FlowRunContext
 from prefect.futures import as_completed, wait
 from prefect.states import Completed, Failed
 
-from flows.datasets import clean_and_validate, select_specs
-from flows.fit import fit_task
-from tasks.checkpoints import discover
-from tasks.quantize import resolve_grid
-from tasks.report_artifacts import progress_artifact, progress_bar, publish_artifacts
-from tasks.store import Store
-from tasks.sweep import (
+from kbitlaw.checkpoints import discover
+from kbitlaw.data.prepare import select_dataset_specs
+from kbitlaw.eval.sweep import (
     DatasetRef,
     checkpoint_dict,
     checkpoint_from_dict,
     evaluate_checkpoint_spec,
-    missing,
+    plan,
     result_key,
 )
+from kbitlaw.flows.artifacts import progress_artifact, progress_bar, publish_artifacts
+from kbitlaw.flows.datasets import clean_and_validate
+from kbitlaw.flows.fit import fit_task
+from kbitlaw.quant.spec import resolve_grid
+from kbitlaw.report.headline import headline_line
+from kbitlaw.store import Store
 
 
 @task(name="discover-checkpoints", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -61,38 +63,13 @@ def evaluate_spec(store_uri: str, checkpoint: dict, spec: str, todo: list[dict],
 @task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def report_task(store_uri: str, fit_key: str, results_keys: list[str], provenance: dict) -> dict:
     """The HTML report of this fit (cached when the same fit was reported before)."""
-    from tasks.report import build_report
+    from kbitlaw.report.build import build_report
 
     started = time.perf_counter()
     report = build_report(Store(store_uri), fit_key, results_keys=results_keys, provenance=provenance)
     return {k: report[k] for k in ("key", "url", "summary", "cached")} | {
         "seconds": time.perf_counter() - started
     }
-
-
-def headline(report_summary: dict) -> str:
-    """One line a person can act on: the recommended precision (or why there is none)."""
-    rec = report_summary.get("recommendation") or {}
-    if rec.get("status", "ok") != "ok" or "quant" not in rec:
-        return "recommended precision: insufficient data"
-    line = f"recommended precision: {rec['quant']} ({rec['bits']}-bit)"
-    return f"{line}. {rec['confidence']}" if rec.get("confidence") else line
-
-
-def plan(
-    store: Store, checkpoints: list[dict], specs: list[str], datasets: list[DatasetRef], width: int
-) -> list[tuple[dict, str, list[DatasetRef], list[str]]]:
-    """Every (checkpoint, spec) with its missing datasets, ordered for model reuse: checkpoints in
-    groups of `width` (one per worker), specs interleaved within a group."""
-    have = set(store.list("results"))
-    work = []
-    for start in range(0, len(checkpoints), width):
-        group = checkpoints[start : start + width]
-        for spec in specs:
-            for ckpt in group:
-                todo = missing(have, ckpt["fingerprint"], spec, datasets)
-                work.append((ckpt, spec, todo, [d.name for d in datasets if d not in todo]))
-    return work
 
 
 def task_resources() -> dict[str, float]:
@@ -143,7 +120,7 @@ def sweep(
     grid: str,
     datasets: list[str] | None,
     workers: int,
-    spec_dir: str | None,
+    dataset_specs: str | None,
     progress: bool = False,
 ) -> dict | Any:
     """The body shared by the nightly and evaluate-checkpoint flows (runs inside either).
@@ -154,7 +131,8 @@ def sweep(
     specs = [str(q) for q in resolve_grid(grid)]
     found = discover_checkpoints(checkpoints or s.url("checkpoints"))
     cleaned = [
-        clean_and_validate.submit(s.uri, spec.name, spec_dir) for spec in select_specs(datasets, spec_dir)
+        clean_and_validate.submit(s.uri, spec.name, dataset_specs)
+        for spec in select_dataset_specs(datasets, dataset_specs)
     ]
     wait(cleaned)
     refs = [DatasetRef(**f.result()["ref"]) for f in cleaned if f.state.is_completed()]
@@ -197,7 +175,7 @@ def sweep(
             built = report_state.result()
             report_summary = built["summary"]
             in_tasks += built["seconds"]
-            report = {"key": built["key"], "url": built["url"], "headline": headline(report_summary)}
+            report = {"key": built["key"], "url": built["url"], "headline": headline_line(report_summary)}
         else:
             failures.append(f"report: {report_state.message}")
     summary = {
@@ -236,12 +214,12 @@ def nightly(
     grid: str = "default",
     datasets: list[str] | None = None,
     workers: int = 1,
-    spec_dir: str | None = None,
+    dataset_specs: str | None = None,
     progress: bool = False,
 ) -> dict:
     """Evaluate every missing (checkpoint x spec x dataset version) under the checkpoints URI, refit
     the laws and report. `progress`: a terminal progress bar (the CLI sets it on a terminal)."""
-    return sweep(store, checkpoints, grid, datasets, workers, spec_dir, progress)
+    return sweep(store, checkpoints, grid, datasets, workers, dataset_specs, progress)
 
 
 @flow(name="evaluate-checkpoint", log_prints=True)

@@ -1,38 +1,67 @@
 """`kbitlaw serve` and `kbitlaw emit-checkpoint`: the deployments of prefect.yaml without a work pool.
 
-The schedules, concurrency limits and event triggers are read from prefect.yaml, so `prefect
-deploy --all` (work pool) and `kbitlaw serve` (no work pool) run the same deployments.
+DEPLOYMENTS below are prefect.yaml's deployments (names, schedules, concurrency limits, event
+triggers); a test checks that the two agree, so `prefect deploy --all` (a work pool, from the
+repository root) and `kbitlaw serve` (no work pool, from any directory of a normal install) run
+the same deployments.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 CHECKPOINT_EVENT = "kbitlaw.checkpoint.created"
 
-
-def deployment_specs(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
-    return yaml.safe_load(path.read_text())["deployments"]
+DEPLOYMENTS: list[dict[str, Any]] = [
+    {
+        "name": "nightly",
+        "description": "Discover checkpoints, evaluate what is new, refit the laws, write the report.",
+        "entrypoint": "kbitlaw.flows.nightly:nightly",
+        "parameters": {"grid": "default"},
+        "schedules": [{"cron": "0 2 * * *", "timezone": "UTC"}],
+        "concurrency_limit": 1,
+    },
+    {
+        "name": "evaluate-checkpoint",
+        "description": "Evaluate one new checkpoint (announced by `kbitlaw emit-checkpoint URI`) and refit.",
+        "entrypoint": "kbitlaw.flows.nightly:evaluate_checkpoint",
+        "triggers": [
+            {
+                "type": "event",
+                "enabled": True,
+                "expect": [CHECKPOINT_EVENT],
+                "match": {"prefect.resource.id": "kbitlaw.checkpoint.*"},
+                "parameters": {"checkpoint_uri": "{{ event.payload.uri }}"},
+            }
+        ],
+    },
+    {
+        "name": "fit",
+        "description": "Refit the k-bit laws to the stored results.",
+        "entrypoint": "kbitlaw.flows.fit:fit_flow",
+    },
+    {
+        "name": "clean-datasets",
+        "description": "Clean and validate every dataset spec.",
+        "entrypoint": "kbitlaw.flows.datasets:clean_datasets_flow",
+    },
+]
 
 
 def _entrypoint(entry: str):
-    file, _, name = entry.partition(":")
-    return getattr(importlib.import_module(file.removesuffix(".py").replace("/", ".")), name)
+    module, _, name = entry.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def runner_deployments(path: Path = PREFECT_YAML) -> list:
+def runner_deployments() -> list:
     """RunnerDeployments equivalent to prefect.yaml's deployments."""
     from prefect.events import DeploymentEventTrigger
     from prefect.schedules import Cron
 
     out = []
-    for spec in deployment_specs(path):
+    for spec in DEPLOYMENTS:
         schedules = [Cron(s["cron"], timezone=s.get("timezone", "UTC")) for s in spec.get("schedules", [])]
         triggers = [
             DeploymentEventTrigger(
@@ -65,7 +94,7 @@ def emit_checkpoint(uri: str) -> str:
     from prefect.events import emit_event
     from prefect.settings import PREFECT_API_URL
 
-    from tasks.checkpoints import resolve
+    from kbitlaw.checkpoints import resolve
 
     ckpt = resolve(uri)  # a URI that is not a usable checkpoint fails here, with its reason
     if not PREFECT_API_URL.value():

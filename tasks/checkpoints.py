@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from tasks.store import Store, sha256_bytes
+from kbitlaw.store import Store, sha256_bytes
 
 SIDECAR = "kbitlaw.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -346,6 +347,11 @@ def resolve(ref: Checkpoint | str, *, allow_pickle: bool = False) -> Checkpoint:
     if not names:
         raise CheckpointError(f"{store.uri}: no such checkpoint directory (or it is empty)")
     return describe(store, "", names, allow_pickle=allow_pickle)
+
+
+def default_device() -> str:
+    """Where models run: $KBITLAW_DEVICE (cpu, cuda, cuda:1 ...), else cuda when present, else cpu."""
+    return os.environ.get("KBITLAW_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_model(ref: Checkpoint | str, *, device: str = "cpu", dtype: Any = None, allow_pickle: bool = False):

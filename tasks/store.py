@@ -279,3 +279,46 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
             h.update(block)
     _sha_memo[memo_key] = h.hexdigest()
     return _sha_memo[memo_key]
+
+
+# -- the store layout (DESIGN.md): every key kbitlaw reads or writes is built here -------------------
+
+LATEST_FIT = "fits/latest.json"
+LATEST_REPORT = "reports/latest.json"
+
+
+def checkpoint_prefix(area: str, family: str, size: str | None = None, step: int | None = None) -> str:
+    """checkpoints/<family>[/<size>[/step-<n>]] (area "staging": trained, not yet published)."""
+    parts = [area, family, *([size] if size else []), *([f"step-{step}"] if step is not None else [])]
+    return "/".join(parts)
+
+
+def optimizer_key(family: str, size: str, step: int) -> str:
+    return f"train/{family}/{size}/step-{step}.optim"
+
+
+def clean_keys(name: str, sha: str) -> dict[str, str]:
+    """A clean dataset version: its Parquet, its quarantined rows and its cleaning summary."""
+    return {
+        "clean": f"datasets/clean/{name}/{sha}.parquet",
+        "quarantine": f"datasets/quarantine/{name}/{sha}.parquet",
+        "summary": f"datasets/clean/{name}/{sha}.json",
+    }
+
+
+def validation_keys(name: str, sha: str) -> dict[str, str]:
+    base = f"datasets/validation/{name}/{sha}"
+    return {"json": f"{base}.json", "html": f"{base}.html"}
+
+
+def result_key(fingerprint: str, quant: str, eval_key: str) -> str:
+    return f"results/{fingerprint}/{quant}/{eval_key}.parquet"
+
+
+def fit_keys(results_sha: str) -> tuple[str, str]:
+    return f"fits/{results_sha}/fit.json", f"fits/{results_sha}/fit.parquet"
+
+
+def report_key(results_sha: str, name: str = "index.html") -> str:
+    """reports/<results_sha>/<name>: index.html, summary.json and the figures' PNGs."""
+    return f"reports/{results_sha}/{name}"

@@ -166,8 +166,8 @@ def corpus_sentences(n: int, seed: int = 0) -> list[str]:
 
 
 def make_bpe_tokenizer(texts: list[str], vocab_size: int = 300):
-    """The byte-level BPE the demo family uses (tasks/train.py), trained on `texts`."""
-    from tasks.train import train_tokenizer
+    """The byte-level BPE the demo family uses (kbitlaw.demo.train), trained on `texts`."""
+    from kbitlaw.demo.train import train_tokenizer
 
     return train_tokenizer(texts, vocab_size)
 
@@ -224,7 +224,7 @@ def make_family(root: Path, sizes=FAMILY_SIZES, steps=FAMILY_STEPS, family: str 
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from tasks import world
+    from kbitlaw.data import world
 
     tokenizer = make_bpe_tokenizer(list(world.training_corpus(300, seed=0)), vocab_size=400)
     paths = []

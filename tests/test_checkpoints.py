@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.checkpoints import (
+from kbitlaw.checkpoints import (
     CheckpointError,
     count_params,
     discover,
@@ -19,7 +19,7 @@ from tasks.checkpoints import (
     resolve,
     transformer_linears,
 )
-from tasks.store import Store
+from kbitlaw.store import Store
 from tests.conftest import make_checkpoint
 
 

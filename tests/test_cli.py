@@ -13,7 +13,12 @@ COMMANDS = ["demo", "nightly", "evaluate", "fit", "report", "datasets", "serve",
 
 def kbitlaw(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+        [sys.executable, "-m", "kbitlaw", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
     )
 
 

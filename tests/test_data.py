@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tasks import world
-from tasks.adapters import adapt
-from tasks.cleaning import clean_frame
-from tasks.data import DatasetError, DatasetSpec, clean_dataset, load_specs, parse_spec, raw_input
-from tasks.store import Store
+from kbitlaw.data import world
+from kbitlaw.data.adapters import adapt
+from kbitlaw.data.cleaning import clean_frame
+from kbitlaw.data.specs import (
+    BUILTIN_SPECS,
+    DatasetError,
+    DatasetSpec,
+    clean_dataset,
+    dataset_spec_dir,
+    load_dataset_specs,
+    parse_dataset_spec,
+    raw_input,
+)
+from kbitlaw.store import Store
 
 
 def mc(rows: list[dict]) -> pl.DataFrame:
@@ -164,8 +174,8 @@ def test_winogrande_partial_scoring_matches_lm_eval():
 
 
 def test_winogrande_rows_are_scored_partially(trained_checkpoint):
-    from tasks.checkpoints import load_model, load_tokenizer
-    from tasks.evaluate import evaluate_model, prepare
+    from kbitlaw.checkpoints import load_model, load_tokenizer
+    from kbitlaw.eval.engine import evaluate_model, prepare
 
     model, tok = load_model(str(trained_checkpoint)), load_tokenizer(str(trained_checkpoint))
     df = pl.DataFrame(
@@ -198,14 +208,17 @@ def test_adapter_missing_column_is_one_clear_error():
 # -- specs and raw files ------------------------------------------------------------------------------
 
 
-def test_shipped_specs_load_and_record_chance():
-    specs = load_specs()
+def test_shipped_specs_load_and_record_chance(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./datasets here: the builtin specs shipped with the package
+    monkeypatch.delenv("KBITLAW_DATASET_SPECS", raising=False)
+    assert dataset_spec_dir() == BUILTIN_SPECS
+    specs = load_dataset_specs()
     assert {"logic", "causal", "induction", "arithmetic", "cloze", "text"} <= set(specs)
     for spec in specs.values():
         if spec.kind == "multiple_choice":
             n_choices = len(world.suite(spec.source.removeprefix("builtin:"), 1)[0]["choices"])
             assert spec.chance == pytest.approx(1 / n_choices)
-    assert set(load_specs(load_specs.__defaults__[0] / "public")) == {
+    assert set(load_dataset_specs(BUILTIN_SPECS / "public")) == {
         "piqa",
         "hellaswag",
         "winogrande",
@@ -226,7 +239,7 @@ def test_shipped_specs_load_and_record_chance():
 )
 def test_bad_specs(obj, message):
     with pytest.raises(DatasetError, match="spec.yaml: .*" + message.replace("(", r"\(").replace(")", r"\)")):
-        parse_spec(obj, "spec.yaml")
+        parse_dataset_spec(obj, "spec.yaml")
 
 
 def test_bad_files_give_one_line_naming_file_and_cause(tmp_path):
@@ -324,3 +337,16 @@ def test_generators_are_deterministic_and_graded():
             assert len(row["choices"]) == 4 and len(set(row["choices"])) == 4
     with pytest.raises(ValueError, match="unknown builtin generator 'poetry'"):
         world.suite("poetry", 3)
+
+
+def test_dataset_spec_dir_order(tmp_path, monkeypatch):
+    """--dataset-specs, then $KBITLAW_DATASET_SPECS, then ./datasets with spec files, then builtin."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KBITLAW_DATASET_SPECS", raising=False)
+    (tmp_path / "datasets").mkdir()
+    assert dataset_spec_dir() == BUILTIN_SPECS  # an empty ./datasets is not a spec directory
+    (tmp_path / "datasets" / "x.yaml").write_text("name: x")
+    assert dataset_spec_dir() == Path("datasets")
+    monkeypatch.setenv("KBITLAW_DATASET_SPECS", str(tmp_path / "env"))
+    assert dataset_spec_dir() == tmp_path / "env"
+    assert dataset_spec_dir(str(tmp_path / "flag")) == tmp_path / "flag"

@@ -9,10 +9,23 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from flows.serve import CHECKPOINT_EVENT, runner_deployments
+from kbitlaw.flows.serve import CHECKPOINT_EVENT, DEPLOYMENTS, runner_deployments
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_prefect_yaml_and_serve_define_the_same_deployments():
+    """prefect.yaml (work pools, from the repository root) and DEPLOYMENTS (`kbitlaw serve`, any
+    directory) must not drift apart: same names, entrypoints, parameters, schedules and triggers."""
+    on_file = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    assert len(on_file) == len(DEPLOYMENTS)
+    for file_spec, code_spec in zip(on_file, DEPLOYMENTS, strict=True):
+        path, _, name = file_spec.pop("entrypoint").partition(":")
+        assert "kbitlaw." + path.removesuffix(".py").replace("/", ".") + ":" + name == code_spec["entrypoint"]
+        file_spec.pop("work_pool")
+        assert file_spec == {k: v for k, v in code_spec.items() if k != "entrypoint"}
 
 
 def prefect_cli(api: str, *args: str) -> subprocess.CompletedProcess:
@@ -77,7 +90,7 @@ def test_serve_builds_the_same_deployments(deployed):
 def test_emit_checkpoint(prefect_api, tiny_checkpoint, tmp_path):
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     ok = subprocess.run(
-        [sys.executable, "-m", "flows", "emit-checkpoint", str(tiny_checkpoint)],
+        [sys.executable, "-m", "kbitlaw", "emit-checkpoint", str(tiny_checkpoint)],
         env=env,
         capture_output=True,
         text=True,
@@ -86,7 +99,7 @@ def test_emit_checkpoint(prefect_api, tiny_checkpoint, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "emitted kbitlaw.checkpoint.created" in ok.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "flows", "emit-checkpoint", str(tmp_path / "nope")],
+        [sys.executable, "-m", "kbitlaw", "emit-checkpoint", str(tmp_path / "nope")],
         env=env,
         capture_output=True,
         text=True,

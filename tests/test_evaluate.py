@@ -8,9 +8,9 @@ import random
 import polars as pl
 import pytest
 
-from tasks.checkpoints import load_model, load_tokenizer
-from tasks.evaluate import EvaluationError, evaluate_model, max_length, prepare, rolling_windows
-from tasks.scoring import Scorer
+from kbitlaw.checkpoints import load_model, load_tokenizer
+from kbitlaw.eval.engine import EvaluationError, evaluate_model, max_length, prepare, rolling_windows
+from kbitlaw.eval.scoring import Scorer
 from tests.conftest import corpus_sentences
 
 WINDOW = 64  # the trained toy model's context window

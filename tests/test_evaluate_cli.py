@@ -7,8 +7,8 @@ import json
 import polars as pl
 import pytest
 
-import flows.evaluate as flow
-from tasks.results import RESULT_SCHEMA
+import kbitlaw.eval.run as flow
+from kbitlaw.eval.results import RESULT_SCHEMA
 from tests.conftest import make_checkpoint
 from tests.test_cli import kbitlaw
 from tests.test_evaluate import cloze_rows, mc_rows

@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.law import FitConfig, fit_laws
-from tasks.law_frontier import budget_grid, pareto_frontier, recommend
-from tasks.law_sim import Dataset, World, simulate_results
+from kbitlaw.law.document import FitConfig, fit_laws
+from kbitlaw.law.frontier import budget_grid, pareto_frontier, recommend
+from kbitlaw.law.sim import Dataset, World, simulate_results
 
 PPL = Dataset("ppl", "perplexity")
 MC = Dataset("mc", "multiple_choice", chance=0.25, n_examples=2000)

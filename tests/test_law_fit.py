@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.law_fit import (
+from kbitlaw.law.nonlinear import (
     PowerLawProblem,
     ThresholdProblem,
     bootstrap_power_laws,
@@ -15,7 +15,7 @@ from tasks.law_fit import (
     refit_power_law_batch,
     threshold_predict,
 )
-from tasks.law_solve import bootstrap_linear, interval, resample_indices, robust_loss, solve_batched
+from kbitlaw.law.solve import bootstrap_linear, interval, resample_indices, robust_loss, solve_batched
 
 E, A, ALPHA = 1.8, 400.0, 0.3  # the power-law truth used throughout
 S = np.geomspace(1e8, 1e11, 8)  # total bits of 8 model sizes

@@ -8,13 +8,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-import tasks.law_io as law_io
-from flows.fit import fit_command
-from tasks.law import FitConfig, fit_laws
-from tasks.law_io import LATEST, default_chance, fit_store, read_results_file
-from tasks.law_sim import simulate_results
-from tasks.law_table import ResultsError, normalise, results_sha
-from tasks.store import Store, sha256_bytes
+import kbitlaw.law.io as law_io
+from kbitlaw.flows.console import fit_command
+from kbitlaw.law.document import FitConfig, fit_laws
+from kbitlaw.law.io import LATEST, default_chance, fit_store, read_results_file
+from kbitlaw.law.sim import simulate_results
+from kbitlaw.law.table import ResultsError, normalise, results_sha
+from kbitlaw.store import Store, sha256_bytes
 
 STABLE_KEYS = {"results_sha", "recommendation", "threshold", "power_law", "damage", "extrapolation"}
 SPECS = ["fp16", "int8-b64", "int4-b64", "int3-b64"]
@@ -204,7 +204,7 @@ def test_kbitlaw_fit_subprocess_stdout_is_only_the_json_document(tmp_path, resul
 
     path = tmp_path / "results.parquet"
     results.write_parquet(path)
-    run = [sys.executable, "-m", "flows", "fit", "--json", "--results"]
+    run = [sys.executable, "-m", "kbitlaw", "fit", "--json", "--results"]
     ok = subprocess.run([*run, str(path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert STABLE_KEYS <= set(json.loads(ok.stdout))

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from flows.nightly import nightly, task_runner
-from tasks import sweep
-from tasks.law_io import read_results_store
-from tasks.law_table import results_sha
-from tasks.store import Store
+from kbitlaw.eval import sweep
+from kbitlaw.flows.nightly import nightly, task_runner
+from kbitlaw.law.io import read_results_store
+from kbitlaw.law.table import results_sha
+from kbitlaw.store import Store
 from tests.conftest import make_family, write_specs
 
 GRID = "fp16,int4-b64"
@@ -33,7 +33,12 @@ def setup(tmp_path, prefect_api):
 def run(store: str, specs: str, workers: int = 1, runner: str = "thread", checkpoints: str | None = None):
     flow = nightly.with_options(task_runner=task_runner(runner, workers))
     state = flow(
-        store=store, checkpoints=checkpoints, grid=GRID, spec_dir=specs, workers=workers, return_state=True
+        store=store,
+        checkpoints=checkpoints,
+        grid=GRID,
+        dataset_specs=specs,
+        workers=workers,
+        return_state=True,
     )
     return state, state.result(raise_on_failure=False)
 
@@ -132,13 +137,13 @@ def _cli(store: str, specs: str, api: str, *extra: str) -> subprocess.Popen:
         [
             sys.executable,
             "-m",
-            "flows",
+            "kbitlaw",
             "nightly",
             "--store",
             store,
             "--grid",
             GRID,
-            "--specs",
+            "--dataset-specs",
             specs,
             "--json",
             *extra,

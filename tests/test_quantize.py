@@ -7,15 +7,9 @@ import bitsandbytes.functional as bnbf
 import pytest
 import torch
 
-from tasks.codebooks import fake_quantize_blockwise, fixed_codebook, round_scales
-from tasks.quantize import (
-    GRIDS,
-    QuantSpec,
-    fake_quantize,
-    outlier_features,
-    resolve_grid,
-    spec_codebook,
-)
+from kbitlaw.quant.codebooks import fake_quantize_blockwise, fixed_codebook, round_scales
+from kbitlaw.quant.fake import fake_quantize, outlier_features, spec_codebook
+from kbitlaw.quant.spec import GRIDS, QuantSpec, resolve_grid
 
 FIXED = ["int", "fp", "nf", "dynamic"]
 

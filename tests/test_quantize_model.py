@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from tasks.checkpoints import transformer_linears
-from tasks.quantize import (
+from kbitlaw.checkpoints import transformer_linears
+from kbitlaw.quant.fake import (
     outlier_features,
     quantize_model,
     restore,

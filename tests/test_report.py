@@ -18,12 +18,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.law import FitConfig
-from tasks.law_io import LATEST, fit_store
-from tasks.law_sim import DEFAULT_DATASETS, World, simulate_results
-from tasks.law_table import components, latest_per_size, metric_points, normalise
-from tasks.report import LATEST_REPORT, build_report, latest_report, report_command
-from tasks.report_artifacts import (
+from kbitlaw.flows.artifacts import (
     FRONTIER_KEY,
     PROGRESS_KEY,
     REPORT_KEY,
@@ -33,8 +28,14 @@ from tasks.report_artifacts import (
     progress_bar,
     publish_artifacts,
 )
-from tasks.report_claims import check_claims
-from tasks.store import Store, sha256_bytes
+from kbitlaw.flows.console import report_command
+from kbitlaw.law.document import FitConfig
+from kbitlaw.law.io import LATEST, fit_store
+from kbitlaw.law.sim import DEFAULT_DATASETS, World, simulate_results
+from kbitlaw.law.table import components, latest_per_size, metric_points, normalise
+from kbitlaw.report.build import LATEST_REPORT, build_report, latest_report
+from kbitlaw.report.claims import check_claims
+from kbitlaw.store import Store, sha256_bytes
 
 SPECS = [
     "fp16", "int8-b64", "int5-b64", "int4-b64", "int4-b1024", "int3-b64", "int3-b1024",

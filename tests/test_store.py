@@ -9,7 +9,7 @@ import time
 import polars as pl
 import pytest
 
-from tasks.store import Store, StoreError, sha256_bytes, validate_key
+from kbitlaw.store import Store, StoreError, sha256_bytes, validate_key
 
 
 def test_bytes_roundtrip_exists_and_info(store_uri):

@@ -1,4 +1,4 @@
-"""The embedded demo family (tasks/train.py) on a reduced family: two tiny sizes, a few hundred steps."""
+"""The embedded demo family (kbitlaw.demo.train) on a reduced family: two tiny sizes, a few hundred steps."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load as load_tensors
 
-from flows.evaluate import evaluate_specs
-from tasks import train, world
-from tasks.checkpoints import discover, load_model
-from tasks.store import Store
-from tasks.train_store import load_tokenizer
+from kbitlaw.checkpoints import discover, load_model
+from kbitlaw.data import world
+from kbitlaw.demo import train
+from kbitlaw.demo.family_store import load_tokenizer
+from kbitlaw.eval.run import evaluate_specs
+from kbitlaw.store import Store
 
 TINY = (train.Size("t16", 16, 1, lr=0.03, heads=2), train.Size("t32", 32, 2, lr=0.02))
 CONFIG = train.TrainConfig(budget_tokens=160_000, seq_len=64, batch_size=8, corpus_docs=3000)
@@ -221,7 +222,7 @@ def test_kbitlaw_demo_on_a_reduced_family(tmp_path, prefect_api):
 
     def demo(*extra: str) -> str:
         out = subprocess.run(
-            [sys.executable, "-m", "flows", "demo", *args, *extra],
+            [sys.executable, "-m", "kbitlaw", "demo", *args, *extra],
             capture_output=True,
             text=True,
             env=env,

@@ -8,14 +8,14 @@ import pickle
 import polars as pl
 import pytest
 
-from tasks.store import Store
-from tasks.validate import (
+from kbitlaw.data.validate import (
     ValidationFailed,
     require_valid,
     store_validation,
     stored_validation,
     validate_frame,
 )
+from kbitlaw.store import Store
 
 N = 20  # rows in each clean frame
 

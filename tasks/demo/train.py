@@ -1,0 +1,397 @@
+"""The embedded demo family: GPT-NeoX models of several sizes trained here, on the builtin world.
+
+`make demo` needs real checkpoints without network or GPU, so kbitlaw trains its own: a byte-level
+BPE tokenizer and six GPT-NeoX sizes on `world.training_corpus`, each saved at 1/8, 1/4, 1/2 and
+all of its token budget, exactly as a real training run's checkpoints would arrive in a bucket.
+
+Every size sees the SAME tokens in the same order (a fixed budget, batches drawn by step number):
+with equal wall time instead, big models see fewer tokens and lose to small ones, and the family
+would show no scaling at all (reference/machine-probes.md). Learning rates are tuned per size.
+Sizes train in parallel worker processes with one thread each (largest first): on a small CPU
+machine one thread per core is much faster than several threads fighting over each step.
+
+Store layout, upload order and arrive mode: family_store.py.
+
+    report = build_family(Store(".kbitlaw/store"))          # trains what is missing
+    report = build_family(store, arrive=True)               # train into staging/, publish one round
+    publish_next(store, "demo")                             # ... and the next round, later
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import queue
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from kbitlaw.data import world
+from kbitlaw.demo.family_store import (
+    find_checkpoint,
+    load_optimizer,
+    load_tokenizer,
+    load_tokens,
+    load_weights,
+    optimizer_bytes,
+    publish_next,
+    save_tokenizer,
+    save_tokens,
+    upload_dir,
+)
+from kbitlaw.store import Store, checkpoint_prefix, optimizer_key
+
+__all__ = ["FAMILY", "BuildReport", "Progress", "Size", "TrainConfig", "build_family", "publish_next"]
+
+EOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class Size:
+    """One model size of the family: GPT-NeoX width and depth, and its tuned peak learning rate."""
+
+    name: str
+    hidden: int
+    layers: int
+    lr: float
+    heads: int = 4
+
+    @property
+    def non_embedding_params(self) -> int:
+        # attention (4 h^2 + 4 h) + MLP (8 h^2 + 5 h) + two layer norms (4 h), per layer; + final norm
+        h = self.hidden
+        return self.layers * (12 * h * h + 13 * h) + 2 * h
+
+
+# ~2.2x apart in non-embedding parameters, 62x from first to last. Heads are 16 or more dimensions
+# wide (a quarter of each is rotary: an odd rotary width breaks the rotation). Learning rates fall
+# with width (0.6-0.8 / hidden), each picked from a small sweep; neighbouring rates move a size's
+# final loss by ~0.04, as much as the gap to the next size, so retune them all together.
+FAMILY: tuple[Size, ...] = (
+    Size("h32-l1", 32, 1, lr=0.02, heads=2),
+    Size("h32-l2", 32, 2, lr=0.02, heads=2),
+    Size("h48-l2", 48, 2, lr=0.016, heads=3),
+    Size("h64-l3", 64, 3, lr=0.01),
+    Size("h96-l3", 96, 3, lr=0.007),
+    Size("h128-l4", 128, 4, lr=0.0055),
+)
+
+
+@functools.lru_cache(maxsize=8)
+def corpus_fingerprint(seed: int) -> str:
+    """A hash of the corpus' first documents: a change to the world's generators changes the recipe."""
+    docs = [doc for _, doc in zip(range(64), world.training_corpus(64, seed=seed), strict=False)]
+    return hashlib.sha256("\n".join(docs).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the weights (its hash is the `recipe` stamped on every checkpoint)."""
+
+    budget_tokens: int = 1_000_000  # per size, the same for every size
+    seq_len: int = 128  # also the models' context window
+    batch_size: int = 8
+    warmup_frac: float = 0.05
+    final_lr_frac: float = 0.1  # cosine decay from the peak down to this fraction
+    weight_decay: float = 0.1
+    vocab_size: int = 640  # the world has ~140 words: every word is one token
+    corpus_docs: int = 30_000
+    save_fracs: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)  # geometric tokens_seen
+    seed: int = 0
+
+    @property
+    def steps(self) -> int:
+        return max(1, round(self.budget_tokens / (self.batch_size * self.seq_len)))
+
+    def save_steps(self) -> list[int]:
+        return sorted({max(1, round(f * self.steps)) for f in self.save_fracs})
+
+    def recipe(self, size: Size) -> str:
+        doc = {"config": asdict(self), "size": asdict(size), "corpus": corpus_fingerprint(self.seed)}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+    def data_key(self, family: str) -> str:
+        doc = {k: v for k, v in asdict(self).items() if k in ("vocab_size", "corpus_docs", "seed")}
+        doc["corpus"] = corpus_fingerprint(self.seed)
+        digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+        return f"train/{family}/corpus-{digest}"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the build is doing, for progress bars: phase is tokenizer | corpus | train | cached |
+    save | publish; `step`/`total` count training steps of `size`."""
+
+    phase: str
+    size: str = ""
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+
+
+@dataclass
+class BuildReport:
+    family: str
+    trained: list[str] = field(default_factory=list)  # checkpoint ids written by this build
+    cached: list[str] = field(default_factory=list)  # already in the store (or staged): not retrained
+    published: list[str] = field(default_factory=list)  # moved from staging/ to checkpoints/
+    steps_trained: int = 0  # optimizer steps run by this build (0 when everything was cached)
+    seconds: dict[str, float] = field(default_factory=dict)  # training wall time per size
+    wall_seconds: float = 0.0  # the whole build
+
+
+ProgressFn = Callable[[Progress], None] | None
+
+
+# -- tokenizer and data --------------------------------------------------------------------------
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 512):
+    """A byte-level BPE (GPT-2 style) trained on `texts`, as a Hugging Face fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # any byte stays encodable
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS)
+
+
+def corpus_tokens(tokenizer, docs: list[str]) -> torch.Tensor:
+    """The training corpus as one token stream, documents separated by EOS (as GPT-2 / Pythia)."""
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for doc in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+        ids.append(eos)
+        ids.extend(doc)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def prepare_data(store: Store, family: str, config: TrainConfig, progress: ProgressFn = None):
+    """The family's tokenizer and token stream, made once and kept in the store (so a resumed or
+    extended build, and every worker process, encodes exactly as the first build did)."""
+    tok_prefix, data_key = f"train/{family}/tokenizer-v{config.vocab_size}", config.data_key(family) + ".st"
+    tokenizer, data = load_tokenizer(store, tok_prefix), load_tokens(store, data_key)
+    if tokenizer is not None and data is not None:
+        return tokenizer, data
+    texts = list(world.training_corpus(config.corpus_docs, seed=config.seed))
+    if tokenizer is None:
+        if progress:
+            progress(Progress("tokenizer"))
+        save_tokenizer(store, train_tokenizer(texts[:3000], config.vocab_size), tok_prefix)
+        tokenizer = load_tokenizer(store, tok_prefix)
+    if progress:
+        progress(Progress("corpus"))
+    data = corpus_tokens(tokenizer, texts)
+    save_tokens(store, data_key, data)
+    return tokenizer, data
+
+
+def get_batch(data: torch.Tensor, step: int, config: TrainConfig) -> torch.Tensor:
+    """Batch `step`: random windows drawn from a generator seeded by the step number alone, so every
+    size sees the same tokens and a resumed run continues exactly where it stopped."""
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    starts = torch.randint(0, len(data) - config.seq_len, (config.batch_size,), generator=gen)
+    return torch.stack([data[s : s + config.seq_len] for s in starts.tolist()])
+
+
+def lr_at(step: int, peak: float, config: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to final_lr_frac * peak at the last step (step counts from 0)."""
+    warmup = max(1, round(config.warmup_frac * config.steps))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.steps - 1 - warmup)
+    floor = config.final_lr_frac
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def make_model(size: Size, tokenizer, config: TrainConfig):
+    """A randomly initialised GPT-NeoX (seeded: the same size always starts from the same weights)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(config.seed)
+    model_config = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        intermediate_size=4 * size.hidden,
+        max_position_embeddings=config.seq_len,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    return GPTNeoXForCausalLM(model_config)
+
+
+def make_optimizer(model, size: Size, config: TrainConfig) -> torch.optim.AdamW:
+    # No weight decay on biases and norms, as nanoGPT.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=size.lr, betas=(0.9, 0.95))
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def train_size(
+    store: Store,
+    family: str,
+    size: Size,
+    config: TrainConfig,
+    existing: dict[int, str],
+    area: str,
+    progress: ProgressFn = None,
+) -> dict:
+    """Train one size from scratch, or from its latest saved checkpoint + optimizer state, saving
+    every missing checkpoint on the way. Returns {"trained": [ids], "steps": n, "seconds": s}."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    began = time.perf_counter()
+    tokenizer, data = prepare_data(store, family, config)
+    recipe = config.recipe(size)
+    resumable = [s for s in existing if store.exists(optimizer_key(family, size.name, s))]
+    start = max(resumable, default=0)
+    model = load_weights(store, existing[start]) if start else make_model(size, tokenizer, config)
+    opt = make_optimizer(model, size, config)
+    if start:
+        load_optimizer(opt, store.read_bytes(optimizer_key(family, size.name, start)))
+    n_params = sum(p.numel() for p in model.parameters())
+    every = max(1, config.steps // 100)
+    trained: list[str] = []
+    model.train()
+    for step in range(start, config.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, size.lr, config)
+        batch = get_batch(data, step, config)
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        done = step + 1
+        if progress and (done % every == 0 or done == config.steps):
+            progress(Progress("train", size.name, done, config.steps, loss.item()))
+        if done not in config.save_steps() or done in existing:
+            continue
+        if progress:
+            progress(Progress("save", size.name, done, config.steps))
+        sidecar = {
+            "family": family,
+            "size": size.name,
+            "step": done,
+            "tokens_seen": done * config.batch_size * config.seq_len,
+            "n_params": n_params,
+            "non_embedding_params": size.non_embedding_params,
+            "recipe": recipe,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (Path(tmp) / "kbitlaw.json").write_text(json.dumps(sidecar, indent=2))
+            if done < config.steps:  # the state to resume from; no use after the last step
+                store.write_bytes(optimizer_key(family, size.name, done), optimizer_bytes(opt))
+            upload_dir(store, Path(tmp), checkpoint_prefix(area, family, size.name, done))
+        trained.append(f"{family}/{size.name}/step-{done}")
+    return {"trained": trained, "steps": config.steps - start, "seconds": time.perf_counter() - began}
+
+
+def _train_job(store_uri: str, events, *args) -> dict:
+    """train_size in a worker process: one thread, progress events sent back over a queue."""
+    torch.set_num_threads(1)
+    return train_size(Store(store_uri), *args, progress=events.put if events is not None else None)
+
+
+def _run_parallel(store: Store, jobs: list[tuple], workers: int, progress: ProgressFn) -> list[dict]:
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that has torch threads running
+    with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        events = manager.Queue() if progress else None
+        futures = [pool.submit(_train_job, store.uri, events, *job) for job in jobs]
+        pending = set(futures)
+        while pending:
+            _, pending = wait_futures(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            while events is not None:
+                try:
+                    progress(events.get_nowait())
+                except queue.Empty:
+                    break
+        return [f.result() for f in futures]
+
+
+def build_family(
+    store: Store,
+    family: str = "demo",
+    budget_tokens: int | None = None,
+    *,
+    sizes: tuple[Size, ...] = FAMILY,
+    config: TrainConfig = TrainConfig(),
+    arrive: bool = False,
+    workers: int | None = None,
+    progress: ProgressFn = None,
+) -> BuildReport:
+    """Train every missing checkpoint of the family into `store` (cached: existing ones are kept).
+
+    arrive=False: checkpoints go straight to checkpoints/ (staged ones left by arrive mode too).
+    arrive=True:  new checkpoints go to staging/ and one round is published per call (every size's
+                  next step), so a nightly run after each call picks up only the new checkpoints.
+    workers: processes training sizes side by side, one thread each (default: one per CPU core);
+             workers=1 trains in this process.
+    """
+    began = time.perf_counter()
+    config = replace(config, budget_tokens=budget_tokens) if budget_tokens else config
+    report = BuildReport(family)
+    area = "staging" if arrive else "checkpoints"
+    todo: list[tuple] = []
+    for size in sorted(sizes, key=lambda s: -s.non_embedding_params):  # the longest job first
+        existing = {}
+        for step in config.save_steps():
+            if prefix := find_checkpoint(store, family, size.name, step, config.recipe(size)):
+                existing[step] = prefix
+                report.cached.append(f"{family}/{size.name}/step-{step}")
+        if config.steps not in existing:
+            todo.append((family, size, config, existing, area))
+        elif progress:
+            progress(Progress("cached", size.name, config.steps, config.steps))
+    if todo:
+        prepare_data(store, family, config, progress)
+        workers = min(len(todo), workers or len(os.sched_getaffinity(0)))
+        if workers > 1:
+            results = _run_parallel(store, todo, workers, progress)
+        else:
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                results = [train_size(store, *job, progress=progress) for job in todo]
+            finally:
+                torch.set_num_threads(before)
+        for (_, size, *_), result in zip(todo, results, strict=True):
+            report.trained += result["trained"]
+            report.steps_trained += result["steps"]
+            report.seconds[size.name] = round(result["seconds"], 2)
+    while published := publish_next(store, family):
+        report.published += published
+        if progress:
+            progress(Progress("publish", ", ".join(published)))
+        if arrive:
+            break
+    report.wall_seconds = round(time.perf_counter() - began, 2)
+    return report

@@ -1,0 +1,80 @@
+"""Evaluate one checkpoint at several quant specs: load once, tokenize once, quantize in turn.
+
+loaded = load_checkpoint("runs/my-model/step-4000")          # safetensors only, no remote code
+rows = evaluate_specs(loaded, df, "multiple_choice", "fp16,int4-b64,nf4-b64")
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+import torch
+
+from kbitlaw.checkpoints import Checkpoint, default_device, load_model, load_tokenizer, resolve
+from kbitlaw.data.specs import frame_sha
+from kbitlaw.eval.engine import evaluate_prepared, max_length, prepare
+from kbitlaw.eval.results import result_rows
+from kbitlaw.eval.scoring import Scorer
+from kbitlaw.quant.fake import quantize_model, restore
+from kbitlaw.quant.spec import QuantSpec, resolve_grid
+
+log = logging.getLogger("kbitlaw")
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint's identity (fingerprint, family, step ...) with its model and tokenizer."""
+
+    checkpoint: Checkpoint
+    model: torch.nn.Module
+    tokenizer: Any
+
+
+def load_checkpoint(uri: str | Checkpoint, *, device: str | None = None, allow_pickle: bool = False):
+    """Load a Hugging Face checkpoint (local dir, s3:// prefix or hf://org/name@rev) for evaluation."""
+    ckpt = resolve(uri, allow_pickle=allow_pickle)
+    tokenizer = load_tokenizer(ckpt)
+    model = load_model(ckpt, device=device or default_device(), allow_pickle=allow_pickle)
+    return LoadedCheckpoint(ckpt, model, tokenizer)
+
+
+def evaluate_specs(
+    checkpoint: str | LoadedCheckpoint,
+    df: pl.DataFrame,
+    kind: str,
+    specs: str | list[str | QuantSpec],
+    *,
+    dataset: str = "dataset",
+    delimiter: str = " ",
+    batch_size: int = 32,
+    device: str | None = None,
+    allow_pickle: bool = False,
+) -> list[dict[str, Any]]:
+    """Results rows for every (spec, metric) of one checkpoint on one dataset. The model's weights
+    are the original ones again when this returns."""
+    quant_specs = (  # parse first: a typo fails before the model loads
+        resolve_grid(specs)
+        if isinstance(specs, str)
+        else [QuantSpec.parse(s) if isinstance(s, str) else s for s in specs]
+    )
+    loaded = (
+        checkpoint
+        if isinstance(checkpoint, LoadedCheckpoint)
+        else load_checkpoint(checkpoint, device=device, allow_pickle=allow_pickle)
+    )
+    ckpt, model = loaded.checkpoint, loaded.model
+    window = max_length(model, loaded.tokenizer)
+    prepared = prepare(df, kind, loaded.tokenizer, window, name=dataset, delimiter=delimiter)
+    sha, scorer, rows = frame_sha(df), Scorer(model, batch_size=batch_size), []
+    try:
+        for spec in quant_specs:
+            report = quantize_model(model, spec)
+            metric_rows = evaluate_prepared(model, prepared, scorer=scorer)
+            log.info("%s %s %s", ckpt.id, spec, {r["metric"]: round(r["value"], 4) for r in metric_rows})
+            rows += result_rows(ckpt, report.columns(), metric_rows, sha)
+    finally:
+        restore(model)
+    return rows

@@ -1,0 +1,135 @@
+"""What the law modules share: the fit config, JSON-safe numbers, long-table rows, the
+extrapolation check."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy.stats import norm
+
+from kbitlaw.law.solve import interval
+from kbitlaw.status import NO_DATA, OK  # noqa: F401  (re-exported to the law modules)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    n_boot: int = 200  # bootstrap resamples per law
+    seed: int = 0
+    level: float = 0.90  # interval coverage
+    min_sizes: int = 3  # curves and threshold law (which also needs a size per free parameter)
+    min_sizes_power_law: int = 4  # 3 parameters: a 4th size is the least that leaves a residual
+    min_sizes_frontier: int = 2
+    n_budgets: int = 64
+    recommend_metric: str = "mean_acc"  # falls back to "loss" when there is no accuracy data
+    chance: Mapping[str, float] | None = None  # dataset -> chance accuracy; absent: fitted
+    threshold_resample: str = "sizes+examples"  # or "examples" / "sizes" (see law_fit)
+    grid_points: int = 32  # fitted-curve samples per law in the long table
+
+    def describe(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["chance"] = dict(sorted((self.chance or {}).items()))
+        return d
+
+
+# The long table stored as fit.parquet. `section` says what a row is:
+# - "point": an observed point (metric `value` of each size's latest checkpoint at a spec);
+# - "fit": a sample of a fitted curve (`law` linear_log2 | threshold | power_law): `fitted`, with
+#   the pointwise bootstrap band in `lo`/`hi` for the nonlinear laws;
+# - "frontier": a Pareto-frontier point; "budget": at budget `total_bits`, the best point within it;
+# - "damage": an observed dL (`value`) with the form's fit (`fitted`), law damage_power | _exponential.
+TABLE_SCHEMA = {
+    "section": pl.String,
+    "law": pl.String,
+    "family": pl.String,
+    "metric": pl.String,
+    "quant": pl.String,
+    "bits": pl.Int64,
+    "n_params": pl.Float64,
+    "tokens_seen": pl.Float64,
+    "total_bits": pl.Float64,
+    "value": pl.Float64,
+    "fitted": pl.Float64,
+    "lo": pl.Float64,
+    "hi": pl.Float64,
+}
+
+
+def num(x: Any) -> float | None:
+    """A JSON-safe float: NaN and inf become None."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def json_safe(obj: Any) -> Any:
+    """The document with every non-finite float (and numpy scalar) made JSON-safe: NaN -> None."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return num(obj)
+    return obj
+
+
+def ci_pair(samples: np.ndarray, level: float, transform=None) -> list[float | None]:
+    lo, hi = interval(samples, level)
+    if lo is not None and transform is not None:
+        lo, hi = transform(lo), transform(hi)
+    return [num(lo), num(hi)]
+
+
+def table_rows(section: str, law: str | None, **cols: Any) -> pl.DataFrame:
+    """Long-table rows; columns not given are null."""
+    n = max((len(v) for v in cols.values() if isinstance(v, (list, np.ndarray, pl.Series))), default=1)
+    data = {}
+    for name, dtype in TABLE_SCHEMA.items():
+        v = {"section": section, "law": law}.get(name, cols.get(name))
+        data[name] = pl.Series(name, v if isinstance(v, (list, np.ndarray, pl.Series)) else [v] * n).cast(
+            dtype
+        )
+    return pl.DataFrame(data)
+
+
+def extrapolation_entry(
+    law: str,
+    family: str,
+    quant: str,
+    metric: str,
+    held_out: str,
+    predicted: float | None,
+    boot: np.ndarray | None,
+    observed: float,
+    obs_se: float,
+    level: float,
+) -> dict:
+    """Predicted vs observed for a held-out point; flagged when the observation falls outside the
+    law's bootstrap interval widened by the observation's own noise (z * stderr)."""
+    lo, hi = (None, None) if boot is None else interval(boot, level)
+    ok = predicted is not None and math.isfinite(predicted) and lo is not None
+    z = float(norm.ppf(0.5 + level / 2))
+    se = obs_se if math.isfinite(obs_se) else 0.0
+    flagged = bool(ok and not (lo - z * se <= observed <= hi + z * se))
+    return {
+        "law": law,
+        "family": family,
+        "quant": quant,
+        "metric": metric,
+        "held_out": held_out,
+        "predicted": num(predicted) if ok else None,
+        "observed": num(observed),
+        "error": num(predicted - observed) if ok else None,
+        "ci": [num(lo), num(hi)],
+        "flagged": flagged,
+        "status": OK if ok else NO_DATA,
+    }

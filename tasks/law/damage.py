@@ -1,0 +1,255 @@
+"""Quantization damage across training: how much loss k-bit quantization costs as a checkpoint sees
+more tokens.
+
+dL = loss(quantized) - loss(16-bit) of the same checkpoint (mean perplexity-kind `loss`), fitted per
+family and quantization scheme (a data type, block size and outlier share with k varying, written
+e.g. `int<k>-b64`) in two forms, both linear least squares in log space:
+- power (Ouyang et al.):        dL = C * D^beta / (N^alpha * k^gamma)
+- exponential (Kumar et al.):   dL = C * D^beta / N^alpha * exp(-k/gamma)
+with N = n_params (the results schema has no non-embedding count; Ouyang use non-embedding N, so
+alpha here is not numerically comparable), D = tokens_seen, k = bits. dL <= 0 cannot be logged:
+those points are dropped and counted. An exponent whose variable takes one value in the data
+(one model size, one k) is not identified: it is reported null and its effect folds into C.
+
+Each form is also refit without the family's latest checkpoint and predicts it (the held-out
+error tells which form extrapolates better), and predicts dL at the next checkpoint of that size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from kbitlaw.law.common import NO_DATA, OK, extrapolation_entry, num, table_rows
+from kbitlaw.law.solve import bootstrap_linear, child_rng, interval
+from kbitlaw.quant.spec import QuantSpec
+
+FORMS = ("power", "exponential")
+PARAMS = ("C", "beta", "alpha", "gamma")  # coefficient order: log C, beta, alpha, gamma-term
+
+
+def scheme_column(quant: pl.Series) -> pl.Expr:
+    """The `scheme` of each spec in `quant` (QuantSpec.scheme: `int4-b64` -> `int<k>-b64`)."""
+    schemes = {q: QuantSpec.parse(q).scheme for q in quant.unique().to_list()}
+    return pl.col("quant").replace_strict(schemes, return_dtype=pl.String)
+
+
+def damage_points(points: pl.DataFrame) -> pl.DataFrame:
+    """dL per (checkpoint, quantized spec) against the checkpoint's fp16 (else bf16) loss."""
+    loss = points.filter(pl.col("metric") == "loss")
+    base = (
+        loss.filter(pl.col("quant").is_in(["fp16", "bf16"]))
+        .sort("quant", descending=True)  # fp16 before bf16
+        .group_by(["family", "checkpoint_id"], maintain_order=True)
+        .first()
+        .select("family", "checkpoint_id", pl.col("value").alias("base"))
+    )
+    return (
+        loss.filter(pl.col("bits") < 16, pl.col("tokens_seen").is_finite(), pl.col("tokens_seen") > 0)
+        .join(base, on=["family", "checkpoint_id"])
+        .with_columns(
+            delta=pl.col("value") - pl.col("base"),
+            scheme=scheme_column(loss["quant"]),
+        )
+        .sort(["family", "scheme", "checkpoint_id", "quant"])
+    )
+
+
+def design(d: np.ndarray, n: np.ndarray, k: np.ndarray, form: str) -> np.ndarray:
+    """Columns whose coefficients are (log C, beta, alpha, gamma or 1/gamma)."""
+    last = -np.log(k) if form == "power" else -k
+    return np.column_stack([np.ones_like(d), np.log(d), -np.log(n), last])
+
+
+def free_columns(x: np.ndarray) -> np.ndarray:
+    """The intercept plus every regressor that varies in the data."""
+    varies = np.array([True] + [len(np.unique(x[:, j])) > 1 for j in range(1, x.shape[1])])
+    return np.flatnonzero(varies)
+
+
+def to_params(coef: np.ndarray, cols: np.ndarray, form: str) -> np.ndarray:
+    """Coefficient rows [..., len(cols)] -> (C, beta, alpha, gamma) rows, NaN where not identified."""
+    full = np.full((*coef.shape[:-1], 4), np.nan)
+    full[..., cols] = coef
+    full[..., 0] = np.exp(full[..., 0])
+    if form == "exponential":
+        with np.errstate(divide="ignore"):
+            full[..., 3] = 1.0 / full[..., 3]
+    return full
+
+
+@dataclass(frozen=True)
+class SchemeData:
+    """One family's damage points for one scheme, dL > 0 only (the log needs it)."""
+
+    family: str
+    scheme: str
+    rows: pl.DataFrame
+    dropped_nonpositive: int
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.log(self.rows["delta"].to_numpy())
+
+    @property
+    def checkpoints(self) -> np.ndarray:
+        return self.rows["checkpoint_id"].to_numpy()
+
+    @property
+    def latest(self) -> dict:
+        """The checkpoint that saw the most tokens (then the later step, the larger model)."""
+        order = ["tokens_seen", "step", "n_params", "checkpoint_id"]
+        return self.rows.sort(order, descending=True, nulls_last=True).row(0, named=True)
+
+    def design(self, form: str) -> np.ndarray:
+        d, n, k = (self.rows[c].to_numpy().astype(float) for c in ("tokens_seen", "n_params", "bits"))
+        return design(d, n, k, form)
+
+
+def identifiable(x: np.ndarray, checkpoints: np.ndarray, cols: np.ndarray) -> bool:
+    """D varies (beta is the point of the law), two checkpoints at least, and a residual left."""
+    return 1 in cols and len(np.unique(checkpoints)) >= 2 and len(x) > len(cols)
+
+
+def predict(x_new: np.ndarray, coef: np.ndarray, boot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """dL at design rows (free columns only): the estimate [m] and bootstrap predictions [n_boot, m]."""
+    return np.exp(x_new @ coef), np.exp(boot @ x_new.T)
+
+
+def insufficient(base: dict) -> dict:
+    none = {p: None for p in PARAMS}
+    return {
+        **base,
+        **none,
+        "ci": {p: [None, None] for p in PARAMS},
+        "heldout_error": None,
+        "held_out": None,
+        "unidentified": [],
+        "next_checkpoint": None,
+        "status": NO_DATA,
+    }
+
+
+def held_out_check(data: SchemeData, form: str, cols: np.ndarray, n_boot: int, seed: int, level: float):
+    """Refit without the latest checkpoint and predict its points: (RMS log error, checks)."""
+    x, y, ckpt = data.design(form)[:, cols], data.y, data.checkpoints
+    latest = data.latest["checkpoint_id"]
+    train = ckpt != latest
+    if not np.array_equal(free_columns(data.design(form)[train]), cols) or not identifiable(
+        x[train], ckpt[train], cols
+    ):
+        return None, []
+    rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}|heldout")
+    coef, boot = bootstrap_linear(x[train], y[train], ckpt[train], n_boot, rng)
+    if not np.isfinite(coef).all():
+        return None, []
+    pred, pred_boot = predict(x[~train], coef, boot)
+    obs = np.exp(y[~train])
+    quants = data.rows["quant"].to_numpy()[~train]
+    checks = [
+        extrapolation_entry(
+            f"damage_{form}",
+            data.family,
+            q,
+            "delta_loss",
+            latest,
+            float(pred[j]),
+            pred_boot[:, j],
+            float(obs[j]),
+            math.nan,
+            level,
+        )
+        for j, q in enumerate(quants)
+    ]
+    return float(np.sqrt(np.mean((np.log(pred) - np.log(obs)) ** 2))), checks
+
+
+def next_checkpoint(data: SchemeData, all_rows: pl.DataFrame, form: str, cols, coef, boot, level: float):
+    """dL predicted for the latest checkpoint's size one more step of its last token growth ahead."""
+    latest = data.latest
+    size = all_rows.filter(pl.col("family") == data.family, pl.col("n_params") == latest["n_params"])
+    earlier = size.filter(pl.col("tokens_seen") < latest["tokens_seen"])["tokens_seen"]
+    if earlier.len() == 0:
+        return None
+    d_next = latest["tokens_seen"] ** 2 / float(earlier.max())
+    names = data.rows.sort("quant").group_by("bits", maintain_order=True).first().sort("bits")
+    ks = names["bits"].to_numpy().astype(float)
+    x = design(np.full(len(ks), d_next), np.full(len(ks), latest["n_params"]), ks, form)[:, cols]
+    pred, pred_boot = predict(x, coef, boot)
+    predictions = [
+        {
+            "quant": q,
+            "bits": int(k),
+            "delta_loss": num(pred[i]),
+            "ci": [num(v) for v in interval(pred_boot[:, i], level)],
+        }
+        for i, (q, k) in enumerate(zip(names["quant"], ks, strict=True))
+    ]
+    return {"n_params": int(latest["n_params"]), "tokens_seen": num(d_next), "predictions": predictions}
+
+
+def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, seed: int, level: float):
+    """One damage form on one scheme: (doc entry, extrapolation checks, long-table rows)."""
+    base = {
+        "family": data.family,
+        "scheme": data.scheme,
+        "form": form,
+        "n_points": data.rows.height,
+        "n_checkpoints": len(np.unique(data.checkpoints)),
+        "dropped_nonpositive": data.dropped_nonpositive,
+    }
+    if data.rows.height == 0:
+        return insufficient(base), [], []
+    x = data.design(form)
+    cols = free_columns(x)
+    if not identifiable(x, data.checkpoints, cols):
+        return insufficient(base), [], []
+    rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}")
+    coef, boot = bootstrap_linear(x[:, cols], data.y, data.checkpoints, n_boot, rng)
+    if not np.isfinite(coef).all():  # collinear (e.g. D proportional to N): not identifiable
+        return insufficient(base), [], []
+    est, samples = to_params(coef, cols, form), to_params(boot, cols, form)
+    heldout_error, checks = held_out_check(data, form, cols, n_boot, seed, level)
+    entry = {
+        **base,
+        **{p: num(est[i]) for i, p in enumerate(PARAMS)},
+        "ci": {p: [num(v) for v in interval(samples[:, i], level)] for i, p in enumerate(PARAMS)},
+        "heldout_error": num(heldout_error),
+        "held_out": data.latest["checkpoint_id"],
+        "unidentified": [p for i, p in enumerate(PARAMS) if i not in cols],
+        "next_checkpoint": next_checkpoint(data, all_rows, form, cols, coef, boot, level),
+        "status": OK,
+    }
+    r = data.rows
+    rows = table_rows(
+        "damage",
+        f"damage_{form}",
+        family=data.family,
+        metric="delta_loss",
+        quant=r["quant"],
+        bits=r["bits"],
+        n_params=r["n_params"],
+        tokens_seen=r["tokens_seen"],
+        value=r["delta"],
+        fitted=np.exp(x[:, cols] @ coef),
+    )
+    return entry, checks, [rows]
+
+
+def fit_damage(points: pl.DataFrame, n_boot: int, seed: int, level: float) -> tuple[list, list, list]:
+    """Both damage forms per (family, scheme): doc entries, extrapolation checks, table rows."""
+    dp = damage_points(points)
+    entries, checks, rows = [], [], []
+    for (family, scheme), g in dp.group_by(["family", "scheme"], maintain_order=True):
+        data = SchemeData(family, scheme, g.filter(pl.col("delta") > 0), int((g["delta"] <= 0).sum()))
+        both = [fit_form(data, form, dp, n_boot, seed, level) for form in FORMS]
+        errors = [e["heldout_error"] for e, _, _ in both]
+        for entry, c, r in both:
+            entry["heldout_better"] = None if None in errors else entry["heldout_error"] == min(errors)
+            entries.append(entry)
+            checks.extend(c)
+            rows.extend(r)
+    return entries, checks, rows

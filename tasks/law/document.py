@@ -1,0 +1,148 @@
+"""Fit the k-bit inference scaling laws to a results table: the fit document and its long table.
+
+fit_laws() prepares the points (law_table.py), then computes, each in its own module:
+- the Pareto frontier of (total bits, quality) and the recommended precision (law_frontier.py);
+- the critical size S* and the loss power law over model sizes, per spec (law_scaling.py);
+- the quantization-damage laws across training (law_damage.py);
+- the per-spec linear curves in log2 total bits (law_table.py),
+and assembles the `fit --json` document (DESIGN.md) and the long table stored as fit.parquet.
+
+A number is never invented: a law with too little data reports "insufficient data" and nulls,
+and the others still fit. Everything is deterministic for a fixed seed (FitConfig.seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from kbitlaw.law.common import OK, FitConfig, json_safe, table_rows
+from kbitlaw.law.damage import fit_damage
+from kbitlaw.law.frontier import fit_frontiers
+from kbitlaw.law.scaling import fit_power_laws_by_spec, fit_thresholds, linear_curves
+from kbitlaw.law.table import (
+    components,
+    drop_unusable,
+    latest_per_size,
+    metric_points,
+    normalise,
+    results_sha,
+)
+
+__all__ = ["LAW_VERSION", "FitConfig", "FitResult", "fit_laws", "warm_starts"]
+
+LAW_VERSION = "1"  # bump when a change alters fitted numbers: stored fits are then not reused
+
+
+@dataclass(frozen=True)
+class FitResult:
+    doc: dict[str, Any]  # the `fit --json` document
+    table: pl.DataFrame  # the long table (fit.parquet): points, fitted curves, frontier, budgets, damage
+
+
+# -- the whole fit ----------------------------------------------------------------------------------
+
+
+def warm_starts(previous: Mapping | None) -> dict:
+    """Starting points from a previous fit document: (law, family, quant, metric) -> parameters.
+
+    A warm start joins the grid of starting points (it does not replace it): a refit after new
+    results starts from where the last fit ended, which keeps the estimates continuous.
+    """
+    out: dict = {}
+    for law, params in (
+        ("power_law", lambda e: [np.log(e["A"]), e["alpha"], np.log(e["E"])]),
+        (
+            "threshold",
+            lambda e: [np.log2(e["s_star_bits"]), np.log(e["w"]), e["r_max"] - e["r_chance"], e["r_chance"]],
+        ),
+    ):
+        for e in (previous or {}).get(law, []):
+            try:
+                theta = np.array(params(e), dtype=float)
+                key = (law, e["family"], e["quant"], e["metric"])
+            except (KeyError, TypeError, ValueError):
+                continue  # an entry without numbers (insufficient data) or from another layout
+            if e.get("status") == OK and np.isfinite(theta).all():
+                out[key] = theta
+    return out
+
+
+def linear_rows(curves: pl.DataFrame, n: int) -> list[pl.DataFrame]:
+    """Each fitted linear curve sampled over its spec's observed range of total bits."""
+    rows = []
+    for c in curves.filter(pl.col("status") == OK).iter_rows(named=True):
+        grid = np.geomspace(c["s_min"], c["s_max"], n)
+        rows.append(
+            table_rows(
+                "fit",
+                "linear_log2",
+                family=c["family"],
+                metric=c["metric"],
+                quant=c["quant"],
+                bits=c["bits"],
+                total_bits=grid,
+                fitted=c["intercept"] + c["slope"] * np.log2(grid),
+            )
+        )
+    return rows
+
+
+def fit_laws(
+    results: pl.DataFrame, config: FitConfig = FitConfig(), previous: Mapping | None = None
+) -> FitResult:
+    """Every law on one results table (the long results schema). `previous`: an earlier fit
+    document whose parameters warm-start this fit."""
+    df = normalise(results)
+    sha = results_sha(df)
+    df, dropped = drop_unusable(df)
+    comp = components(df)
+    points, incomplete = metric_points(comp)
+    latest = latest_per_size(points)
+    comp_latest = comp.join(
+        latest.select("family", "checkpoint_id").unique(), on=["family", "checkpoint_id"], how="semi"
+    )
+    warm = warm_starts(previous)
+    rec, recs, frontier_rows = fit_frontiers(latest, config)
+    thresholds, t_checks, t_rows = fit_thresholds(latest, comp_latest, config, warm)
+    power, p_checks, p_rows = fit_power_laws_by_spec(latest, config, warm)
+    damage, d_checks, d_rows = fit_damage(points, config.n_boot, config.seed, config.level)
+    curves = linear_curves(latest, config.min_sizes)
+    point_rows = table_rows(
+        "point",
+        None,
+        family=latest["family"],
+        metric=latest["metric"],
+        quant=latest["quant"],
+        bits=latest["bits"],
+        n_params=latest["n_params"],
+        tokens_seen=latest["tokens_seen"],
+        total_bits=latest["total_bits"],
+        value=latest["value"],
+    )
+    table = pl.concat(
+        [point_rows, *frontier_rows, *linear_rows(curves, config.grid_points), *t_rows, *p_rows, *d_rows],
+        how="vertical",
+    )
+    doc = {
+        "results_sha": sha,
+        "law_version": LAW_VERSION,
+        "recommendation": rec,
+        "threshold": thresholds,
+        "power_law": power,
+        "damage": damage,
+        "extrapolation": t_checks + p_checks + d_checks,
+        "recommendations": recs,
+        "curves": curves.drop("s_min", "s_max").to_dicts(),
+        "families": sorted(df["family"].unique().to_list()),
+        "n_rows": results.height,
+        "dropped_rows": dropped,
+        "incomplete_points": incomplete,
+        "warm_started": len(warm),
+        "config": config.describe(),
+    }
+    return FitResult(json_safe(doc), table)

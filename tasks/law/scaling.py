@@ -1,0 +1,325 @@
+"""The laws over model size at a fixed precision: critical size (threshold) and the loss power law.
+
+Both run per (family, quant spec, metric) on each size's latest checkpoint, with S = total model
+bits. Each group is also refit without its largest model, which is then predicted (the
+extrapolation check). All groups of a law, and their extrapolation refits, go through one batched
+bootstrap (law_fit.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from kbitlaw.law.common import NO_DATA, OK, FitConfig, ci_pair, extrapolation_entry, num, table_rows
+from kbitlaw.law.nonlinear import (
+    Bootstrapped,
+    PowerLawProblem,
+    ThresholdProblem,
+    bootstrap_power_laws,
+    bootstrap_thresholds,
+    power_law_predict,
+    threshold_predict,
+)
+
+ACCURACY_METRIC = (pl.col("metric") == "mean_acc") | pl.col("metric").str.starts_with("acc:")
+
+
+@dataclass(frozen=True)
+class SizeGroup:
+    """One curve over model sizes: a family's points at one spec and metric, by total bits."""
+
+    family: str
+    quant: str
+    metric: str
+    points: pl.DataFrame  # sorted by total_bits
+
+    @property
+    def base(self) -> dict:
+        bits = int(self.points["bits"].max())
+        return {
+            "family": self.family,
+            "quant": self.quant,
+            "bits": bits,
+            "metric": self.metric,
+            "n_sizes": self.points.height,
+        }
+
+    @property
+    def largest(self) -> int:
+        return int(np.argmax(self.points["n_params"].to_numpy()))
+
+    def without_largest(self) -> np.ndarray:
+        return np.arange(self.points.height) != self.largest
+
+
+def size_groups(latest: pl.DataFrame, which: pl.Expr) -> list[SizeGroup]:
+    grouped = (
+        latest.filter(which).sort("total_bits").group_by(["family", "quant", "metric"], maintain_order=True)
+    )
+    return sorted((SizeGroup(*key, g) for key, g in grouped), key=lambda s: (s.family, s.quant, s.metric))
+
+
+def check_largest(law: str, group: SizeGroup, fit: Bootstrapped, level: float) -> dict:
+    """The extrapolation check: the refit without the largest model, predicting it."""
+    row = group.points.row(group.largest, named=True)
+    se = np.nan if row["stderr"] is None else row["stderr"]
+    return extrapolation_entry(
+        law,
+        group.family,
+        group.quant,
+        group.metric,
+        row["checkpoint_id"],
+        fit.predicted,
+        fit.predicted_boot,
+        row["value"],
+        se,
+        level,
+    )
+
+
+def curve_rows(
+    law: str,
+    group: SizeGroup,
+    x_grid: np.ndarray,
+    s_grid: np.ndarray,
+    predict: Callable,
+    fit: Bootstrapped,
+    level: float,
+) -> pl.DataFrame:
+    """The fitted curve on a grid with its pointwise bootstrap band, for plots."""
+    band = predict(fit.boot[:, None, :], x_grid[None, :])
+    lo, hi = np.nanpercentile(band, [50 * (1 - level), 100 - 50 * (1 - level)], axis=0)
+    return table_rows(
+        "fit",
+        law,
+        family=group.family,
+        metric=group.metric,
+        quant=group.quant,
+        bits=group.base["bits"],
+        total_bits=s_grid,
+        fitted=predict(fit.theta, x_grid),
+        lo=lo,
+        hi=hi,
+    )
+
+
+def _run(groups: list[SizeGroup], make: Callable, minimum: Callable, solve: Callable) -> tuple[list, list]:
+    """Build each group's full and without-largest problems (None when fewer sizes than
+    minimum(group)) and solve them all in one batch. Returns both fits, aligned with `groups`."""
+    full = [make(g, None) if g.points.height >= minimum(g) else None for g in groups]
+    held = [make(g, g.without_largest()) if g.points.height - 1 >= minimum(g) else None for g in groups]
+    todo = [p for p in full + held if p is not None]
+    fitted = dict(zip([p.key for p in todo], solve(todo), strict=True))
+    ok = [None if p is None or not np.isfinite(fitted[p.key].theta).all() else fitted[p.key] for p in full]
+    return ok, [None if p is None else fitted[p.key] for p in held]
+
+
+# -- linear curves ---------------------------------------------------------------------------------
+
+
+def linear_curves(latest: pl.DataFrame, min_sizes: int) -> pl.DataFrame:
+    """value = intercept + slope * log2(total bits) per (family, metric, spec): Dettmers &
+    Zettlemoyer's per-precision curves, 'almost parallel', comparable by slope and offset."""
+    rows = []
+    for g in size_groups(latest, pl.lit(True)):
+        x, y = np.log2(g.points["total_bits"].to_numpy()), g.points["value"].to_numpy()
+        ok = g.points["n_params"].n_unique() >= min_sizes and np.ptp(x) > 0
+        slope, intercept = np.polyfit(x, y, 1) if ok else (np.nan, np.nan)
+        rmse = float(np.sqrt(np.mean((y - intercept - slope * x) ** 2))) if ok else np.nan
+        rows.append(
+            {
+                **g.base,
+                "intercept": intercept,
+                "slope": slope,
+                "rmse": rmse,
+                "s_min": 2.0 ** x.min(),
+                "s_max": 2.0 ** x.max(),
+                "status": OK if ok else NO_DATA,
+            }
+        )
+    schema = {
+        "family": pl.String,
+        "quant": pl.String,
+        "bits": pl.Int64,
+        "metric": pl.String,
+        "n_sizes": pl.Int64,
+        "intercept": pl.Float64,
+        "slope": pl.Float64,
+        "rmse": pl.Float64,
+        "s_min": pl.Float64,
+        "s_max": pl.Float64,
+        "status": pl.String,
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+# -- threshold law ----------------------------------------------------------------------------------
+
+
+def _accuracy_arrays(comp: pl.DataFrame, group: SizeGroup, datasets: list[str]) -> tuple[np.ndarray, ...]:
+    """[n, D] accuracy, n_examples and stderr of the group's checkpoints on its datasets."""
+    sub = comp.filter(
+        pl.col("family") == group.family,
+        pl.col("quant") == group.quant,
+        pl.col("component") == "acc",
+        pl.col("dataset").is_in(datasets),
+    )
+    lookup = {(r["checkpoint_id"], r["dataset"]): r for r in sub.iter_rows(named=True)}
+    ids = group.points["checkpoint_id"].to_list()
+    out = np.full((3, len(ids), len(datasets)), np.nan)
+    for i, cid in enumerate(ids):
+        for j, ds in enumerate(datasets):
+            r = lookup[(cid, ds)]
+            out[:, i, j] = [np.nan if r[c] is None else r[c] for c in ("value", "n_examples", "stderr")]
+    return out[0], out[1], out[2]
+
+
+def _threshold_entry(group: SizeGroup, p: ThresholdProblem, f: Bootstrapped | None, level: float) -> dict:
+    if f is None:
+        return {
+            **group.base,
+            "s_star_bits": None,
+            "ci": [None, None],
+            "width": None,
+            "w": None,
+            "w_ci": [None, None],
+            "r_chance": None,
+            "r_max": None,
+            "status": NO_DATA,
+        }
+    m, log_w, h, c = f.theta
+    ci = ci_pair(f.boot[:, 0], level, lambda v: 2.0**v)
+    known = None not in ci
+    return {
+        **group.base,
+        "s_star_bits": num(2.0**m),
+        "ci": ci,
+        "width": num(ci[1] - ci[0]) if known else None,  # in bits, as S* is
+        "width_doublings": num(np.log2(ci[1] / ci[0])) if known else None,
+        "w": num(np.exp(log_w)),
+        "w_ci": ci_pair(f.boot[:, 1], level, np.exp),
+        "r_chance": num(c),
+        "r_chance_fixed": p.chance is not None,
+        "r_max": num(c + h),
+        "s_star_in_range": bool(p.x.min() <= m <= p.x.max()),
+        "status": OK,
+    }
+
+
+def fit_thresholds(
+    latest: pl.DataFrame, comp: pl.DataFrame, config: FitConfig, warm: Mapping
+) -> tuple[list, list, list]:
+    """Critical size S* per (family, spec, accuracy metric): doc entries, checks, table rows."""
+    groups = size_groups(latest, ACCURACY_METRIC)
+    acc_ds = (
+        comp.filter(pl.col("component") == "acc").group_by("family").agg(pl.col("dataset").unique().sort())
+    )
+    family_datasets = dict(zip(acc_ds["family"], acc_ds["dataset"].to_list(), strict=True))
+
+    def datasets(g: SizeGroup) -> list[str]:
+        return family_datasets[g.family] if g.metric == "mean_acc" else [g.metric.removeprefix("acc:")]
+
+    def chance(g: SizeGroup) -> float | None:
+        known = config.chance or {}
+        return (
+            float(np.mean([known[d] for d in datasets(g)])) if all(d in known for d in datasets(g)) else None
+        )
+
+    def minimum(g: SizeGroup) -> int:
+        """No fewer sizes than free parameters: 3, or 4 when the chance level is fitted too."""
+        return max(config.min_sizes, 3 if chance(g) is not None else 4)
+
+    def make(g: SizeGroup, keep: np.ndarray | None) -> ThresholdProblem:
+        acc, n, se = _accuracy_arrays(comp, g, datasets(g))
+        x = np.log2(g.points["total_bits"].to_numpy())
+        w = warm.get(("threshold", g.family, g.quant, g.metric))
+        key = f"threshold|{g.family}|{g.quant}|{g.metric}"
+        if keep is None:
+            return ThresholdProblem(key, x, acc, n, se, chance(g), warm=w)
+        return ThresholdProblem(
+            f"{key}|extrapolate",
+            x[keep],
+            acc[keep],
+            n[keep],
+            se[keep],
+            chance(g),
+            x_predict=float(x[~keep][0]),
+            warm=w,
+        )
+
+    problems = [make(g, None) for g in groups]  # cheap; used for the entries' data ranges
+
+    def solve(todo: list[ThresholdProblem]) -> list[Bootstrapped]:
+        return bootstrap_thresholds(todo, config.n_boot, config.seed, resample=config.threshold_resample)
+
+    fits, held = _run(groups, make, minimum, solve)
+    entries, checks, rows = [], [], []
+    for g, p, f, h in zip(groups, problems, fits, held, strict=True):
+        entries.append(_threshold_entry(g, p, f, config.level))
+        if f is not None:
+            x = np.linspace(p.x.min(), p.x.max(), config.grid_points)
+            rows.append(curve_rows("threshold", g, x, 2.0**x, threshold_predict, f, config.level))
+        if h is not None:
+            checks.append(check_largest("threshold", g, h, config.level))
+    return entries, checks, rows
+
+
+# -- loss power law ---------------------------------------------------------------------------------
+
+
+def _power_law_entry(group: SizeGroup, f: Bootstrapped | None, level: float) -> dict:
+    if f is None:
+        return {
+            **group.base,
+            "E": None,
+            "A": None,
+            "alpha": None,
+            "ci": {"E": [None, None], "A": [None, None], "alpha": [None, None]},
+            "status": NO_DATA,
+        }
+    a, alpha, e = f.theta
+    ci = {
+        "E": ci_pair(np.exp(f.boot[:, 2]), level),
+        "A": ci_pair(np.exp(f.boot[:, 0]), level),
+        "alpha": ci_pair(f.boot[:, 1], level),
+    }
+    return {
+        **group.base,
+        "E": num(np.exp(e)),
+        "A": num(np.exp(a)),
+        "alpha": num(alpha),
+        "ci": ci,
+        "status": OK,
+    }
+
+
+def fit_power_laws_by_spec(latest: pl.DataFrame, config: FitConfig, warm: Mapping) -> tuple[list, list, list]:
+    """L(S) = E + A*S^-alpha per (family, spec) on the mean loss: doc entries, checks, table rows."""
+    groups = size_groups(latest, (pl.col("metric") == "loss") & (pl.col("value") > 0))
+
+    def make(g: SizeGroup, keep: np.ndarray | None) -> PowerLawProblem:
+        s, v = g.points["total_bits"].to_numpy(), g.points["value"].to_numpy()
+        w = warm.get(("power_law", g.family, g.quant, "loss"))
+        key = f"power_law|{g.family}|{g.quant}|loss"
+        if keep is None:
+            return PowerLawProblem(key, s, v, warm=w)
+        return PowerLawProblem(f"{key}|extrapolate", s[keep], v[keep], s_predict=float(s[~keep][0]), warm=w)
+
+    def solve(todo: list[PowerLawProblem]) -> list[Bootstrapped]:
+        return bootstrap_power_laws(todo, config.n_boot, config.seed)
+
+    fits, held = _run(groups, make, lambda g: config.min_sizes_power_law, solve)
+    entries, checks, rows = [], [], []
+    for g, f, h in zip(groups, fits, held, strict=True):
+        entries.append(_power_law_entry(g, f, config.level))
+        if f is not None:
+            s = g.points["total_bits"].to_numpy()
+            grid = np.geomspace(s.min(), s.max(), config.grid_points)
+            rows.append(curve_rows("power_law", g, grid, grid, power_law_predict, f, config.level))
+        if h is not None:
+            checks.append(check_largest("power_law", g, h, config.level))
+    return entries, checks, rows

@@ -1,0 +1,214 @@
+"""Quant spec strings and bit accounting, without torch: the one grammar every stage parses.
+
+    spec = QuantSpec.parse("nf4-b64")       # or QuantSpec("nf", 4, block_size=64)
+    str(spec), spec.bits_per_param, spec.scheme    # 'nf4-b64', 4.25, 'nf<k>-b64'
+    resolve_grid("default")                 # a named grid (or a comma-separated list) as specs
+
+Exact storage of one weight tensor is `spec.tensor_bits(numel, in_features)`; the nominal
+bits_per_param (DESIGN.md) is the same formula for an infinitely large tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+
+DTYPES = ("int", "fp", "nf", "quantile", "dynamic")
+MIN_BITS, MAX_BITS = 2, 8
+BASELINES = ("fp16", "bf16")
+MIN_BLOCK, MAX_BLOCK = 16, 4096
+SCALE_BITS = 16  # every absmax is stored as one fp16 number
+
+
+def default_exponent_bits(k: int) -> int:
+    """The paper's float heuristic (App. C.4): ceil(k/2) exponent bits, i.e. 1,2,2,3,3,4,4 for k=2..8."""
+    return math.ceil(k / 2)
+
+
+def outlier_count(in_features: int, pct: float) -> int:
+    """How many input features -o<pct> keeps in 16-bit: pct% rounded half up, at least one."""
+    return min(in_features, max(1, math.floor(pct / 100 * in_features + 0.5))) if pct > 0 else 0
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """One quantization setting, written `<dtype><k>[e<E>][-b<B>][-o<P>][-emb]`, or `fp16` / `bf16`.
+
+    dtype: int | fp | nf | quantile | dynamic (see quant/codebooks.py); k: 2..8 bits.
+    e<E>:  fp only, exponent bits 1..k-1; default ceil(k/2), and always printed (`fp4` -> `fp4e2`).
+    -b<B>: block size, a power of two in 16..4096; absent = one absmax for the whole tensor.
+    -o<P>: P percent of each layer's input features (those whose weights have the largest std)
+           stay 16-bit; P may be a decimal (`-o0.5`), printed without trailing zeros.
+    -emb:  also quantize the input embeddings and the LM head (default: they stay 16-bit).
+    fp16 / bf16: the unquantized baselines (weights rounded to that dtype); they accept only -emb.
+    """
+
+    dtype: str
+    bits: int
+    exp_bits: int | None = None
+    block_size: int | None = None
+    outlier_pct: float = 0.0
+    embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype in BASELINES:
+            if self.bits != 16 or self.exp_bits or self.block_size or self.outlier_pct:
+                raise ValueError(f"{self.dtype} is an unquantized baseline: it takes no k, e, -b or -o")
+            return
+        if self.dtype not in DTYPES:
+            known = ", ".join([*DTYPES, *BASELINES])
+            raise ValueError(f"unknown data type {self.dtype!r} (known: {known})")
+        if not MIN_BITS <= self.bits <= MAX_BITS:
+            raise ValueError(f"k must be {MIN_BITS}..{MAX_BITS}, got {self.bits}")
+        if self.dtype == "fp":
+            if self.exp_bits is None:
+                object.__setattr__(self, "exp_bits", default_exponent_bits(self.bits))
+            elif not 1 <= self.exp_bits <= self.bits - 1:
+                top = self.bits - 1
+                raise ValueError(f"fp{self.bits}: exponent bits must be 1..{top}, got {self.exp_bits}")
+        elif self.exp_bits is not None:
+            raise ValueError(f"exponent bits (e{self.exp_bits}) only apply to fp, not {self.dtype}")
+        b = self.block_size
+        if b is not None and not (MIN_BLOCK <= b <= MAX_BLOCK and b & (b - 1) == 0):
+            raise ValueError(f"block size must be a power of two in {MIN_BLOCK}..{MAX_BLOCK}, got {b}")
+        if not 0 <= self.outlier_pct < 100:
+            raise ValueError(f"outlier percent must be in (0, 100), got {self.outlier_pct:g}")
+
+    @classmethod
+    def parse(cls, text: str) -> QuantSpec:
+        """Parse a spec string (case-insensitive); ValueError names the part that is wrong."""
+        head, *options = text.strip().lower().split("-")
+        fields: dict = {}
+        for opt in options:
+            if m := re.fullmatch(r"b(\d+)", opt):
+                name, value = "block_size", int(m[1])
+            elif m := re.fullmatch(r"o(\d+(?:\.\d+)?)", opt):
+                name, value = "outlier_pct", round(float(m[1]), 6)
+                if value == 0:
+                    raise ValueError(f"outlier percent must be in (0, 100), got {m[1]} in {text!r}")
+            elif opt == "emb":
+                name, value = "embeddings", True
+            elif opt[:1] == "b":
+                raise ValueError(
+                    f"block size must be a power of two in {MIN_BLOCK}..{MAX_BLOCK}, got {opt[1:]!r}"
+                )
+            elif opt[:1] == "o":
+                raise ValueError(f"outlier percent must be a number in (0, 100), got {opt[1:]!r} in {text!r}")
+            else:
+                raise ValueError(f"unknown option '-{opt}' in {text!r} (expected -b<B>, -o<P> or -emb)")
+            if name in fields:
+                raise ValueError(f"option '-{opt}' given twice in {text!r}")
+            fields[name] = value
+        if head in BASELINES:
+            return cls(head, 16, **fields)
+        m = re.fullmatch(r"([a-z]+)(\d+)?(?:e(\d+))?", head)
+        if m is None:
+            raise ValueError(f"cannot read {head!r} in {text!r}: expected <dtype><k>[e<E>], e.g. nf4, fp4e2")
+        dtype, k, e = m[1], m[2], m[3]
+        if dtype not in DTYPES:
+            cls(dtype, 0)  # raises "unknown data type"
+        if k is None:
+            raise ValueError(f"missing bit width k in {head!r} (e.g. {dtype}4)")
+        return cls(dtype, int(k), None if e is None else int(e), **fields)
+
+    def __str__(self) -> str:
+        text = self.dtype if self.is_baseline else f"{self.dtype}{self.bits}"
+        if self.dtype == "fp":
+            text += f"e{self.exp_bits}"
+        if self.block_size:
+            text += f"-b{self.block_size}"
+        if self.outlier_pct:
+            text += "-o" + f"{self.outlier_pct:.6f}".rstrip("0").rstrip(".")
+        return text + ("-emb" if self.embeddings else "")
+
+    @property
+    def quant(self) -> str:
+        """The spec string (the results' `quant` column)."""
+        return str(self)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.dtype in BASELINES
+
+    @property
+    def bits_per_param(self) -> float:
+        """Nominal k + 16/B + P/100·(16-k) (DESIGN.md); per-tensor absmax cost omitted (~16/numel)."""
+        if self.is_baseline:
+            return 16.0
+        scale = SCALE_BITS / self.block_size if self.block_size else 0.0
+        return self.bits + scale + self.outlier_pct / 100 * (16 - self.bits)
+
+    def tensor_bits(self, numel: int, in_features: int | None = None) -> float:
+        """Exact storage of one weight of `numel` values: k-bit codes, one fp16 absmax per block
+        (ceil(numel/B), or one per tensor) and, with -o<P>, its kept input features at 16 bits
+        (`in_features`: the size of the weight's input dimension; without it, exactly P% of the values)."""
+        if self.is_baseline:
+            return 16.0 * numel
+        n_blocks = math.ceil(numel / self.block_size) if self.block_size else 1
+        n_kept = self.outlier_pct / 100 * numel
+        if self.outlier_pct and in_features:
+            n_kept = outlier_count(in_features, self.outlier_pct) * (numel // in_features)
+        return self.bits * numel + SCALE_BITS * n_blocks + (16 - self.bits) * n_kept
+
+    def bits_per_param_for(self, numel: int, in_features: int | None = None) -> float:
+        """Exact bits per parameter of one tensor (tensor_bits / numel)."""
+        return self.tensor_bits(numel, in_features) / numel
+
+    @property
+    def scheme(self) -> str:
+        """The spec with its bit width abstracted (`int4-b64` -> `int<k>-b64`, `fp3e2-b64` -> `fp<k>-b64`):
+        the family of specs a damage law is fitted over."""
+        if self.is_baseline:
+            return str(self)
+        return str(self).replace(
+            f"{self.dtype}{self.bits}" + (f"e{self.exp_bits}" if self.exp_bits else ""), f"{self.dtype}<k>", 1
+        )
+
+    def without_outliers(self) -> QuantSpec:
+        return replace(self, outlier_pct=0.0)
+
+
+def _k_grid(dtypes: list[str], blocks: list[int | None]) -> list[str]:
+    specs = [str(QuantSpec(d, k, block_size=b)) for k in range(3, 9) for d in dtypes for b in blocks]
+    return ["fp16", *specs]
+
+
+GRIDS: dict[str, list[str]] = {
+    # tiny, for tests and smoke runs
+    "quick": ["fp16", "int8-b64", "nf4-b64", "fp4e2-b64", "int3"],
+    # nightly: float at every k (the paper's recommended type, B=64), the 4-bit data types and block
+    # sizes, and the fragile 3-bit settings including proxy quantization
+    "default": [
+        "fp16",
+        "int8",
+        "fp3e2-b64",
+        "fp4e2-b64",
+        "fp5e3-b64",
+        "fp6e3-b64",
+        "fp7e4-b64",
+        "fp8e4-b64",
+        "int4-b64",
+        "nf4-b64",
+        "quantile4-b64",
+        "int4",
+        "fp4e2",
+        "int3-b64",
+        "quantile3-b64",
+        "int3-b64-o2",
+    ],
+    # the full Dettmers & Zettlemoyer sweep: k 3..8 x 5 data types x 8 block settings, + fp16
+    "paper": _k_grid(["int", "fp", "quantile", "dynamic", "nf"], [64, 128, 256, 512, 1024, 2048, 4096, None]),
+}
+
+
+def resolve_grid(name_or_csv: str) -> list[QuantSpec]:
+    """A named grid, or a comma-separated list of specs, as parsed specs (duplicates dropped)."""
+    text = name_or_csv.strip()
+    if text in GRIDS:
+        items = GRIDS[text]
+    elif "," in text or re.match(r"[a-z]+\d", text.lower()):
+        items = [item for item in text.split(",") if item.strip()]
+    else:
+        raise ValueError(f"unknown grid {text!r} (known: {', '.join(GRIDS)}; or a comma-separated spec list)")
+    return list(dict.fromkeys(QuantSpec.parse(item) for item in items))

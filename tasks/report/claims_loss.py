@@ -1,0 +1,157 @@
+"""The claims about loss the report checks: perplexity tracking accuracy (science.md claim 7) and the
+quantization-damage laws across training (claims 9 and 10), read from the fit document."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+import polars as pl
+
+from kbitlaw.report.stats import (
+    BASELINES,
+    CONTRADICTED,
+    INCONCLUSIVE,
+    NO_DATA,
+    NOT_TESTABLE,
+    SUPPORTED,
+    claim,
+)
+
+# -- 7: perplexity vs accuracy ------------------------------------------------------------------------
+
+
+def perplexity_tracks_accuracy(points: pl.DataFrame) -> dict:
+    paper = "Perplexity and mean zero-shot accuracy correlate at r ~ -0.94 (over 35k runs)."
+    crit = (
+        "Pearson r of loss and mean accuracy over every (checkpoint, spec): supported <= -0.7, "
+        "contradicted >= -0.3."
+    )
+    say = partial(claim, 7, "Perplexity tracks accuracy", paper, crit)
+    acc = points.filter(pl.col("metric") == "mean_acc").select(
+        "checkpoint_id", "quant", pl.col("value").alias("acc")
+    )
+    loss = points.filter(pl.col("metric") == "loss").select(
+        "checkpoint_id", "quant", pl.col("value").alias("loss")
+    )
+    if acc.height == 0 or loss.height == 0:
+        return say(
+            NOT_TESTABLE,
+            ["needs both accuracy and perplexity datasets"],
+        )
+    both = acc.join(loss, on=["checkpoint_id", "quant"])
+    if both.height < 5 or both["acc"].n_unique() < 2 or both["loss"].n_unique() < 2:
+        return say(NO_DATA, [f"{both.height} paired points"])
+    r = float(np.corrcoef(both["acc"].to_numpy(), both["loss"].to_numpy())[0, 1])
+    rho = float(np.corrcoef(both["acc"].rank().to_numpy(), both["loss"].rank().to_numpy())[0, 1])
+    verdict = SUPPORTED if r <= -0.7 else (CONTRADICTED if r >= -0.3 else INCONCLUSIVE)
+    return say(
+        verdict,
+        [f"Pearson r = {r:.2f}, Spearman rho = {rho:.2f} over {both.height} points"],
+    )
+
+
+# -- 9, 10: damage across training --------------------------------------------------------------------
+
+
+def _ci_text(name: str, v: float | None, ci: list, f: Callable[[float], float] = lambda x: x) -> str:
+    if v is None:
+        return f"{name} n/a"
+    lo, hi = ci
+    interval = "" if lo is None or hi is None else f" [{f(lo):.3g}, {f(hi):.3g}]"
+    return f"{name} = {f(v):.3g}{interval}"
+
+
+def _damage_claim(
+    say: Callable[[str, list[str]], dict],
+    points: pl.DataFrame,
+    entries: list[dict],
+    judge: Callable[[dict], tuple[int | None, str]],
+) -> dict:
+    """A claim over the damage fits: one judged line per scheme with an ok fit."""
+    if not (points["metric"] == "loss").any() or not points["quant"].is_in(BASELINES).any():
+        return say(NOT_TESTABLE, ["needs a perplexity dataset and an fp16/bf16 baseline"])
+    if points["tokens_seen"].n_unique() < 2:
+        return say(NOT_TESTABLE, ["every checkpoint saw the same number of tokens"])
+    judged = [judge(e) for e in entries if e.get("status") == "ok"]
+    judged = [(s, text) for s, text in judged if text]
+    if not judged:
+        return say(NO_DATA, ["no damage law could be fitted"])
+    # Schemes with few points have wide intervals: evidence one way from some schemes and none
+    # the other way from any decides; evidence both ways, or none, is inconclusive.
+    signs = {s for s, _ in judged}
+    if signs <= {None}:
+        verdict = NO_DATA
+    elif 1 in signs and -1 not in signs:
+        verdict = SUPPORTED
+    elif -1 in signs and 1 not in signs:
+        verdict = CONTRADICTED
+    else:
+        verdict = INCONCLUSIVE
+    return say(verdict, [t for _, t in judged])
+
+
+def _ci_sign(ci: list, zero: float = 0.0) -> int | None:
+    lo, hi = ci
+    if lo is None or hi is None:
+        return None
+    return 1 if lo > zero else (-1 if hi < zero else 0)
+
+
+def damage_grows_with_tokens(points: pl.DataFrame, doc: dict) -> dict:
+    paper = (
+        "Quantization damage dL grows with training tokens (Ouyang: ∝ D^0.53, N^-0.23, P^-5.5; "
+        "3->4 bits cuts it ~4.9x, 2->3 bits ~9.3x)."
+    )
+    crit = (
+        "Power-form damage law per scheme: supported when the 90% interval of beta is above 0 for some "
+        "scheme and below 0 for none (contradicted: the reverse)."
+    )
+    say = partial(claim, 9, "Damage grows with training tokens", paper, crit)
+    power = [e for e in doc.get("damage", []) if e.get("form") == "power"]
+
+    def judge(e: dict) -> tuple[int | None, str]:
+        if e.get("beta") is None:
+            return None, ""
+        parts = [
+            _ci_text("beta", e["beta"], e["ci"]["beta"]),
+            _ci_text("alpha", e["alpha"], e["ci"]["alpha"]),
+        ]
+        if e.get("gamma") is not None:
+            parts.append(_ci_text("3->4-bit factor", e["gamma"], e["ci"]["gamma"], lambda g: (4 / 3) ** g))
+        return _ci_sign(e["ci"]["beta"]), f"{e['scheme']}: " + ", ".join(parts)
+
+    return _damage_claim(say, points, power, judge)
+
+
+def per_bit_factor(points: pl.DataFrame, doc: dict) -> dict:
+    paper = (
+        "Each extra bit divides post-training-quantization damage by e^(1/0.59) ~ 5.4 (Kumar); "
+        "constants need not transfer."
+    )
+    crit = (
+        "Exponential-form damage law per scheme with k varying: supported when the per-bit factor "
+        "e^(1/gamma) is above 1 (90% interval) for some scheme and below 1 for none."
+    )
+    say = partial(claim, 10, "Each bit divides damage by a constant factor", paper, crit)
+    expo = [e for e in doc.get("damage", []) if e.get("form") == "exponential"]
+
+    def judge(e: dict) -> tuple[int | None, str]:
+        if e.get("gamma") is None:
+            return None, ""
+        lo, hi = e["ci"]["gamma"]
+        # e^(1/gamma) > 1 exactly when gamma > 0; it falls as gamma grows, so the ends swap.
+        text = (
+            f"per-bit factor e^(1/gamma) = {math.exp(1 / e['gamma']):.3g}"
+            if e["gamma"] > 0
+            else (f"gamma = {e['gamma']:.3g} (damage does not fall with bits)")
+        )
+        if lo is not None and hi is not None:
+            text += (
+                f" [{math.exp(1 / hi):.3g}, {math.exp(1 / lo):.3g}]" if lo > 0 else " [interval unbounded]"
+            )
+        return _ci_sign([lo, hi]), f"{e['scheme']}: {text}"
+
+    return _damage_claim(say, points, expo, judge)
