@@ -18,22 +18,12 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
-from kbitlaw.demo.train import FAMILY, BuildReport, Progress, TrainConfig, build_family
+from kbitlaw.demo.story import story
+from kbitlaw.demo.train import BuildReport, Progress, TrainConfig, build_family, family_sizes
 from kbitlaw.store import Store
 
 DEMO_FAMILY = "demo"
 DEMO_GRID = "fp16,int8-b64,int8,nf4-b64,int4-b64,int4,int3-b64,int3"
-
-
-def demo_sizes(names: str | None):
-    """FAMILY, or the sizes named in a comma-separated list (for a smaller, faster demo)."""
-    if not names:
-        return FAMILY
-    by_name = {s.name: s for s in FAMILY}
-    unknown = [n for n in names.split(",") if n.strip() not in by_name]
-    if unknown:
-        raise ValueError(f"unknown size(s) {', '.join(unknown)} (known: {', '.join(by_name)})")
-    return tuple(by_name[n.strip()] for n in names.split(","))
 
 
 @contextmanager
@@ -98,7 +88,7 @@ def run_demo(
         report: BuildReport = build_family(
             s,
             DEMO_FAMILY,
-            sizes=demo_sizes(sizes),
+            sizes=family_sizes(sizes),
             config=config,
             arrive=arrive,
             workers=workers,
@@ -123,32 +113,10 @@ def run_demo(
 
 def _story_or_none(store: Store) -> dict[str, Any] | None:
     try:
-        return story(store)
+        return story(store, DEMO_FAMILY)
     except Exception as exc:  # the story is a summary of the run; it never fails the demo
         logging.getLogger("kbitlaw").warning("story check skipped: %s", exc)
         return None
-
-
-def story(store: Store) -> dict[str, Any] | None:
-    """Does the family tell the demo's story? Checked on the results nightly stored (fp16, int3 and
-    int8-b64 where the grid has them); None when there is nothing to check."""
-    import polars as pl
-
-    from kbitlaw.demo.story import quant_drop, stored_story_table, story_checks, story_summary
-
-    table = stored_story_table(store, DEMO_FAMILY)
-    if table.is_empty():
-        return None
-    summary = story_summary(table)
-    final = summary.filter(
-        (pl.col("step") == pl.col("step").max().over("size")) & (pl.col("quant") == "fp16")
-    )
-    cols = [c for c in ("size", "step", "mean_acc", "loss") if c in final.columns]
-    return {
-        "checks": story_checks(summary),
-        "fp16": final.select(cols).to_dicts(),
-        "drop": {q: quant_drop(summary, q) for q in ("int3", "int8-b64")},
-    }
 
 
 def run_nightly(store: Store, grid: str, workers: int) -> dict[str, Any]:

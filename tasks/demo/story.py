@@ -13,6 +13,8 @@ The story (what `make demo` should show on the embedded family, kbitlaw.demo.tra
 
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
 
 from kbitlaw.checkpoints import discover
@@ -149,3 +151,21 @@ def quant_drop(summary: pl.DataFrame, quant: str) -> float | None:
     fp16 = final.filter(pl.col("quant") == "fp16").select("size", fp16="mean_acc")
     q = final.filter(pl.col("quant") == quant).select("size", "mean_acc").join(fp16, on="size")
     return None if q.is_empty() else float((q["fp16"] - q["mean_acc"]).mean())
+
+
+def story(store: Store, family: str = "demo") -> dict[str, Any] | None:
+    """Does the family tell the demo's story? Checked on the results nightly stored (fp16, int3 and
+    int8-b64 where the grid has them); None when there is nothing to check."""
+    table = stored_story_table(store, family)
+    if table.is_empty():
+        return None
+    summary = story_summary(table)
+    final = summary.filter(
+        (pl.col("step") == pl.col("step").max().over("size")) & (pl.col("quant") == "fp16")
+    )
+    cols = [c for c in ("size", "step", "mean_acc", "loss") if c in final.columns]
+    return {
+        "checks": story_checks(summary),
+        "fp16": final.select(cols).to_dicts(),
+        "drop": {q: quant_drop(summary, q) for q in ("int3", "int8-b64")},
+    }

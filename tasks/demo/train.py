@@ -395,3 +395,14 @@ def build_family(
             break
     report.wall_seconds = round(time.perf_counter() - began, 2)
     return report
+
+
+def family_sizes(names: str | None):
+    """FAMILY, or the sizes named in a comma-separated list (for a smaller, faster demo)."""
+    if not names:
+        return FAMILY
+    by_name = {s.name: s for s in FAMILY}
+    unknown = [n for n in names.split(",") if n.strip() not in by_name]
+    if unknown:
+        raise ValueError(f"unknown size(s) {', '.join(unknown)} (known: {', '.join(by_name)})")
+    return tuple(by_name[n.strip()] for n in names.split(","))
