@@ -315,6 +315,11 @@ def result_key(fingerprint: str, quant: str, eval_key: str) -> str:
     return f"results/{fingerprint}/{quant}/{eval_key}.parquet"
 
 
+def samples_key(fingerprint: str, quant: str, eval_key: str) -> str:
+    """Per-example scores beside result_key's metrics (written first: a result implies its samples)."""
+    return f"samples/{fingerprint}/{quant}/{eval_key}.parquet"
+
+
 def fit_keys(results_sha: str) -> tuple[str, str]:
     return f"fits/{results_sha}/fit.json", f"fits/{results_sha}/fit.parquet"
 

@@ -99,6 +99,9 @@ def test_power_law_intervals_cover_the_truth_about_90_percent():
         assert 0.80 <= n / reps <= 0.97, (name, n / reps)
 
 
+# The calibration of S* intervals (4, 6 and 8 sizes, chance fixed and fitted): test_threshold_calibration.py
+
+
 def _threshold_reps(reps: int, n_sizes: int, rng: np.random.Generator, chance: float | None):
     m, w, r_max, c, n_ex = 31.0, 1.0, 0.85, 0.25, 1000
     x = np.linspace(27, 35, n_sizes)
@@ -114,20 +117,6 @@ def _threshold_reps(reps: int, n_sizes: int, rng: np.random.Generator, chance: f
         )
         for i in range(reps)
     ], (m, w)
-
-
-def test_threshold_examples_bootstrap_is_calibrated_and_default_is_conservative():
-    problems, (m, w) = _threshold_reps(50, 8, np.random.default_rng(5), chance=0.25)
-    coverage = {}
-    for mode in ("examples", "sizes+examples"):
-        fits = bootstrap_thresholds(problems, 200, seed=3, resample=mode)
-        hits = [interval(f.boot[:, 0], 0.90) for f in fits]
-        coverage[mode] = np.mean([lo <= m <= hi for lo, hi in hits])
-        assert np.median([f.theta[0] for f in fits]) == pytest.approx(m, abs=0.2)
-        assert np.median([np.exp(f.theta[1]) for f in fits]) == pytest.approx(w, rel=0.2)
-    assert 0.80 <= coverage["examples"] <= 0.97
-    # resampling sizes on top of examples counts binomial noise twice: never less coverage
-    assert coverage["sizes+examples"] >= coverage["examples"]
 
 
 def test_threshold_with_chance_free_and_prediction():

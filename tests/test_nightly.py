@@ -47,6 +47,13 @@ def result_keys(store: str) -> list[str]:
     return [k for k in Store(store).list("results")]
 
 
+def assert_samples_beside_results(store: str) -> None:
+    """Every result has its per-example samples at the same <checkpoint_fp>/<quant>/<eval_key>."""
+    results = {k.removeprefix("results/") for k in result_keys(store)}
+    samples = {k.removeprefix("samples/") for k in Store(store).list("samples")}
+    assert results <= samples
+
+
 def run_artifacts(state) -> dict:
     """The artifacts the flow run created, by key."""
     from prefect.client.orchestration import get_client
@@ -64,6 +71,8 @@ def test_nightly_is_incremental(setup, tmp_path):
     assert first["checkpoints"] == 4 and first["new_checkpoints"] == 4
     assert first["evaluations"] == {"computed": 8, "cached": 0, "failed": 0}
     assert len(result_keys(store)) == 4 * 2 * 3  # checkpoints x specs x datasets
+    assert_samples_beside_results(store)
+    assert len(Store(store).list("samples")) == 4 * 2 * 3
     assert first["fit"] and Store(store).exists("fits/latest.json")
     report = first["report"]
     assert Store(store).exists(report["key"]) and report["headline"].startswith("recommended precision")
@@ -167,12 +176,14 @@ def test_killed_run_leaves_nothing_torn_and_resumes(setup, prefect_api):
     assert 0 < len(partial) < 24
     for key in partial:  # every object that exists is complete
         assert Store(store).read_parquet(key).height > 0
+    assert_samples_beside_results(store)  # samples are written first: a result implies them
     leftovers = [p for p in Path(store).rglob("*") if p.name.startswith(".kbitlaw-tmp-")]
     assert not any(str(p).endswith(".parquet") and p.stat().st_size == 0 for p in leftovers)
     state, summary = run(store, specs)
     assert state.is_completed()
     assert len(result_keys(store)) == 24
     assert summary["evaluations"]["cached"] >= 1
+    assert_samples_beside_results(store)
 
 
 def test_two_runs_at_once_agree(setup, prefect_api):

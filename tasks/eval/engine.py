@@ -10,8 +10,12 @@
   exp(-mean target log-likelihood).
 - perplexity (id, text): rolling disjoint windows of the model's maximum length, every token
   predicted once, the first from the prefix (BOS, else EOS) token; `word_perplexity`,
-  `byte_perplexity`, `bits_per_byte` as lm-eval, and `loss` = mean NLL per token in nats.
+  `byte_perplexity`, `bits_per_byte` as lm-eval, and `loss` = mean NLL per token in nats, with the
+  delta-method stderr of that ratio estimator (total NLL / total tokens) over documents.
 Perplexity-type metrics report stderr null (lm-eval bootstraps them; kbitlaw does not invent one).
+
+Every metric is computed from the per-example scores (`per_example`, one row per dataset row, the
+samples the store keeps beside each result): the aggregates are exactly the samples' means.
 
 A dataset is tokenized once (`prepare`) and the result scored many times, once per quant spec.
 """
@@ -28,6 +32,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from kbitlaw.eval.results import SAMPLE_SCHEMAS
 from kbitlaw.eval.scoring import Request, Scorer
 
 KINDS = ("multiple_choice", "cloze", "perplexity")
@@ -54,6 +59,7 @@ class Prepared:
     n_examples: int
     extra: dict[str, list[Any]] = field(default_factory=dict)  # gold, choice lengths, words, bytes
     truncated: int = 0  # examples whose context was left-truncated to fit the model window
+    ids: list[str] = field(default_factory=list)  # the dataset's row ids, in order
 
 
 def max_length(model: nn.Module, tokenizer: Any = None, default: int = 2048) -> int:
@@ -112,9 +118,11 @@ def prepare(
         raise EvaluationError(f"{name}: missing column(s) {', '.join(missing)} for kind {kind}")
     if df.height == 0:
         raise EvaluationError(f"{name}: the dataset has no rows")
-    return {"multiple_choice": _prepare_mc, "cloze": _prepare_cloze, "perplexity": _prepare_ppl}[kind](
+    prepared = {"multiple_choice": _prepare_mc, "cloze": _prepare_cloze, "perplexity": _prepare_ppl}[kind](
         df, tokenizer, window, name, delimiter
     )
+    prepared.ids = [str(i) for i in df["id"].to_list()]
+    return prepared
 
 
 def _prepare_mc(df, tokenizer, window, name, delimiter) -> Prepared:
@@ -237,49 +245,109 @@ def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))  # first index wins ties, like np.argmax
 
 
-def metrics(prepared: Prepared, scores: list[list]) -> list[dict[str, Any]]:
-    """Metric rows (metric, value, stderr, n_examples) from per-request scores."""
+def _grouped(prepared: Prepared, scores: list[list]) -> list[list]:
+    """Each example's scores, in order (a perplexity text has one per window)."""
     per_example: list[list] = [[] for _ in range(prepared.n_examples)]
     for owner, s in zip(prepared.owners, scores, strict=True):
         per_example[owner].extend(s)
-    n = prepared.n_examples
+    return per_example
+
+
+def per_example(prepared: Prepared, scores: list[list]) -> pl.DataFrame:
+    """One row per dataset row (SAMPLE_SCHEMAS[kind]): the per-example scores every metric averages."""
+    examples = _grouped(prepared, scores)
+    columns: dict[str, list] = {"id": prepared.ids or [str(i) for i in range(prepared.n_examples)]}
+    if prepared.kind == "multiple_choice":
+        lls = [[s.loglikelihood for s in ex] for ex in examples]
+        golds, chars = prepared.extra["gold"], prepared.extra["choice_chars"]
+        columns.update(
+            gold=golds,
+            loglikelihood=lls,
+            is_greedy=[[s.is_greedy for s in ex] for ex in examples],
+            correct=[_argmax(ll) == g for ll, g in zip(lls, golds, strict=True)],
+            correct_norm=[
+                _argmax([x / c for x, c in zip(ll, cs, strict=True)]) == g
+                for ll, cs, g in zip(lls, chars, golds, strict=True)
+            ],
+        )
+    elif prepared.kind == "cloze":
+        columns.update(
+            loglikelihood=[ex[0].loglikelihood for ex in examples],
+            is_greedy=[ex[0].is_greedy for ex in examples],
+            correct=[ex[0].is_greedy for ex in examples],
+            n_tokens=[len(req.continuations[0]) for req in prepared.requests],
+        )
+    else:
+        columns.update(
+            loss=[-sum(s.loglikelihood for s in ex) for ex in examples],
+            n_tokens=prepared.extra["tokens"],
+            n_bytes=prepared.extra["bytes"],
+            n_words=prepared.extra["words"],
+        )
+    return pl.DataFrame(columns, schema=SAMPLE_SCHEMAS[prepared.kind])
+
+
+def ratio_stderr(numerators: list[float], denominators: list[float]) -> float | None:
+    """Delta-method standard error of sum(numerators) / sum(denominators) over independent units."""
+    n = len(numerators)
+    if n < 2:
+        return None
+    ratio = sum(numerators) / sum(denominators)
+    mean_den = sum(denominators) / n
+    resid = sum((a - ratio * b) ** 2 for a, b in zip(numerators, denominators, strict=True))
+    return math.sqrt(resid / (n - 1)) / (math.sqrt(n) * mean_den)
+
+
+def sample_metrics(kind: str, samples: pl.DataFrame) -> list[dict[str, Any]]:
+    """Metric rows (metric, value, stderr, n_examples) from a `per_example` frame."""
+    n = samples.height
 
     def row(metric: str, value: float, stderr: float | None) -> dict[str, Any]:
         return {"metric": metric, "value": value, "stderr": stderr, "n_examples": n}
 
-    if prepared.kind == "multiple_choice":
-        acc, acc_norm = [], []
-        for ex, gold, chars in zip(
-            per_example, prepared.extra["gold"], prepared.extra["choice_chars"], strict=True
-        ):
-            lls = [s.loglikelihood for s in ex]
-            acc.append(float(_argmax(lls) == gold))
-            acc_norm.append(float(_argmax([ll / c for ll, c in zip(lls, chars, strict=True)]) == gold))
-        return [row("acc", *_mean_stderr(acc)), row("acc_norm", *_mean_stderr(acc_norm))]
-    if prepared.kind == "cloze":
-        lls = [ex[0].loglikelihood for ex in per_example]
-        acc = [float(ex[0].is_greedy) for ex in per_example]
-        return [row("acc", *_mean_stderr(acc)), row("perplexity", math.exp(-sum(lls) / n), None)]
-    lls = [sum(s.loglikelihood for s in ex) for ex in per_example]
-    total = sum(lls)
-    words, nbytes, tokens = (sum(prepared.extra[k]) for k in ("words", "bytes", "tokens"))
+    def floats(col: str) -> list[float]:
+        return [float(v) for v in samples[col].to_list()]
+
+    if kind == "multiple_choice":
+        return [
+            row("acc", *_mean_stderr(floats("correct"))),
+            row("acc_norm", *_mean_stderr(floats("correct_norm"))),
+        ]
+    if kind == "cloze":
+        perplexity = math.exp(-sum(floats("loglikelihood")) / n)
+        return [row("acc", *_mean_stderr(floats("correct"))), row("perplexity", perplexity, None)]
+    losses, tokens = floats("loss"), floats("n_tokens")
+    total = sum(losses)
+    words, nbytes = sum(samples["n_words"].to_list()), sum(samples["n_bytes"].to_list())
     return [
-        row("word_perplexity", math.exp(-total / words), None),
-        row("byte_perplexity", math.exp(-total / nbytes), None),
-        row("bits_per_byte", -total / nbytes / math.log(2), None),
-        row("loss", -total / tokens, None),
+        row("word_perplexity", math.exp(total / words), None),
+        row("byte_perplexity", math.exp(total / nbytes), None),
+        row("bits_per_byte", total / nbytes / math.log(2), None),
+        row("loss", total / sum(tokens), ratio_stderr(losses, tokens)),
     ]
 
 
+def metrics(prepared: Prepared, scores: list[list]) -> list[dict[str, Any]]:
+    """Metric rows (metric, value, stderr, n_examples) from per-request scores."""
+    return sample_metrics(prepared.kind, per_example(prepared, scores))
+
+
 def evaluate_prepared(
-    model: nn.Module, prepared: Prepared, *, batch_size: int = 32, scorer: Scorer | None = None
-) -> list[dict[str, Any]]:
-    """Score a tokenized dataset; rows carry kind, dataset, metric, value, stderr, counts, seconds."""
+    model: nn.Module,
+    prepared: Prepared,
+    *,
+    batch_size: int = 32,
+    scorer: Scorer | None = None,
+    samples: bool = False,
+) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], pl.DataFrame]:
+    """Score a tokenized dataset; rows carry kind, dataset, metric, value, stderr, counts, seconds.
+    With samples=True, returns (rows, the `per_example` frame the rows were computed from)."""
     scorer = scorer or Scorer(model, batch_size=batch_size)
     start = time.perf_counter()
     scores = scorer.score(prepared.requests)
     seconds = time.perf_counter() - start
-    rows = metrics(prepared, scores)
+    frame = per_example(prepared, scores)
+    rows = sample_metrics(prepared.kind, frame)
     for r in rows:
         r.update(
             dataset=prepared.name,
@@ -288,7 +356,7 @@ def evaluate_prepared(
             seconds=seconds,
             device=str(scorer.device),
         )
-    return rows
+    return (rows, frame) if samples else rows
 
 
 def evaluate_model(
@@ -300,8 +368,10 @@ def evaluate_model(
     name: str = "dataset",
     delimiter: str = " ",
     batch_size: int = 32,
-) -> list[dict[str, Any]]:
-    """Tokenize and score one dataset with one model (see `prepare` + `evaluate_prepared` to reuse tokens)."""
+    samples: bool = False,
+) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], pl.DataFrame]:
+    """Tokenize and score one dataset with one model (see `prepare` + `evaluate_prepared` to reuse tokens);
+    with samples=True, (rows, per-example samples)."""
     prepared = prepare(dataset, kind, tokenizer, max_length(model, tokenizer), name=name, delimiter=delimiter)
     with torch.inference_mode():
-        return evaluate_prepared(model, prepared, batch_size=batch_size)
+        return evaluate_prepared(model, prepared, batch_size=batch_size, samples=samples)

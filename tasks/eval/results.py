@@ -1,4 +1,5 @@
-"""The results schema (DESIGN.md): one long-format row per (checkpoint, quant spec, dataset, metric)."""
+"""The results schema (DESIGN.md): one long-format row per (checkpoint, quant spec, dataset, metric),
+and the samples schemas: one row per dataset row with the per-example scores the metrics average."""
 
 from __future__ import annotations
 
@@ -35,6 +36,32 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "device": pl.String,
     "kbitlaw_version": pl.String,
     "created_at": pl.String,
+}
+
+# samples/<checkpoint_fp>/<quant>/<eval_key>.parquet, by dataset kind; rows in the dataset's order.
+SAMPLE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "multiple_choice": {
+        "id": pl.String,
+        "gold": pl.Int64,
+        "loglikelihood": pl.List(pl.Float64),  # per choice, summed over the continuation's tokens
+        "is_greedy": pl.List(pl.Boolean),  # per choice: greedy decoding reproduces it
+        "correct": pl.Boolean,  # argmax log-likelihood == gold (acc)
+        "correct_norm": pl.Boolean,  # argmax log-likelihood / choice characters == gold (acc_norm)
+    },
+    "cloze": {
+        "id": pl.String,
+        "loglikelihood": pl.Float64,  # of the target (last word)
+        "is_greedy": pl.Boolean,
+        "correct": pl.Boolean,  # acc: greedy decoding reproduces every target token
+        "n_tokens": pl.Int64,  # target tokens
+    },
+    "perplexity": {
+        "id": pl.String,
+        "loss": pl.Float64,  # total NLL of the document in nats (every token predicted once)
+        "n_tokens": pl.Int64,
+        "n_bytes": pl.Int64,  # UTF-8 bytes
+        "n_words": pl.Int64,  # whitespace-separated words, as lm-eval counts them
+    },
 }
 
 

@@ -2,6 +2,7 @@
 
 loaded = load_checkpoint("runs/my-model/step-4000")          # safetensors only, no remote code
 rows = evaluate_specs(loaded, df, "multiple_choice", "fp16,int4-b64,nf4-b64")
+rows, samples = evaluate_specs(loaded, df, "multiple_choice", "fp16,int4", samples=True)  # + per example
 """
 
 from __future__ import annotations
@@ -52,9 +53,12 @@ def evaluate_specs(
     batch_size: int = 32,
     device: str | None = None,
     allow_pickle: bool = False,
-) -> list[dict[str, Any]]:
+    samples: bool = False,
+) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], pl.DataFrame]:
     """Results rows for every (spec, metric) of one checkpoint on one dataset. The model's weights
-    are the original ones again when this returns."""
+    are the original ones again when this returns. With samples=True, returns (rows, samples): the
+    per-example scores of every spec (SAMPLE_SCHEMAS[kind] after checkpoint_id, quant, dataset
+    columns), each spec's rows in the dataset's order, so specs pair up on `id`."""
     quant_specs = (  # parse first: a typo fails before the model loads
         resolve_grid(specs)
         if isinstance(specs, str)
@@ -68,13 +72,16 @@ def evaluate_specs(
     ckpt, model = loaded.checkpoint, loaded.model
     window = max_length(model, loaded.tokenizer)
     prepared = prepare(df, kind, loaded.tokenizer, window, name=dataset, delimiter=delimiter)
-    sha, scorer, rows = frame_sha(df), Scorer(model, batch_size=batch_size), []
+    sha, scorer, rows, frames = frame_sha(df), Scorer(model, batch_size=batch_size), [], []
     try:
         for spec in quant_specs:
             report = quantize_model(model, spec)
-            metric_rows = evaluate_prepared(model, prepared, scorer=scorer)
+            metric_rows, frame = evaluate_prepared(model, prepared, scorer=scorer, samples=True)
             log.info("%s %s %s", ckpt.id, spec, {r["metric"]: round(r["value"], 4) for r in metric_rows})
             rows += result_rows(ckpt, report.columns(), metric_rows, sha)
+            if samples:
+                identity = {"checkpoint_id": ckpt.id, "quant": report.columns()["quant"], "dataset": dataset}
+                frames.append(frame.select(*(pl.lit(v).alias(k) for k, v in identity.items()), pl.all()))
     finally:
         restore(model)
-    return rows
+    return (rows, pl.concat(frames) if frames else pl.DataFrame()) if samples else rows

@@ -5,6 +5,8 @@ Incremental by construction: each (checkpoint, spec, dataset version) has its ow
                                                           kind, delimiter, evaluator version)
 and only datasets whose key is missing are evaluated. A key is written atomically and never
 changes, so a crashed run leaves nothing torn and the next run does exactly the missing work.
+Beside each result, samples/<checkpoint_fp>/<quant>/<eval_key>.parquet keeps the per-example
+scores; it is written first, so an existing result implies its samples exist.
 
 Within one worker process, loaded models live in a small pool (memory, not threads, is the limit:
 KBITLAW_MAX_MODELS, default 1) and tokenized datasets in a cache, so many specs of one checkpoint
@@ -28,6 +30,7 @@ from kbitlaw.eval.scoring import Scorer
 from kbitlaw.quant.fake import quantize_model
 from kbitlaw.store import Store, sha256_bytes
 from kbitlaw.store import result_key as store_result_key
+from kbitlaw.store import samples_key as store_samples_key
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,10 @@ def eval_key(ds: DatasetRef) -> str:
 
 def result_key(fingerprint: str, quant: str, ds: DatasetRef) -> str:
     return store_result_key(fingerprint, quant, eval_key(ds))
+
+
+def samples_key(fingerprint: str, quant: str, ds: DatasetRef) -> str:
+    return store_samples_key(fingerprint, quant, eval_key(ds))
 
 
 def missing(
@@ -183,7 +190,9 @@ def evaluate_checkpoint_spec(
         report = quantize_model(model, spec)
         scorer = Scorer(model, batch_size=batch_size)
         for ds, prep in zip(todo, prepared, strict=True):
-            rows = result_rows(ckpt, report.columns(), evaluate_prepared(model, prep, scorer=scorer), ds.sha)
+            metric_rows, samples = evaluate_prepared(model, prep, scorer=scorer, samples=True)
+            rows = result_rows(ckpt, report.columns(), metric_rows, ds.sha)
+            store.write_parquet(samples_key(ckpt.fingerprint, spec, ds), samples)  # first: see above
             store.write_parquet(result_key(ckpt.fingerprint, spec, ds), results_frame(rows))
     finally:
         POOL.release(ckpt)

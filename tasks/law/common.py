@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 from scipy.stats import norm
+from scipy.stats import t as student_t
 
 from kbitlaw.law.solve import interval
 from kbitlaw.status import NO_DATA, OK  # noqa: F401  (re-exported to the law modules)
@@ -112,14 +113,27 @@ def extrapolation_entry(
     observed: float,
     obs_se: float,
     level: float,
+    *,
+    noise_dof: int | None = None,
 ) -> dict:
-    """Predicted vs observed for a held-out point; flagged when the observation falls outside the
-    law's bootstrap interval widened by the observation's own noise (z * stderr)."""
+    """Predicted vs observed for a held-out point.
+
+    The observation is flagged when it falls outside the tolerance interval: the law's bootstrap
+    prediction interval and the observation's own noise combined in quadrature, each side
+    predicted -/+ sqrt(half_width^2 + (q * obs_se)^2). `obs_se` is the point's stderr (q = the
+    normal quantile) or, where it has none, the caller's estimate of the per-point noise from the
+    refit's residuals on `noise_dof` degrees of freedom (q = Student's t quantile).
+    """
     lo, hi = (None, None) if boot is None else interval(boot, level)
     ok = predicted is not None and math.isfinite(predicted) and lo is not None
-    z = float(norm.ppf(0.5 + level / 2))
-    se = obs_se if math.isfinite(obs_se) else 0.0
-    flagged = bool(ok and not (lo - z * se <= observed <= hi + z * se))
+    se = obs_se if obs_se is not None and math.isfinite(obs_se) and obs_se > 0 else 0.0
+    tail = 0.5 + level / 2
+    q = float(norm.ppf(tail) if noise_dof is None else student_t.ppf(tail, max(noise_dof, 1)))
+    tol_lo = tol_hi = None
+    if ok:
+        tol_lo = predicted - math.hypot(max(predicted - lo, 0.0), q * se)
+        tol_hi = predicted + math.hypot(max(hi - predicted, 0.0), q * se)
+    flagged = bool(ok and not (tol_lo <= observed <= tol_hi))
     return {
         "law": law,
         "family": family,
@@ -130,6 +144,9 @@ def extrapolation_entry(
         "observed": num(observed),
         "error": num(predicted - observed) if ok else None,
         "ci": [num(lo), num(hi)],
+        "observed_se": num(se) if se > 0 else None,
+        "noise_source": None if se == 0 else ("stderr" if noise_dof is None else "residuals"),
+        "tolerance": [num(tol_lo), num(tol_hi)],
         "flagged": flagged,
         "status": OK if ok else NO_DATA,
     }

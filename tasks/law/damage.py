@@ -3,28 +3,34 @@ more tokens.
 
 dL = loss(quantized) - loss(16-bit) of the same checkpoint (mean perplexity-kind `loss`), fitted per
 family and quantization scheme (a data type, block size and outlier share with k varying, written
-e.g. `int<k>-b64`) in two forms, both linear least squares in log space:
+e.g. `int<k>-b64`) in two forms:
 - power (Ouyang et al.):        dL = C * D^beta / (N^alpha * k^gamma)
 - exponential (Kumar et al.):   dL = C * D^beta / N^alpha * exp(-k/gamma)
 with N = n_params (the results schema has no non-embedding count; Ouyang use non-embedding N, so
-alpha here is not numerically comparable), D = tokens_seen, k = bits. dL <= 0 cannot be logged:
-those points are dropped and counted. An exponent whose variable takes one value in the data
-(one model size, one k) is not identified: it is reported null and its effect folds into C.
+alpha here is not numerically comparable), D = tokens_seen, k = bits. Both are fitted to dL itself
+by weighted nonlinear least squares (law_damage_fit.py): points with dL <= 0 are kept (noise makes
+small damages come out negative; dropping them would bias the exponents toward 0) and counted in
+`nonpositive`. Weights come from the losses' stderrs, or, when the losses have none, from noise
+relative to the loss with a scale estimated from the residuals; intervals from a parametric
+bootstrap. An exponent whose variable takes one value in the data (one model size, one k) is not
+identified: it is reported null and its effect folds into C (as do the dtype and block factors).
 
-Each form is also refit without the family's latest checkpoint and predicts it (the held-out
-error tells which form extrapolates better), and predicts dL at the next checkpoint of that size.
+Each form is also refit without the family's latest checkpoint and predicts it: `heldout_error` is
+the RMS error (nats) of those predictions, which tells which form extrapolates better, and each
+held-out point is an extrapolation check. Each form also predicts dL at the next checkpoint of the
+latest checkpoint's size.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from kbitlaw.law.common import NO_DATA, OK, extrapolation_entry, num, table_rows
-from kbitlaw.law.solve import bootstrap_linear, child_rng, interval
+from kbitlaw.law.damage_fit import DamageFit, Noise, fit_damage_law
+from kbitlaw.law.solve import child_rng, interval
 from kbitlaw.quant.spec import QuantSpec
 
 FORMS = ("power", "exponential")
@@ -38,14 +44,17 @@ def scheme_column(quant: pl.Series) -> pl.Expr:
 
 
 def damage_points(points: pl.DataFrame) -> pl.DataFrame:
-    """dL per (checkpoint, quantized spec) against the checkpoint's fp16 (else bf16) loss."""
+    """dL per (checkpoint, quantized spec) against the checkpoint's fp16 (else bf16) loss, with the
+    16-bit loss (`base`) and its stderr (`base_stderr`)."""
     loss = points.filter(pl.col("metric") == "loss")
     base = (
         loss.filter(pl.col("quant").is_in(["fp16", "bf16"]))
         .sort("quant", descending=True)  # fp16 before bf16
         .group_by(["family", "checkpoint_id"], maintain_order=True)
         .first()
-        .select("family", "checkpoint_id", pl.col("value").alias("base"))
+        .select(
+            "family", "checkpoint_id", pl.col("value").alias("base"), pl.col("stderr").alias("base_stderr")
+        )
     )
     return (
         loss.filter(pl.col("bits") < 16, pl.col("tokens_seen").is_finite(), pl.col("tokens_seen") > 0)
@@ -59,7 +68,7 @@ def damage_points(points: pl.DataFrame) -> pl.DataFrame:
 
 
 def design(d: np.ndarray, n: np.ndarray, k: np.ndarray, form: str) -> np.ndarray:
-    """Columns whose coefficients are (log C, beta, alpha, gamma or 1/gamma)."""
+    """Columns whose coefficients are (log C, beta, alpha, gamma or 1/gamma): dL = exp(x @ coef)."""
     last = -np.log(k) if form == "power" else -k
     return np.column_stack([np.ones_like(d), np.log(d), -np.log(n), last])
 
@@ -81,18 +90,21 @@ def to_params(coef: np.ndarray, cols: np.ndarray, form: str) -> np.ndarray:
     return full
 
 
+def _known(v: np.ndarray) -> np.ndarray:
+    return np.isfinite(v) & (v > 0)
+
+
 @dataclass(frozen=True)
 class SchemeData:
-    """One family's damage points for one scheme, dL > 0 only (the log needs it)."""
+    """One family's damage points for one scheme, every dL (negative ones too)."""
 
     family: str
     scheme: str
     rows: pl.DataFrame
-    dropped_nonpositive: int
 
     @property
     def y(self) -> np.ndarray:
-        return np.log(self.rows["delta"].to_numpy())
+        return self.rows["delta"].to_numpy().astype(float)
 
     @property
     def checkpoints(self) -> np.ndarray:
@@ -104,6 +116,15 @@ class SchemeData:
         order = ["tokens_seen", "step", "n_params", "checkpoint_id"]
         return self.rows.sort(order, descending=True, nulls_last=True).row(0, named=True)
 
+    def noise(self) -> Noise:
+        """Variance units: squared stderrs when every loss has one, else squared losses."""
+        col = lambda c: self.rows[c].fill_null(np.nan).to_numpy().astype(float)  # noqa: E731
+        se_q, se_b = col("stderr"), col("base_stderr")
+        _, cluster = np.unique(self.checkpoints, return_inverse=True)
+        if _known(se_q).all() and _known(se_b).all():
+            return Noise(se_q**2, se_b**2, cluster, known=True)
+        return Noise(col("value") ** 2, col("base") ** 2, cluster, known=False)
+
     def design(self, form: str) -> np.ndarray:
         d, n, k = (self.rows[c].to_numpy().astype(float) for c in ("tokens_seen", "n_params", "bits"))
         return design(d, n, k, form)
@@ -114,9 +135,9 @@ def identifiable(x: np.ndarray, checkpoints: np.ndarray, cols: np.ndarray) -> bo
     return 1 in cols and len(np.unique(checkpoints)) >= 2 and len(x) > len(cols)
 
 
-def predict(x_new: np.ndarray, coef: np.ndarray, boot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def predict(x_new: np.ndarray, fit: DamageFit) -> tuple[np.ndarray, np.ndarray]:
     """dL at design rows (free columns only): the estimate [m] and bootstrap predictions [n_boot, m]."""
-    return np.exp(x_new @ coef), np.exp(boot @ x_new.T)
+    return np.exp(x_new @ fit.theta), np.exp(fit.boot @ x_new.T)
 
 
 def insufficient(base: dict) -> dict:
@@ -125,6 +146,7 @@ def insufficient(base: dict) -> dict:
         **base,
         **none,
         "ci": {p: [None, None] for p in PARAMS},
+        "noise": None,
         "heldout_error": None,
         "held_out": None,
         "unidentified": [],
@@ -134,8 +156,11 @@ def insufficient(base: dict) -> dict:
 
 
 def held_out_check(data: SchemeData, form: str, cols: np.ndarray, n_boot: int, seed: int, level: float):
-    """Refit without the latest checkpoint and predict its points: (RMS log error, checks)."""
-    x, y, ckpt = data.design(form)[:, cols], data.y, data.checkpoints
+    """Refit without the latest checkpoint and predict its points: (RMS error in nats, checks).
+
+    A held-out point is flagged when it lies outside the refit's prediction interval combined in
+    quadrature with the point's own noise (its stderrs, else the refit's noise estimate)."""
+    x, y, ckpt, noise = data.design(form)[:, cols], data.y, data.checkpoints, data.noise()
     latest = data.latest["checkpoint_id"]
     train = ckpt != latest
     if not np.array_equal(free_columns(data.design(form)[train]), cols) or not identifiable(
@@ -143,11 +168,14 @@ def held_out_check(data: SchemeData, form: str, cols: np.ndarray, n_boot: int, s
     ):
         return None, []
     rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}|heldout")
-    coef, boot = bootstrap_linear(x[train], y[train], ckpt[train], n_boot, rng)
-    if not np.isfinite(coef).all():
+    rows = np.flatnonzero(train)
+    fit = fit_damage_law(x[rows], y[rows], noise.take(rows), n_boot, rng)
+    if fit is None:
         return None, []
-    pred, pred_boot = predict(x[~train], coef, boot)
-    obs = np.exp(y[~train])
+    pred, pred_boot = predict(x[~train], fit)
+    obs = y[~train]
+    obs_sd = fit.sd(x[~train], noise.unit[~train])
+    dof = None if noise.known else fit.dof
     quants = data.rows["quant"].to_numpy()[~train]
     checks = [
         extrapolation_entry(
@@ -159,15 +187,16 @@ def held_out_check(data: SchemeData, form: str, cols: np.ndarray, n_boot: int, s
             float(pred[j]),
             pred_boot[:, j],
             float(obs[j]),
-            math.nan,
+            float(obs_sd[j]),
             level,
+            noise_dof=dof,
         )
         for j, q in enumerate(quants)
     ]
-    return float(np.sqrt(np.mean((np.log(pred) - np.log(obs)) ** 2))), checks
+    return float(np.sqrt(np.mean((pred - obs) ** 2))), checks
 
 
-def next_checkpoint(data: SchemeData, all_rows: pl.DataFrame, form: str, cols, coef, boot, level: float):
+def next_checkpoint(data: SchemeData, all_rows: pl.DataFrame, form: str, cols, fit: DamageFit, level: float):
     """dL predicted for the latest checkpoint's size one more step of its last token growth ahead."""
     latest = data.latest
     size = all_rows.filter(pl.col("family") == data.family, pl.col("n_params") == latest["n_params"])
@@ -178,7 +207,7 @@ def next_checkpoint(data: SchemeData, all_rows: pl.DataFrame, form: str, cols, c
     names = data.rows.sort("quant").group_by("bits", maintain_order=True).first().sort("bits")
     ks = names["bits"].to_numpy().astype(float)
     x = design(np.full(len(ks), d_next), np.full(len(ks), latest["n_params"]), ks, form)[:, cols]
-    pred, pred_boot = predict(x, coef, boot)
+    pred, pred_boot = predict(x, fit)
     predictions = [
         {
             "quant": q,
@@ -199,7 +228,8 @@ def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, s
         "form": form,
         "n_points": data.rows.height,
         "n_checkpoints": len(np.unique(data.checkpoints)),
-        "dropped_nonpositive": data.dropped_nonpositive,
+        "nonpositive": int((data.y <= 0).sum()),  # kept in the fit
+        "dropped_nonpositive": 0,
     }
     if data.rows.height == 0:
         return insufficient(base), [], []
@@ -207,20 +237,26 @@ def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, s
     cols = free_columns(x)
     if not identifiable(x, data.checkpoints, cols):
         return insufficient(base), [], []
+    noise = data.noise()
     rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}")
-    coef, boot = bootstrap_linear(x[:, cols], data.y, data.checkpoints, n_boot, rng)
-    if not np.isfinite(coef).all():  # collinear (e.g. D proportional to N): not identifiable
+    fit = fit_damage_law(x[:, cols], data.y, noise, n_boot, rng)
+    if fit is None or not np.isfinite(fit.theta).all():  # e.g. D proportional to N: not identifiable
         return insufficient(base), [], []
-    est, samples = to_params(coef, cols, form), to_params(boot, cols, form)
+    est, samples = to_params(fit.theta, cols, form), to_params(fit.boot, cols, form)
     heldout_error, checks = held_out_check(data, form, cols, n_boot, seed, level)
     entry = {
         **base,
         **{p: num(est[i]) for i, p in enumerate(PARAMS)},
         "ci": {p: [num(v) for v in interval(samples[:, i], level)] for i, p in enumerate(PARAMS)},
+        "noise": {
+            "weights": "stderr" if noise.known else "relative to the loss",
+            "eval_scale": num(fit.eval_scale),
+            "scatter": num(fit.scatter),
+        },
         "heldout_error": num(heldout_error),
         "held_out": data.latest["checkpoint_id"],
         "unidentified": [p for i, p in enumerate(PARAMS) if i not in cols],
-        "next_checkpoint": next_checkpoint(data, all_rows, form, cols, coef, boot, level),
+        "next_checkpoint": next_checkpoint(data, all_rows, form, cols, fit, level),
         "status": OK,
     }
     r = data.rows
@@ -234,7 +270,7 @@ def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, s
         n_params=r["n_params"],
         tokens_seen=r["tokens_seen"],
         value=r["delta"],
-        fitted=np.exp(x[:, cols] @ coef),
+        fitted=np.exp(x[:, cols] @ fit.theta),
     )
     return entry, checks, [rows]
 
@@ -244,7 +280,7 @@ def fit_damage(points: pl.DataFrame, n_boot: int, seed: int, level: float) -> tu
     dp = damage_points(points)
     entries, checks, rows = [], [], []
     for (family, scheme), g in dp.group_by(["family", "scheme"], maintain_order=True):
-        data = SchemeData(family, scheme, g.filter(pl.col("delta") > 0), int((g["delta"] <= 0).sum()))
+        data = SchemeData(family, scheme, g.filter(pl.col("delta").is_finite()))
         both = [fit_form(data, form, dp, n_boot, seed, level) for form in FORMS]
         errors = [e["heldout_error"] for e, _, _ in both]
         for entry, c, r in both:

@@ -27,7 +27,7 @@ from kbitlaw.law.scaling import fit_power_laws_by_spec, fit_thresholds, linear_c
 from kbitlaw.law.table import (
     components,
     drop_unusable,
-    latest_per_size,
+    matched_per_size,
     metric_points,
     normalise,
     results_sha,
@@ -35,7 +35,7 @@ from kbitlaw.law.table import (
 
 __all__ = ["LAW_VERSION", "FitConfig", "FitResult", "fit_laws", "warm_starts"]
 
-LAW_VERSION = "1"  # bump when a change alters fitted numbers: stored fits are then not reused
+LAW_VERSION = "2"  # bump when a change alters fitted numbers: stored fits are then not reused
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def fit_laws(
     df, dropped = drop_unusable(df)
     comp = components(df)
     points, incomplete = metric_points(comp)
-    latest = latest_per_size(points)
+    latest, matching = matched_per_size(points)
     comp_latest = comp.join(
         latest.select("family", "checkpoint_id").unique(), on=["family", "checkpoint_id"], how="semi"
     )
@@ -137,6 +137,7 @@ def fit_laws(
         "damage": damage,
         "extrapolation": t_checks + p_checks + d_checks,
         "recommendations": recs,
+        "matching": matching,
         "curves": curves.drop("s_min", "s_max").to_dicts(),
         "families": sorted(df["family"].unique().to_list()),
         "n_rows": results.height,

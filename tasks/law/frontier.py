@@ -1,9 +1,11 @@
-"""The Pareto frontier of (total model bits, quality) and the recommended precision.
+"""The Pareto frontier of (total model bits, quality), and the recommendation per family and metric.
 
 Each point is one model size at one quant spec. For a memory budget S the best model is the best
-point with total_bits <= S, so the frontier is a step function of the budget. The recommended
-precision is the spec that holds the frontier over the largest share of the log-budget range:
-this is how "4-bit is optimal" is computed rather than asserted.
+point with total_bits <= S, so the frontier is a step function of the budget: what the report
+draws and tabulates. The recommended precision is not read off this frontier (within one model more
+bits is always a little better, so the frontier's shares follow the grid's spacing): it comes from
+the equal-budget comparison of per-spec curves in budget.py. `recommend` below is the frontier
+share of each spec, kept as a description.
 
 Ties are broken deterministically, always in favour of the cheaper choice:
 - equal quality at different total bits: the point with fewer total bits holds the frontier;
@@ -17,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from kbitlaw.law.budget import recommend_by_budget
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, table_rows
 
 INSUFFICIENT = {"status": NO_DATA}
@@ -118,7 +121,14 @@ def fit_frontiers(latest: pl.DataFrame, config: FitConfig) -> tuple[dict, list, 
     for scope, pts in scopes:
         for metric, higher in (("mean_acc", True), ("loss", False)):
             m = pts.filter(pl.col("metric") == metric)
-            rec = recommend(m, higher, config.min_sizes_frontier)
+            rec = recommend_by_budget(
+                m,
+                higher,
+                min_sizes=config.min_sizes_frontier,
+                n_budgets=config.n_budgets,
+                n_boot=config.n_boot,
+                seed=config.seed,
+            )
             recs.append({"family": scope, "metric": metric, "status": rec.get("status", OK), **rec})
             if rec.get("status") == NO_DATA:
                 continue
@@ -155,7 +165,30 @@ def fit_frontiers(latest: pl.DataFrame, config: FitConfig) -> tuple[dict, list, 
             )
     headline_scope = "all" if len(families) > 1 else (families[0] if families else None)
     by_key = {(r["family"], r["metric"]): r for r in recs}
-    rec = by_key.get((headline_scope, config.recommend_metric), {"status": NO_DATA})
-    if rec["status"] != OK and config.recommend_metric != "loss":
-        rec = by_key.get((headline_scope, "loss"), rec)
+    rec = headline_recommendation(
+        [by_key.get((headline_scope, m), {"status": NO_DATA}) for m in (config.recommend_metric, "loss")]
+    )
     return rec if rec["status"] == OK else dict(INSUFFICIENT), recs, rows
+
+
+def headline_recommendation(candidates: list[dict]) -> dict:
+    """The answer from the metric whose comparison is the more certain: the highest P(best) of its
+    own winning width (mean accuracy first on ties). Dettmers & Zettlemoyer found perplexity the
+    less noisy measure of the two and tracking accuracy (r = -0.94); a small accuracy suite can
+    leave widths indistinguishable that the loss separates clearly. Both stay in `recommendations`."""
+    usable = [c for c in candidates if c.get("status") == OK]
+    if not usable:
+        return dict(INSUFFICIENT)
+
+    def certainty(c: dict) -> float:
+        p = c.get("p_best") or {}
+        return float(p.get(str(c["bits"]), 0.0))
+
+    best = max(usable, key=certainty)  # max keeps the first (the configured metric) on ties
+    others = [c["metric"] for c in usable if c is not best]
+    why = (
+        f"more certain than {others[0]}"
+        if others and certainty(best) > certainty(usable[0])
+        else "configured"
+    )
+    return {**best, "metric_choice": why}

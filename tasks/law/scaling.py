@@ -63,10 +63,34 @@ def size_groups(latest: pl.DataFrame, which: pl.Expr) -> list[SizeGroup]:
     return sorted((SizeGroup(*key, g) for key, g in grouped), key=lambda s: (s.family, s.quant, s.metric))
 
 
-def check_largest(law: str, group: SizeGroup, fit: Bootstrapped, level: float) -> dict:
-    """The extrapolation check: the refit without the largest model, predicting it."""
+def check_largest(
+    law: str,
+    group: SizeGroup,
+    fit: Bootstrapped,
+    level: float,
+    predict: Callable,
+    x: np.ndarray,
+    n_free: int,
+    log: bool,
+) -> dict:
+    """The extrapolation check: the refit without the largest model, predicting it.
+
+    The held-out observation's noise is its stderr; where it has none (loss rows), the refit's
+    residual SD (sqrt(RSS / (n - p)), p = the law's free parameters; on log L for the loss power
+    law, scaled to L at the prediction), with that many degrees of freedom.
+    """
     row = group.points.row(group.largest, named=True)
-    se = np.nan if row["stderr"] is None else row["stderr"]
+    se = np.nan if row["stderr"] is None else float(row["stderr"])
+    dof = None
+    if not (np.isfinite(se) and se > 0) and fit.predicted is not None:
+        keep = group.without_largest()
+        y = group.points["value"].to_numpy()[keep]
+        fitted = predict(fit.theta, x[keep])
+        resid = np.log(y) - np.log(fitted) if log else y - fitted
+        dof = len(y) - n_free
+        se = float(np.sqrt(np.sum(resid**2) / dof)) if dof > 0 else np.nan
+        if log:
+            se *= fit.predicted
     return extrapolation_entry(
         law,
         group.family,
@@ -78,6 +102,7 @@ def check_largest(law: str, group: SizeGroup, fit: Bootstrapped, level: float) -
         row["value"],
         se,
         level,
+        noise_dof=dof,
     )
 
 
@@ -264,7 +289,10 @@ def fit_thresholds(
             x = np.linspace(p.x.min(), p.x.max(), config.grid_points)
             rows.append(curve_rows("threshold", g, x, 2.0**x, threshold_predict, f, config.level))
         if h is not None:
-            checks.append(check_largest("threshold", g, h, config.level))
+            free = 3 if p.chance is not None else 4
+            checks.append(
+                check_largest("threshold", g, h, config.level, threshold_predict, p.x, free, log=False)
+            )
     return entries, checks, rows
 
 
@@ -321,5 +349,6 @@ def fit_power_laws_by_spec(latest: pl.DataFrame, config: FitConfig, warm: Mappin
             grid = np.geomspace(s.min(), s.max(), config.grid_points)
             rows.append(curve_rows("power_law", g, grid, grid, power_law_predict, f, config.level))
         if h is not None:
-            checks.append(check_largest("power_law", g, h, config.level))
+            s = g.points["total_bits"].to_numpy()
+            checks.append(check_largest("power_law", g, h, config.level, power_law_predict, s, 3, log=True))
     return entries, checks, rows

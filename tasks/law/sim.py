@@ -92,8 +92,13 @@ def simulate_results(
     acc_fn: AccFn | None = None,
     seed: int = 0,
     family: str = "sim",
+    embedding_share: float = EMBEDDING_SHARE,
 ) -> pl.DataFrame:
-    """Result rows (the full results schema) for every size x tokens checkpoint x spec x dataset."""
+    """Result rows (the full results schema) for every size x tokens checkpoint x spec x dataset.
+
+    `embedding_share` of each model's parameters stays 16-bit (embeddings, LM head): at a memory
+    budget B a model of n params at spec s has n = B / ((1 - share) * bits_per_param(s) + share * 16).
+    Loss and accuracy rows carry their evaluation noise as stderr (loss: relative loss_noise)."""
     rng = np.random.default_rng(seed)
     parsed = [QuantSpec.parse(q) for q in specs]
     n, d = (
@@ -103,7 +108,7 @@ def simulate_results(
     base_noise = rng.standard_normal(len(n))  # the 16-bit model's own evaluation noise is shared
     frames = []
     for spec in parsed:
-        n_q = n * (1 - EMBEDDING_SHARE)
+        n_q = n * (1 - embedding_share)
         total = n_q * spec.bits_per_param + (n - n_q) * 16.0
         loss = (loss_fn or (lambda n_, d_, s_, _: world.loss16(n_, d_) + world.damage(n_, d_, s_)))(
             n, d, spec, total
@@ -118,7 +123,7 @@ def simulate_results(
                     "byte_perplexity": np.exp(observed / 4),
                     "bits_per_byte": observed / 4 / np.log(2),
                 }
-                stderr = np.full(len(n), np.nan)
+                stderr = observed * world.loss_noise  # the evaluation noise, known here
             else:
                 p = np.clip((acc_fn or (lambda l_, ds_, _: world.accuracy(l_, ds_)))(loss, ds, total), 0, 1)
                 acc = rng.binomial(ds.n_examples, p) / ds.n_examples
@@ -140,7 +145,7 @@ def simulate_results(
                             "n_params_quantized": n_q.astype(np.int64),
                             "total_bits": total,
                             "value": value,
-                            "stderr": stderr if metric == "acc" else np.full(len(n), np.nan),
+                            "stderr": stderr if metric in ("acc", "loss") else np.full(len(n), np.nan),
                             "n_examples": np.full(len(n), ds.n_examples, dtype=np.int64),
                         }
                     ).with_columns(
@@ -163,3 +168,35 @@ def simulate_results(
                 )
     out = pl.concat(frames)
     return out.with_columns(checkpoint_uri=pl.lit("sim://") + pl.col("checkpoint_id")).select(RESULT_COLUMNS)
+
+
+# -- truths with a known best precision ------------------------------------------------------------
+
+
+def bits_cost(k: int, block: int | None = 64, embedding_share: float = EMBEDDING_SHARE) -> float:
+    """Memory per parameter of a model whose linears are k-bit with fp16 block scales and whose
+    embeddings stay 16-bit: at a budget B a model has B / bits_cost params."""
+    b = 16.0 if k >= 16 else k + (16.0 / block if block else 0.0)
+    return (1 - embedding_share) * b + embedding_share * 16.0
+
+
+def peaked_quality(best: int, margin: float = 0.08, **cost: float) -> dict[int, float]:
+    """q(k) for k = 2..8 and 16: a k-bit model of n params behaves like a 16-bit model of n*q(k)
+    params. Quality per bit of memory, q(k) / bits_cost(k), peaks at `best` and falls by `margin`
+    for each bit away from it, so at every budget the best width is `best`. q rises with k (more
+    bits never hurt one model) and q(16) = 1."""
+    eff = {k: (1 - margin) ** abs(k - best) for k in range(2, 9)}
+    raw = {k: eff[k] * bits_cost(k, **cost) for k in eff}
+    top = raw[8] / 0.98  # 8-bit keeps 98% of the 16-bit model
+    q = {k: v / top for k, v in raw.items()}
+    q[16] = 1.0
+    return q
+
+
+def effective_size_loss(q: dict[int, float], world: World = World()) -> LossFn:
+    """Losses of the 16-bit law at the effective size n * q(k) (damage expressed as lost size)."""
+
+    def loss(n: np.ndarray, d: np.ndarray, spec: QuantSpec, _total: np.ndarray) -> np.ndarray:
+        return world.loss16(n * q[spec.bits if spec.bits <= 8 else 16], d)
+
+    return loss

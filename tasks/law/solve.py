@@ -105,12 +105,32 @@ def resample_indices(
     idx = rng.integers(0, n, size=(n_boot, n))
     need = min(min_distinct, len(np.unique(groups)))
     for _ in range(100):
-        distinct = np.array([len(np.unique(groups[row])) for row in idx])
+        drawn = np.sort(groups[idx], axis=1)
+        distinct = 1 + (drawn[:, 1:] != drawn[:, :-1]).sum(axis=1)
         bad = np.flatnonzero(distinct < need)
         if bad.size == 0:
             break
         idx[bad] = rng.integers(0, n, size=(bad.size, n))
     return idx
+
+
+def accuracy_stderr(acc: np.ndarray, n: np.ndarray, stderr: np.ndarray) -> np.ndarray:
+    """The reported stderr where usable, else the binomial one with Agresti-Coull's +2/+4 (never 0)."""
+    p = (acc * n + 1.0) / (n + 2.0)
+    binomial = np.sqrt(p * (1.0 - p) / n)
+    return np.where(np.isfinite(stderr) & (stderr > 0), stderr, binomial)
+
+
+def resample_accuracy(
+    rng: np.random.Generator, acc: np.ndarray, n: np.ndarray, stderr: np.ndarray
+) -> np.ndarray:
+    """Redraw each accuracy as its evaluation could have come out: binomial in n_examples when
+    known (the examples taken as independent), else normal with the reported stderr, else
+    unchanged."""
+    known_n = np.isfinite(n) & (n > 0)
+    draws = rng.binomial(np.where(known_n, n, 1).astype(np.int64), np.clip(np.nan_to_num(acc), 0, 1))
+    normal = acc + rng.standard_normal(acc.shape) * np.nan_to_num(stderr)
+    return np.where(known_n, draws / np.where(known_n, n, 1), normal)
 
 
 def interval(samples: np.ndarray, level: float) -> tuple[float | None, float | None]:

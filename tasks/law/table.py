@@ -206,6 +206,34 @@ def latest_per_size(points: pl.DataFrame) -> pl.DataFrame:
     return points.join(latest, on=["family", "checkpoint_id"], how="semi")
 
 
+def matched_per_size(points: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, str]]:
+    """One checkpoint per (family, size) at matched training, for the laws over size.
+
+    Per family: the tokens_seen value that the most sizes have a checkpoint at (the largest such
+    value on ties) when at least two sizes share it, e.g. a family trained to one token budget, or
+    the last step every size has reached while training is in progress; otherwise each size's
+    latest checkpoint. Returns the points and, per family, which matching was used."""
+    picked, how = [], {}
+    for family in sorted(points["family"].unique().to_list()):
+        fam = points.filter(pl.col("family") == family)
+        ckpts = fam.select("n_params", "checkpoint_id", "tokens_seen", "step").unique()
+        shared = (
+            ckpts.filter(pl.col("tokens_seen").is_not_null())
+            .group_by("tokens_seen")
+            .agg(pl.col("n_params").n_unique().alias("sizes"))
+            .sort(["sizes", "tokens_seen"], descending=True)
+        )
+        if shared.height and shared["sizes"][0] >= 2:
+            tokens = shared["tokens_seen"][0]
+            at = fam.filter(pl.col("tokens_seen") == tokens)
+            picked.append(latest_per_size(at))
+            how[family] = f"tokens_seen = {tokens:.4g} ({shared['sizes'][0]} sizes)"
+        else:
+            picked.append(latest_per_size(fam))
+            how[family] = "latest checkpoint of each size (no token count shared by two sizes)"
+    return (pl.concat(picked) if picked else points.head(0)), how
+
+
 VOLATILE_COLUMNS = ("seconds", "created_at", "device", "kbitlaw_version")
 
 

@@ -26,7 +26,7 @@ from kbitlaw.law.table import (
     ResultsError,
     components,
     drop_unusable,
-    latest_per_size,
+    matched_per_size,
     metric_points,
     normalise,
 )
@@ -113,7 +113,7 @@ def load_inputs(store: Store, fit_key: str, results_keys: list[str] | None) -> I
     others = [f for f in doc.get("families", []) if f != family]
     if others:
         problems.append(f"this report covers family {family}; also in the fit: {', '.join(others)}")
-    latest = latest_per_size(points)
+    latest, _ = matched_per_size(points)
     return Inputs(doc, table, points, latest, family, keys, versions, problems)
 
 
