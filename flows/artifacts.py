@@ -55,7 +55,11 @@ def _recommendation_md(summary: dict | None, fit_doc: dict) -> list[str]:
     if rec.get("confidence"):
         lines.append(rec["confidence"])
     else:
-        lines.append(f"On the frontier over {rec['frontier_share']:.0%} of the log-budget range.")
+        lines.append(f"Best at {rec['frontier_share']:.0%} of the memory budgets compared.")
+    if rec.get("p_best"):
+        widths = sorted(rec["p_best"].items(), key=lambda kv: -kv[1])
+        lines += ["", "| width | P(best) |", "|---|---|"]
+        lines += [f"| {w}-bit | {p:.2f} |" for w, p in widths if p > 0 or w == str(rec["bits"])]
     return lines
 
 

@@ -56,9 +56,16 @@ def _summary(doc: dict[str, Any], where: tuple[str, bool] | None) -> None:
         console.print(f"fit {'computed' if where[1] else 'unchanged (stored)'}: {where[0]}")
     rec = doc["recommendation"]
     if rec.get("status", "ok") == "ok":
+        p_best = rec.get("p_best") or {}
+        sure = (
+            f"P(best) {p_best.get(str(rec['bits']), 0):.2f}, "
+            + ("clear" if rec.get("clear") else f"contenders {', '.join(rec.get('contenders', []))}-bit")
+            if p_best
+            else "noise unknown"
+        )
         console.print(
-            f"recommended precision: [bold]{rec['quant']}[/] ({rec['bits']}-bit), on the {rec.get('metric')} "
-            f"frontier over {rec['frontier_share']:.0%} of the log-budget range"
+            f"recommended precision: [bold]{rec['quant']}[/] ({rec['bits']}-bit), best {rec.get('metric')} "
+            f"at equal memory over {rec['frontier_share']:.0%} of the budgets compared; {sure}"
         )
     else:
         console.print(f"recommended precision: {NO_DATA}")

@@ -7,15 +7,13 @@ import pytest
 
 from kbitlaw.law.nonlinear import (
     PowerLawProblem,
-    ThresholdProblem,
     bootstrap_power_laws,
-    bootstrap_thresholds,
     fit_power_law,
     power_law_predict,
     refit_power_law_batch,
-    threshold_predict,
 )
 from kbitlaw.law.solve import bootstrap_linear, interval, resample_indices, robust_loss, solve_batched
+from kbitlaw.law.threshold import ThresholdProblem, bootstrap_thresholds, threshold_predict
 
 E, A, ALPHA = 1.8, 400.0, 0.3  # the power-law truth used throughout
 S = np.geomspace(1e8, 1e11, 8)  # total bits of 8 model sizes

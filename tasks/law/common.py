@@ -28,7 +28,7 @@ class FitConfig:
     n_budgets: int = 64
     recommend_metric: str = "mean_acc"  # falls back to "loss" when there is no accuracy data
     chance: Mapping[str, float] | None = None  # dataset -> chance accuracy; absent: fitted
-    threshold_resample: str = "sizes+examples"  # or "examples" / "sizes" (see law_fit)
+    threshold_resample: str = "parametric"  # or "examples" / "sizes" / "sizes+examples" (law/threshold.py)
     grid_points: int = 32  # fitted-curve samples per law in the long table
 
     def describe(self) -> dict[str, Any]:
@@ -118,21 +118,24 @@ def extrapolation_entry(
 ) -> dict:
     """Predicted vs observed for a held-out point.
 
-    The observation is flagged when it falls outside the tolerance interval: the law's bootstrap
-    prediction interval and the observation's own noise combined in quadrature, each side
-    predicted -/+ sqrt(half_width^2 + (q * obs_se)^2). `obs_se` is the point's stderr (q = the
-    normal quantile) or, where it has none, the caller's estimate of the per-point noise from the
-    refit's residuals on `noise_dof` degrees of freedom (q = Student's t quantile).
+    The observation is flagged when it falls outside the tolerance interval, which combines the
+    law's bootstrap prediction interval and the observation's own noise in quadrature: each side
+    is predicted -/+ q * sqrt((half_width / z)^2 + obs_se^2), z the normal quantile of `level`
+    (half_width / z is the prediction's SD). `obs_se` is the point's stderr (then q = z) or, where
+    it has none, the caller's estimate of the per-point noise from the refit's residuals on
+    `noise_dof` degrees of freedom: then q is Student's t quantile, which widens the prediction's
+    part too (its bootstrap drew on the same estimated noise).
     """
     lo, hi = (None, None) if boot is None else interval(boot, level)
     ok = predicted is not None and math.isfinite(predicted) and lo is not None
     se = obs_se if obs_se is not None and math.isfinite(obs_se) and obs_se > 0 else 0.0
     tail = 0.5 + level / 2
-    q = float(norm.ppf(tail) if noise_dof is None else student_t.ppf(tail, max(noise_dof, 1)))
+    z = float(norm.ppf(tail))
+    q = z if noise_dof is None else float(student_t.ppf(tail, max(noise_dof, 1)))
     tol_lo = tol_hi = None
     if ok:
-        tol_lo = predicted - math.hypot(max(predicted - lo, 0.0), q * se)
-        tol_hi = predicted + math.hypot(max(hi - predicted, 0.0), q * se)
+        tol_lo = predicted - q * math.hypot(max(predicted - lo, 0.0) / z, se)
+        tol_hi = predicted + q * math.hypot(max(hi - predicted, 0.0) / z, se)
     flagged = bool(ok and not (tol_lo <= observed <= tol_hi))
     return {
         "law": law,

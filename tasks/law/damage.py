@@ -8,17 +8,19 @@ e.g. `int<k>-b64`) in two forms:
 - exponential (Kumar et al.):   dL = C * D^beta / N^alpha * exp(-k/gamma)
 with N = n_params (the results schema has no non-embedding count; Ouyang use non-embedding N, so
 alpha here is not numerically comparable), D = tokens_seen, k = bits. Both are fitted to dL itself
-by weighted nonlinear least squares (law_damage_fit.py): points with dL <= 0 are kept (noise makes
-small damages come out negative; dropping them would bias the exponents toward 0) and counted in
-`nonpositive`. Weights come from the losses' stderrs, or, when the losses have none, from noise
-relative to the loss with a scale estimated from the residuals; intervals from a parametric
-bootstrap. An exponent whose variable takes one value in the data (one model size, one k) is not
-identified: it is reported null and its effect folds into C (as do the dtype and block factors).
+by weighted nonlinear least squares (damage_fit.py): points with dL <= 0 are kept (noise makes
+small damages come out negative; dropping them, as a fit of log dL must, biased the exponents
+toward 0) and counted in `nonpositive`. Weights come from the losses' stderrs, or, when the losses
+have none, from noise relative to the loss with a scale estimated from the residuals, plus any
+scatter of dL around the law in proportion to it (`noise`); intervals from a parametric bootstrap.
+An exponent whose variable takes one value in the data (one model size, one k) is not identified:
+it is reported null and its effect folds into C (as do the dtype and block factors).
 
 Each form is also refit without the family's latest checkpoint and predicts it: `heldout_error` is
-the RMS error (nats) of those predictions, which tells which form extrapolates better, and each
-held-out point is an extrapolation check. Each form also predicts dL at the next checkpoint of the
-latest checkpoint's size.
+the RMS error of those predictions in units of the points' noise SD (pooled over the two forms; ~1
+when a form extrapolates within the noise), which tells which form extrapolates better, and each
+held-out point is an extrapolation check (its noise: the losses' stderrs, else the refit's noise
+estimate). Each form also predicts dL at the next checkpoint of the latest checkpoint's size.
 """
 
 from __future__ import annotations
@@ -148,6 +150,7 @@ def insufficient(base: dict) -> dict:
         "ci": {p: [None, None] for p in PARAMS},
         "noise": None,
         "heldout_error": None,
+        "width_holdout_errors": None,
         "held_out": None,
         "unidentified": [],
         "next_checkpoint": None,
@@ -155,8 +158,17 @@ def insufficient(base: dict) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """A form's predictions of the held-out checkpoint's dL, the observations and their noise SD."""
+
+    predicted: np.ndarray
+    observed: np.ndarray
+    sd: np.ndarray
+
+
 def held_out_check(data: SchemeData, form: str, cols: np.ndarray, n_boot: int, seed: int, level: float):
-    """Refit without the latest checkpoint and predict its points: (RMS error in nats, checks).
+    """Refit without the latest checkpoint and predict its points: (HeldOut or None, checks).
 
     A held-out point is flagged when it lies outside the refit's prediction interval combined in
     quadrature with the point's own noise (its stderrs, else the refit's noise estimate)."""
@@ -193,7 +205,31 @@ def held_out_check(data: SchemeData, form: str, cols: np.ndarray, n_boot: int, s
         )
         for j, q in enumerate(quants)
     ]
-    return float(np.sqrt(np.mean((pred - obs) ** 2))), checks
+    return HeldOut(pred, obs, obs_sd), checks
+
+
+def width_holdout(data: SchemeData, form: str, cols: np.ndarray, seed: int) -> HeldOut | None:
+    """Leave one bit width out: refit without each k in turn and predict its points. The forms
+    differ only in how damage falls with k (k^-gamma against e^(-k/gamma)), so predicting an unseen
+    width, the extreme ones above all, is what tells them apart; a held-out checkpoint is not (both
+    forms share its D and N terms). None with fewer than 3 widths."""
+    x, y, noise = data.design(form)[:, cols], data.y, data.noise()
+    ks = data.rows["bits"].to_numpy()
+    widths = np.unique(ks)
+    if len(widths) < 3 or 3 not in cols:
+        return None
+    predicted, observed, sd = (np.full(len(y), np.nan) for _ in range(3))
+    for k in widths:
+        train = np.flatnonzero(ks != k)
+        rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}|width{k}")
+        fit = fit_damage_law(x[train], y[train], noise.take(train), 0, rng)
+        if fit is None:
+            return None
+        test = ks == k
+        predicted[test] = np.exp(x[test] @ fit.theta)
+        observed[test] = y[test]
+        sd[test] = fit.sd(x[test], noise.unit[test])
+    return HeldOut(predicted, observed, sd)
 
 
 def next_checkpoint(data: SchemeData, all_rows: pl.DataFrame, form: str, cols, fit: DamageFit, level: float):
@@ -232,18 +268,19 @@ def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, s
         "dropped_nonpositive": 0,
     }
     if data.rows.height == 0:
-        return insufficient(base), [], []
+        return insufficient(base), [], [], None
     x = data.design(form)
     cols = free_columns(x)
     if not identifiable(x, data.checkpoints, cols):
-        return insufficient(base), [], []
+        return insufficient(base), [], [], None
     noise = data.noise()
     rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}")
     fit = fit_damage_law(x[:, cols], data.y, noise, n_boot, rng)
     if fit is None or not np.isfinite(fit.theta).all():  # e.g. D proportional to N: not identifiable
-        return insufficient(base), [], []
+        return insufficient(base), [], [], None
     est, samples = to_params(fit.theta, cols, form), to_params(fit.boot, cols, form)
-    heldout_error, checks = held_out_check(data, form, cols, n_boot, seed, level)
+    held, checks = held_out_check(data, form, cols, n_boot, seed, level)
+    by_width = width_holdout(data, form, cols, seed)
     entry = {
         **base,
         **{p: num(est[i]) for i, p in enumerate(PARAMS)},
@@ -253,7 +290,7 @@ def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, s
             "eval_scale": num(fit.eval_scale),
             "scatter": num(fit.scatter),
         },
-        "heldout_error": num(heldout_error),
+        "heldout_error": None,  # filled in by fit_damage (heldout_errors)
         "held_out": data.latest["checkpoint_id"],
         "unidentified": [p for i, p in enumerate(PARAMS) if i not in cols],
         "next_checkpoint": next_checkpoint(data, all_rows, form, cols, fit, level),
@@ -272,7 +309,29 @@ def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, s
         value=r["delta"],
         fitted=np.exp(x[:, cols] @ fit.theta),
     )
-    return entry, checks, [rows]
+    return entry, checks, [rows], (held, by_width)
+
+
+def heldout_errors(held: list[HeldOut | None]) -> list[float | None]:
+    """Each form's RMS held-out error in units of the points' noise SD, pooled over the forms
+    (the mean of their noise variances), so that a form whose poorer fit inflated its own noise
+    estimate is not flattered by it."""
+    fitted = [h for h in held if h is not None]
+    if not fitted:
+        return [None] * len(held)
+    sd = np.sqrt(np.mean([h.sd**2 for h in fitted], axis=0))
+    return [
+        None if h is None else float(np.sqrt(np.mean(((h.predicted - h.observed) / sd) ** 2))) for h in held
+    ]
+
+
+def standardized_errors(held: list[HeldOut | None]) -> list[np.ndarray | None]:
+    """Each form's per-point errors in units of the points' noise SD pooled over the forms (as in
+    heldout_errors); None for a form without predictions, or for both when either has none."""
+    if any(h is None for h in held):
+        return [None] * len(held)
+    sd = np.sqrt(np.mean([h.sd**2 for h in held], axis=0))
+    return [(h.predicted - h.observed) / sd for h in held]
 
 
 def fit_damage(points: pl.DataFrame, n_boot: int, seed: int, level: float) -> tuple[list, list, list]:
@@ -282,9 +341,14 @@ def fit_damage(points: pl.DataFrame, n_boot: int, seed: int, level: float) -> tu
     for (family, scheme), g in dp.group_by(["family", "scheme"], maintain_order=True):
         data = SchemeData(family, scheme, g.filter(pl.col("delta").is_finite()))
         both = [fit_form(data, form, dp, n_boot, seed, level) for form in FORMS]
-        errors = [e["heldout_error"] for e, _, _ in both]
-        for entry, c, r in both:
+        helds = [h for *_, h in both]
+        errors = heldout_errors([h and h[0] for h in helds])
+        width_errors = standardized_errors([h and h[1] for h in helds])
+        for (entry, c, r, _), error, werr in zip(both, errors, width_errors, strict=True):
+            entry["heldout_error"] = num(error)
             entry["heldout_better"] = None if None in errors else entry["heldout_error"] == min(errors)
+            # per point, in the order of the scheme's rows: the two forms' errors pair up
+            entry["width_holdout_errors"] = None if werr is None else [num(v) for v in werr]
             entries.append(entry)
             checks.extend(c)
             rows.extend(r)

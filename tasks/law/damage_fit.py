@@ -16,6 +16,10 @@ n/(n - p) degrees-of-freedom correction) alternately with the fit (iteratively r
 the log-space fit on the positive points as the start. Intervals come from a parametric bootstrap:
 new data are drawn from the fitted law with that noise (the 16-bit loss's noise shared by all
 specs of a checkpoint, as it is in the data) and refit with the batched Gauss-Newton solver.
+Approximations: the fit weights points independently (that shared noise would make a generalised
+least squares a little more efficient; the bootstrap does carry it), and replicates keep the point
+fit's weights. In simulation (tests/test_damage.py) the 90% intervals cover 82-92% and are about
+as wide as the estimates spread.
 """
 
 from __future__ import annotations
@@ -81,6 +85,12 @@ def _solve(xc: np.ndarray, y: np.ndarray, w: np.ndarray, theta0: np.ndarray) -> 
     return theta
 
 
+def _objective(xc: np.ndarray, y: np.ndarray, w: np.ndarray, theta: np.ndarray) -> float:
+    if not np.isfinite(theta).all():
+        return np.inf
+    return float(np.sum(((np.exp(np.clip(xc @ theta, -700.0, 700.0)) - y) * w) ** 2))
+
+
 def _starts(xc: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The log-space fit on the positive points, and a flat law at the mean damage."""
     flat = np.zeros(xc.shape[1])
@@ -97,7 +107,8 @@ def _starts(xc: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _variance_scales(
     r: np.ndarray, unit: np.ndarray, f: np.ndarray, prev: np.ndarray, dof_factor: float, known: bool
 ) -> tuple[float, float]:
-    """(s_e^2, s_m^2) >= 0 from E[r^2] = s_e^2 unit + s_m^2 f^2, equations weighted by 1/prev."""
+    """(s_e^2, s_m^2) >= 0 from E[r^2] = s_e^2 unit + s_m^2 f^2 (r^2 scaled by n/(n - p)), by least
+    squares with each equation divided by the previous variance (var(r^2) = 2 var^2)."""
     target = r**2 * dof_factor / prev
     a, b = unit / prev, f**2 / prev
     if known:
@@ -107,22 +118,27 @@ def _variance_scales(
     return float(se2), float(sm2)
 
 
-def _variance(se2: float, sm2: float, unit: np.ndarray, f: np.ndarray) -> np.ndarray:
+def _variance(se2: float, sm2: float, unit: np.ndarray, f: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The noise model, floored (noise-free data would give weights of 1/0)."""
     v = se2 * unit + sm2 * f**2
-    floor = max(1e-12 * float(v.max(initial=0.0)), 1e-300)
+    floor = max(1e-12 * float(v.max(initial=0.0)), (1e-9 * float(np.abs(y).max(initial=0.0))) ** 2, 1e-300)
     return np.maximum(v, floor)
 
 
 def fit_damage_law(
     x: np.ndarray, y: np.ndarray, noise: Noise, n_boot: int, rng: np.random.Generator
 ) -> DamageFit | None:
-    """Fit dL = exp(x @ theta) to y (negatives kept) and bootstrap it; None when the fit fails."""
+    """Fit dL = exp(x @ theta) to y (negatives kept) and bootstrap it; None when the fit fails or
+    the design cannot separate the coefficients (e.g. D proportional to N)."""
     n, p = x.shape
     if n <= p:
         return None
     centre = np.r_[0.0, x[:, 1:].mean(axis=0)]
     xc = x - centre  # centred regressors: the intercept becomes log dL at the centre
-    unit = noise.unit
+    scaled = xc / np.maximum(np.abs(xc).max(axis=0), 1e-300)
+    if not np.linalg.cond(scaled.T @ scaled) < 1e12:
+        return None
+    unit = np.maximum(noise.unit, 1e-300)
     dof_factor = n / (n - p)
     se2, sm2 = 1.0, 0.0  # round 0: weights from the evaluation noise alone
     var = unit.copy()
@@ -131,14 +147,14 @@ def fit_damage_law(
     for _ in range(REWEIGHT_ROUNDS):
         w = 1.0 / np.sqrt(var)
         cand = _solve(xc, np.repeat(y[None], len(starts), 0), w, starts)
-        obj = [np.sum(((np.exp(xc @ t) - y) * w) ** 2) if np.isfinite(t).all() else np.inf for t in cand]
+        obj = [_objective(xc, y, w, t) for t in cand]
         if not np.isfinite(min(obj)):
             return None
         theta = cand[int(np.argmin(obj))]
         starts = theta[None]
         f = np.exp(xc @ theta)
         se2, sm2 = _variance_scales(y - f, unit, f, var, dof_factor, noise.known)
-        var = _variance(se2, sm2, unit, f)
+        var = _variance(se2, sm2, unit, f, y)
     assert theta is not None
     f = np.exp(xc @ theta)
     w = 1.0 / np.sqrt(var)

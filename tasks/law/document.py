@@ -93,10 +93,14 @@ def linear_rows(curves: pl.DataFrame, n: int) -> list[pl.DataFrame]:
 
 
 def fit_laws(
-    results: pl.DataFrame, config: FitConfig = FitConfig(), previous: Mapping | None = None
+    results: pl.DataFrame,
+    config: FitConfig = FitConfig(),
+    previous: Mapping | None = None,
+    samples: pl.DataFrame | None = None,
 ) -> FitResult:
     """Every law on one results table (the long results schema). `previous`: an earlier fit
-    document whose parameters warm-start this fit."""
+    document whose parameters warm-start this fit; `samples`: per-example scores
+    (law/paired.py), which make the claims' same-checkpoint comparisons paired."""
     df = normalise(results)
     sha = results_sha(df)
     df, dropped = drop_unusable(df)
@@ -146,4 +150,21 @@ def fit_laws(
         "warm_started": len(warm),
         "config": config.describe(),
     }
+    doc["claims"] = family_claims(latest, points, doc, samples)
     return FitResult(json_safe(doc), table)
+
+
+def family_claims(
+    latest: pl.DataFrame, points: pl.DataFrame, doc: dict, samples: pl.DataFrame | None = None
+) -> list[dict]:
+    """The papers' checkable claims put to each family's data (law/claims.py), each with its family."""
+    from kbitlaw.law.claims import check_claims
+
+    out = []
+    for family in doc["families"]:
+        mine = pl.col("family") == family
+        out += [
+            {"family": family, **c}
+            for c in check_claims(latest.filter(mine), points.filter(mine), json_safe(doc), samples)
+        ]
+    return out

@@ -172,17 +172,18 @@ def fit_frontiers(latest: pl.DataFrame, config: FitConfig) -> tuple[dict, list, 
 
 
 def headline_recommendation(candidates: list[dict]) -> dict:
-    """The answer from the metric whose comparison is the more certain: the highest P(best) of its
-    own winning width (mean accuracy first on ties). Dettmers & Zettlemoyer found perplexity the
-    less noisy measure of the two and tracking accuracy (r = -0.94); a small accuracy suite can
-    leave widths indistinguishable that the loss separates clearly. Both stay in `recommendations`."""
+    """The answer from the metric whose comparison is the more certain: the highest P(clear win)
+    plus P(best) of its own winning width (mean accuracy first on ties). Dettmers & Zettlemoyer
+    found perplexity the less noisy measure of the two and tracking accuracy (r = -0.94); a small
+    accuracy suite can leave widths indistinguishable that the loss separates clearly. Both stay
+    in `recommendations`."""
     usable = [c for c in candidates if c.get("status") == OK]
     if not usable:
         return dict(INSUFFICIENT)
 
     def certainty(c: dict) -> float:
         p = c.get("p_best") or {}
-        return float(p.get(str(c["bits"]), 0.0))
+        return float(c.get("p_clear") or 0.0) + float(p.get(str(c["bits"]), 0.0))
 
     best = max(usable, key=certainty)  # max keeps the first (the configured metric) on ties
     others = [c["metric"] for c in usable if c is not best]

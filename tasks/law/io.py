@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from kbitlaw.law.document import LAW_VERSION, FitConfig, fit_laws
+from kbitlaw.law.paired import read_samples_store
 from kbitlaw.law.table import ResultsError, normalise, results_sha
 from kbitlaw.store import LATEST_FIT, Store, StoreError, clean_keys, fit_keys
 
@@ -139,7 +140,9 @@ def fit_store(store: Store, config: FitConfig | None = None, keys: list[str] | N
     if stored is not None and _same_settings(stored, config):
         outcome = StoredFit(stored, refitted=False, key=json_key)
     else:
-        fit = fit_laws(results, config, previous=_previous_doc(store))
+        keys = keys if keys is not None else [k for k in store.list("results") if k.endswith(".parquet")]
+        samples = read_samples_store(store, keys)
+        fit = fit_laws(results, config, previous=_previous_doc(store), samples=samples)
         store.write_parquet(parquet_key, fit.table)
         store.write_json(json_key, fit.doc)  # last: its presence means the fit is complete
         outcome = StoredFit(fit.doc, refitted=True, key=json_key)

@@ -2,8 +2,8 @@
 
 Both run per (family, quant spec, metric) on each size's latest checkpoint, with S = total model
 bits. Each group is also refit without its largest model, which is then predicted (the
-extrapolation check). All groups of a law, and their extrapolation refits, go through one batched
-bootstrap (law_fit.py).
+extrapolation check; its noise and the power law's prediction interval: law_holdout.py). All
+groups of a law, and their extrapolation refits, go through one batched bootstrap (law_fit.py).
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ import numpy as np
 import polars as pl
 
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, ci_pair, extrapolation_entry, num, table_rows
+from kbitlaw.law.holdout import HeldOutNoise, PowerLawRefit, held_out_noise, power_law_prediction_boot
 from kbitlaw.law.nonlinear import (
     Bootstrapped,
     PowerLawProblem,
-    ThresholdProblem,
     bootstrap_power_laws,
-    bootstrap_thresholds,
     power_law_predict,
-    threshold_predict,
 )
+from kbitlaw.law.threshold import ThresholdProblem, bootstrap_thresholds, threshold_predict
 
 ACCURACY_METRIC = (pl.col("metric") == "mean_acc") | pl.col("metric").str.starts_with("acc:")
 
@@ -63,34 +62,20 @@ def size_groups(latest: pl.DataFrame, which: pl.Expr) -> list[SizeGroup]:
     return sorted((SizeGroup(*key, g) for key, g in grouped), key=lambda s: (s.family, s.quant, s.metric))
 
 
-def check_largest(
-    law: str,
-    group: SizeGroup,
-    fit: Bootstrapped,
-    level: float,
-    predict: Callable,
-    x: np.ndarray,
-    n_free: int,
-    log: bool,
-) -> dict:
-    """The extrapolation check: the refit without the largest model, predicting it.
+def group_noise(group: SizeGroup, fit: Bootstrapped, predict: Callable, x, n_free: int, log: bool):
+    """The held-out check's noise for a refit without the largest model (holdout.held_out_noise)."""
+    if fit.predicted is None or not np.isfinite(fit.theta).all():
+        return None
+    keep = group.without_largest()
+    pts = group.points
+    se = pts["stderr"].fill_null(np.nan).to_numpy().astype(float)
+    fitted = predict(fit.theta, x[keep])
+    return held_out_noise(pts["value"].to_numpy(), se, keep, fitted, fit.predicted, n_free, log)
 
-    The held-out observation's noise is its stderr; where it has none (loss rows), the refit's
-    residual SD (sqrt(RSS / (n - p)), p = the law's free parameters; on log L for the loss power
-    law, scaled to L at the prediction), with that many degrees of freedom.
-    """
+
+def check_largest(law: str, group: SizeGroup, fit: Bootstrapped, noise: HeldOutNoise | None, level: float):
+    """The extrapolation check: the refit without the largest model, predicting it."""
     row = group.points.row(group.largest, named=True)
-    se = np.nan if row["stderr"] is None else float(row["stderr"])
-    dof = None
-    if not (np.isfinite(se) and se > 0) and fit.predicted is not None:
-        keep = group.without_largest()
-        y = group.points["value"].to_numpy()[keep]
-        fitted = predict(fit.theta, x[keep])
-        resid = np.log(y) - np.log(fitted) if log else y - fitted
-        dof = len(y) - n_free
-        se = float(np.sqrt(np.sum(resid**2) / dof)) if dof > 0 else np.nan
-        if log:
-            se *= fit.predicted
     return extrapolation_entry(
         law,
         group.family,
@@ -100,9 +85,9 @@ def check_largest(
         fit.predicted,
         fit.predicted_boot,
         row["value"],
-        se,
+        np.nan if noise is None else noise.held,
         level,
-        noise_dof=dof,
+        noise_dof=None if noise is None else noise.dof,
     )
 
 
@@ -289,10 +274,8 @@ def fit_thresholds(
             x = np.linspace(p.x.min(), p.x.max(), config.grid_points)
             rows.append(curve_rows("threshold", g, x, 2.0**x, threshold_predict, f, config.level))
         if h is not None:
-            free = 3 if p.chance is not None else 4
-            checks.append(
-                check_largest("threshold", g, h, config.level, threshold_predict, p.x, free, log=False)
-            )
+            noise = group_noise(g, h, threshold_predict, p.x, 3 if p.chance is not None else 4, log=False)
+            checks.append(check_largest("threshold", g, h, noise, config.level))
     return entries, checks, rows
 
 
@@ -342,13 +325,32 @@ def fit_power_laws_by_spec(latest: pl.DataFrame, config: FitConfig, warm: Mappin
 
     fits, held = _run(groups, make, lambda g: config.min_sizes_power_law, solve)
     entries, checks, rows = [], [], []
-    for g, f, h in zip(groups, fits, held, strict=True):
+    for g, f, check in zip(groups, fits, power_law_checks(groups, held, config), strict=True):
         entries.append(_power_law_entry(g, f, config.level))
         if f is not None:
             s = g.points["total_bits"].to_numpy()
             grid = np.geomspace(s.min(), s.max(), config.grid_points)
             rows.append(curve_rows("power_law", g, grid, grid, power_law_predict, f, config.level))
-        if h is not None:
-            s = g.points["total_bits"].to_numpy()
-            checks.append(check_largest("power_law", g, h, config.level, power_law_predict, s, 3, log=True))
+        if check is not None:
+            checks.append(check)
     return entries, checks, rows
+
+
+def power_law_checks(groups: list[SizeGroup], held: list, config: FitConfig) -> list[dict | None]:
+    """Each group's extrapolation check (None without a refit). The prediction interval is a
+    parametric bootstrap of the refit, all groups in one batch (law_holdout.py)."""
+    noises, refits = {}, {}
+    for i, (g, h) in enumerate(zip(groups, held, strict=True)):
+        if h is None:
+            continue
+        s, keep = g.points["total_bits"].to_numpy(), g.without_largest()
+        noises[i] = group_noise(g, h, power_law_predict, s, 3, log=True)
+        if noises[i] is not None:
+            key = f"power_law|{g.family}|{g.quant}|loss|extrapolate"
+            refits[i] = PowerLawRefit(key, s[keep], h, noises[i], float(s[~keep][0]))
+    boots = power_law_prediction_boot(list(refits.values()), config.n_boot, config.seed)
+    predicted = dict(zip(refits, boots, strict=True))
+    return [
+        None if h is None else check_largest("power_law", g, predicted.get(i, h), noises[i], config.level)
+        for i, (g, h) in enumerate(zip(groups, held, strict=True))
+    ]

@@ -19,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from kbitlaw.law.claims import check_claims
 from kbitlaw.law.common import json_safe
 from kbitlaw.law.io import read_results_store
 from kbitlaw.law.table import (
@@ -31,7 +32,6 @@ from kbitlaw.law.table import (
     normalise,
 )
 from kbitlaw.law.table import results_sha as compute_results_sha
-from kbitlaw.report.claims import check_claims
 from kbitlaw.report.figures import block_plot, dtype_plot, scaling_plot
 from kbitlaw.report.figures_laws import law_figures
 from kbitlaw.report.headline import changes_since, datasets_from_store, headline
@@ -232,7 +232,9 @@ def build_report(
             return {"key": keys["html"], "url": store.url(keys["html"]), "summary": summary, "cached": True}
     inp = load_inputs(store, fit_key, results_keys)
     datasets = datasets if datasets is not None else datasets_from_store(store, inp.dataset_versions)
-    claims = check_claims(inp.latest, inp.points, inp.doc)
+    # The fit document carries the verdicts (a fit from before they were part of it: checked here).
+    stored = [c for c in inp.doc.get("claims", []) if c.get("family") == inp.family]
+    claims = stored or check_claims(inp.latest, inp.points, inp.doc)
     summary = headline(inp.doc, inp.table, inp.latest, inp.family, claims)
     summary |= {
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

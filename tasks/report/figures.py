@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from kbitlaw.report.claims import best_per_bits, headline_metric, specs_of
-from kbitlaw.report.stats import BASELINES, NO_DATA, NOT_TESTABLE, higher_is_better, score
+from kbitlaw.law.claims import best_per_bits, headline_metric, specs_of
+from kbitlaw.law.stats import BASELINES, NO_DATA, NOT_TESTABLE, higher_is_better, score
 
 DPI = 100
 WIDTH = 11.0  # inches: 1100 px, readable in a 1280 px window

@@ -9,8 +9,9 @@ import re
 import numpy as np
 import polars as pl
 
+from kbitlaw.law.claims import best_per_bits
 from kbitlaw.law.damage import scheme_column
-from kbitlaw.report.claims import best_per_bits
+from kbitlaw.law.stats import BASELINES, NO_DATA, NOT_TESTABLE, score
 from kbitlaw.report.figures import (
     TOTAL_BITS,
     Figure,
@@ -20,7 +21,6 @@ from kbitlaw.report.figures import (
     new_figure,
     png,
 )
-from kbitlaw.report.stats import BASELINES, NO_DATA, NOT_TESTABLE, score
 
 SPEC_COLORS = ("#1f77b4", "#444444", "#d62728", "#2ca02c")
 

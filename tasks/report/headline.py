@@ -10,7 +10,6 @@ import polars as pl
 from kbitlaw.status import NO_DATA
 from kbitlaw.store import Store, StoreError, clean_keys
 
-CLEAR_SHARE = 0.5  # a spec holding the frontier over at least half the log-budget range is "clear"
 METRIC_NAME = {"mean_acc": "mean zero-shot accuracy", "loss": "loss"}
 
 
@@ -54,38 +53,30 @@ def family_recommendation(doc: dict, family: str) -> dict | None:
 
 
 def confidence(rec: dict, ranges: list[list[float]], n_sizes: int) -> str:
-    """Plain sentences: how much of the budget range the bit width and the spec win, who else does.
-
-    "Clear" means holding the frontier over at least half of the log-budget range; the width and
-    the spec are judged apart, since several specs of one width split its share between them.
-    """
-    share, metric = rec["frontier_share"], METRIC_NAME.get(rec["metric"], rec["metric"])
-    # Sorted here: a document read back from JSON has its keys in alphabetical order.
-    shares = sorted(rec.get("shares_by_quant", {}).items(), key=lambda kv: (-kv[1], kv[0]))
-    others = ", ".join(f"{q} {s:.0%}" for q, s in [kv for kv in shares if kv[0] != rec["quant"]][:2])
-    by_bits = sorted(((int(k), v) for k, v in rec.get("shares_by_bits", {}).items()), key=lambda kv: -kv[1])
-    width_share = dict(by_bits).get(rec["bits"], share)
-    k, stretches = (
-        rec["bits"],
-        f" ({len(ranges)} stretch{'es' if len(ranges) != 1 else ''})" if ranges else "",
-    )
-    if share >= CLEAR_SHARE:
-        text = f"Clear: {rec['quant']} gives the best {metric} for {share:.0%} of memory budgets (log scale)"
-    elif width_share >= CLEAR_SHARE:
+    """Plain sentences: which width wins at equal memory, how sure (P(best) under the evaluation
+    noise), and the contenders when it is not clear."""
+    metric = METRIC_NAME.get(rec["metric"], rec["metric"])
+    k, share = rec["bits"], rec.get("budget_share", rec.get("frontier_share", 0.0))
+    p_best = {int(w): p for w, p in (rec.get("p_best") or {}).items()}
+    spec_share = (rec.get("shares_by_quant") or {}).get(rec["quant"], share)
+    spec = f"{rec['quant']} is its best spec ({spec_share:.0%} of budgets)"
+    if not p_best:
         text = (
-            f"Clear on the bit width, not on the spec: {k}-bit specs give the best {metric} for "
-            f"{width_share:.0%} of memory budgets (log scale), {rec['quant']} alone for "
-            f"{share:.0%}{stretches}"
+            f"Uncertain: {k}-bit gives the best {metric} at {share:.0%} of the memory budgets compared, "
+            f"but the measurement noise is unknown (no stderr, too few sizes to estimate it), so no "
+            f"P(best); {spec}"
+        )
+    elif rec.get("clear"):
+        text = (
+            f"Clear: {k}-bit gives the best {metric} at equal memory, P(best) = {p_best.get(k, 0):.2f} "
+            f"under the evaluation noise ({share:.0%} of budgets); {spec}"
         )
     else:
+        named = sorted((int(w) for w in rec.get("contenders", [])), key=lambda w: -p_best.get(w, 0))
         text = (
-            f"Not clear-cut: {rec['quant']} gives the best {metric} for {share:.0%} of memory budgets "
-            f"(log scale){stretches}, {k}-bit specs together for {width_share:.0%}"
+            f"Not clear: contenders {', '.join(f'{w}-bit (P(best) {p_best.get(w, 0):.2f})' for w in named)}"
+            f" at equal memory on {metric}; {spec}. More sizes or examples would separate them"
         )
-        if by_bits and by_bits[0][0] != k:
-            text += f"; by bit width, {by_bits[0][0]}-bit holds the most ({by_bits[0][1]:.0%})"
-    if others and share < 1:
-        text += f". Next: {others}"
     return text + f". Based on {n_sizes} model sizes."
 
 
@@ -105,6 +96,10 @@ def recommendation_summary(doc: dict, table: pl.DataFrame, family: str, n_sizes:
         "bits": rec["bits"],
         "metric": rec["metric"],
         "frontier_share": rec["frontier_share"],
+        "budget_share": rec.get("budget_share", rec["frontier_share"]),
+        "p_best": rec.get("p_best"),
+        "contenders": rec.get("contenders", []),
+        "clear": rec.get("clear", False),
         "shares_by_bits": rec.get("shares_by_bits", {}),
         "shares_by_quant": rec.get("shares_by_quant", {}),
         "budgets_bits": ranges,
@@ -156,9 +151,9 @@ def headline_lines(rec: dict, s_star: dict, claims: list[dict], doc: dict, famil
         )
     else:
         lines.append(f"Critical size S*: {s_star['reason']}.")
-    first = next((c for c in claims if c["id"] == 1), None)
+    first = next((c for c in claims if c["id"] == "four_bit_optimal"), None)
     if first:
-        lines.append(f"Paper check, '4-bit wins at fixed bits': {first['verdict']}.")
+        lines.append(f"Paper check, '{first['claim']}': {first['verdict']}.")
     checks = [
         c for c in doc.get("extrapolation", []) if c.get("family") == family and c.get("status") == "ok"
     ]
@@ -182,7 +177,7 @@ def headline(doc: dict, table: pl.DataFrame, latest: pl.DataFrame, family: str, 
         "families": doc.get("families", []),
         "recommendation": rec,
         "s_star": s_star,
-        "claims": {str(c["id"]): {"title": c["title"], "verdict": c["verdict"]} for c in claims},
+        "claims": {c["id"]: {"claim": c["claim"], "verdict": c["verdict"]} for c in claims},
         "frontier": [] if front is None else front.to_dicts(),
         "headline_lines": headline_lines(rec, s_star, claims, doc, family),
         "n_checkpoints": len(checkpoints),
@@ -235,7 +230,7 @@ def changes_since(prev: dict | None, now: dict) -> dict:
     for cid, c in now["claims"].items():
         before = (prev.get("claims") or {}).get(cid, {}).get("verdict")
         if before is not None and before != c["verdict"]:
-            changed.append(f"claim {cid} ({c['title']}): {before} → {c['verdict']}")
+            changed.append(f"claim {cid} ({c['claim']}): {before} → {c['verdict']}")
     lines += changed or ["conclusions unchanged"]
     return {
         "previous_results_sha": prev.get("results_sha"),

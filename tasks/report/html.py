@@ -28,6 +28,7 @@ h1 { font-size: 26px; margin: 8px 0 2px; } h2 { font-size: 21px; margin: 36px 0 
             padding: 14px 20px; margin: 14px 0; }
 .headline.none { border-left-color: #999; }
 .deploy { font-size: 24px; font-weight: 650; margin: 2px 0 6px; }
+.pbest td { padding: 2px 8px; text-align: center; } .pbest td.win { font-weight: 650; background: #e6f4ea; }
 .headline ul { margin: 6px 0; padding-left: 20px; }
 nav a { margin-right: 14px; font-size: 14px; }
 figure { background: #fff; border: 1px solid #d5dbe2; border-radius: 6px; margin: 14px 0; padding: 10px; }
@@ -128,7 +129,7 @@ def headline_html(s: dict) -> str:
         deploy = (
             f'<div class="deploy">Deploy at {esc(rec["bits"])}-bit: <code>{esc(rec["quant"])}</code></div>'
         )
-        why = f"<p>{esc(rec['confidence'])}</p>"
+        why = f"<p>{esc(rec['confidence'])}</p>" + p_best_html(rec)
         cls = "headline"
     items = [f"<li>{esc(line)}</li>" for line in s["headline_lines"]]
     changes = s.get("changes") or {}
@@ -146,14 +147,29 @@ def headline_html(s: dict) -> str:
     return f'<section class="{cls}">{deploy}{why}<ul>{"".join(items)}</ul>{change_html}</section>'
 
 
+def p_best_html(rec: dict) -> str:
+    """P(best) per bit width, as a small table (empty when the noise was unknown)."""
+    p_best = rec.get("p_best") or {}
+    if not p_best:
+        return ""
+    cells = "".join(
+        ("<td class='win'>" if w == str(rec["bits"]) else "<td>") + f"{esc(w)}-bit<br>{p:.2f}</td>"
+        for w, p in sorted(p_best.items(), key=lambda kv: int(kv[0]))
+    )
+    verdict = (
+        "clear" if rec.get("clear") else "contenders: " + ", ".join(f"{w}-bit" for w in rec["contenders"])
+    )
+    return f"<table class='pbest'><tr><th>P(best)</th>{cells}</tr></table><p class='small'>{esc(verdict)}</p>"
+
+
 def claims_html(claims: list[dict], family: str) -> str:
     rows = [
         [
             esc(c["id"]),
-            f"<b>{esc(c['title'])}</b><br><span class='small'>{esc(c['paper'])}</span>",
+            f"<b>{esc(c['claim'])}</b><br><span class='small'>{esc(c['paper'])}</span>",
             verdict_badge(c["verdict"]),
             "<br>".join(esc(n) for n in c["numbers"]),
-            f"<span class='small'>{esc(c['criterion'])}</span>",
+            f"<span class='small'>{esc(c['test'])}</span>",
         ]
         for c in claims
     ]
@@ -161,7 +177,7 @@ def claims_html(claims: list[dict], family: str) -> str:
         f"<p>The checkable claims of the k-bit papers, tested on family <code>{esc(family)}</code>. "
         "Differences are advantages of the first spec named (accuracy in percentage points, loss in "
         "nats, positive = better) with their standard error; beyond 2 SE counts as real.</p>"
-        + table(["#", "Claim", "Verdict", "Numbers behind it", "Criterion"], rows, cls="claims")
+        + table(["id", "Claim", "Verdict", "Numbers behind it", "Test"], rows, cls="claims")
     )
 
 
@@ -207,7 +223,7 @@ def damage_table(entries: list[dict]) -> str:
         "beta (tokens)",
         "alpha (size)",
         "gamma (bits)",
-        "held-out RMS log error",
+        "held-out RMS error (noise SDs)",
         "points",
         "status",
     ]

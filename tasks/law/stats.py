@@ -1,4 +1,4 @@
-"""The small statistics the report's claim checks share: paired differences and matched-bits curves.
+"""The small statistics the claim checks share: paired differences and matched-bits curves.
 
 Every comparison is made in "score" units, where higher is better: accuracy as measured, loss
 negated. A difference is called significant when it is more than two standard errors from zero
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import polars as pl
 
+from kbitlaw.law.paired import paired_samples
 from kbitlaw.status import NO_DATA  # noqa: F401  (re-exported to the report modules)
 
 Z = 2.0  # standard errors for a difference to count as real (about 95% two-sided)
@@ -44,6 +46,31 @@ def sign_of(diff: float | None, se: float | None) -> int | None:
     return 0
 
 
+ALPHA = 2 * (1 - NormalDist().cdf(Z))  # the same two-sided level as Z, for Holm's procedure
+
+
+def holm(p_values: list[float], alpha: float = ALPHA) -> list[bool]:
+    """Holm's step-down procedure: which of several tests reject at family-wise level alpha."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    reject = [False] * len(p_values)
+    for rank, i in enumerate(order):
+        if p_values[i] > alpha / (len(p_values) - rank):
+            break
+        reject[i] = True
+    return reject
+
+
+def holm_signs(diffs: list[Diff | None], alpha: float = ALPHA) -> list[int | None]:
+    """Each difference's sign after Holm's correction over the family (None where unknown): a
+    claim that tries several schemes must not count the lucky one as evidence."""
+    known = [i for i, d in enumerate(diffs) if d is not None and d.sign is not None]
+    reject = holm([diffs[i].p for i in known], alpha)
+    out: list[int | None] = [None] * len(diffs)
+    for i, r in zip(known, reject, strict=True):
+        out[i] = (1 if diffs[i].diff > 0 else -1) if r else 0
+    return out
+
+
 @dataclass(frozen=True)
 class Diff:
     """A difference a - b in score units with its standard error, over n paired model sizes."""
@@ -56,19 +83,34 @@ class Diff:
     def sign(self) -> int | None:
         return sign_of(self.diff, self.se)
 
+    @property
+    def p(self) -> float:
+        """Two-sided p-value of diff = 0 (normal approximation)."""
+        if self.se is None or not self.se > 0:
+            return 0.0 if self.diff != 0 else 1.0
+        return 2 * (1 - NormalDist().cdf(abs(self.diff) / self.se))
 
-def paired(scored: pl.DataFrame, quant_a: str, quant_b: str) -> Diff | None:
+
+def paired(
+    scored: pl.DataFrame, quant_a: str, quant_b: str, samples: pl.DataFrame | None = None
+) -> Diff | None:
     """Mean score difference a - b over the checkpoints evaluated at both specs.
 
-    The standard error is the larger of the spread of the differences across checkpoints and
-    the points' own evaluation stderr (so two sizes with identical differences are not called
-    certain). None when no checkpoint has both.
+    With per-example samples for both specs (law/paired.py) the standard error is that of the
+    paired per-example differences: the specs score the same examples. Without them it is the
+    larger of the spread of the differences across checkpoints and the two points' stderrs in
+    quadrature (treated as independent: conservative, since same-example noise mostly cancels).
+    None when no checkpoint has both.
     """
     a = scored.filter(pl.col("quant") == quant_a).select("checkpoint_id", "score", "stderr")
     b = scored.filter(pl.col("quant") == quant_b).select("checkpoint_id", "score", "stderr")
     both = a.join(b, on="checkpoint_id", suffix="_b")
     if both.height == 0:
         return None
+    metric = scored["metric"][0] if "metric" in scored.columns and scored.height else "mean_acc"
+    by_example = paired_samples(samples, both["checkpoint_id"].to_list(), quant_a, quant_b, metric)
+    if by_example is not None:
+        return Diff(*by_example)
     d = (both["score"] - both["score_b"]).to_numpy()
     n = len(d)
     spread = float(np.std(d, ddof=1) / math.sqrt(n)) if n >= 2 else None
@@ -147,12 +189,13 @@ def fmt_diff(d: Diff | None, metric: str) -> str:
     return f"{d.diff:+.3f}{se} nats"
 
 
-def claim(cid: int, title: str, paper: str, criterion: str, verdict: str, numbers: list[str]) -> dict:
+def claim(cid: str, title: str, paper: str, criterion: str, verdict: str, numbers: list[str]) -> dict:
+    """One claim's entry in the fit document (DESIGN.md: {id, claim, verdict, numbers, test})."""
     return {
         "id": cid,
-        "title": title,
+        "claim": title,
         "paper": paper,
-        "criterion": criterion,
+        "test": criterion,
         "verdict": verdict,
         "numbers": numbers,
     }

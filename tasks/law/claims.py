@@ -17,23 +17,27 @@ from functools import partial
 
 import polars as pl
 
-from kbitlaw.quant.spec import QuantSpec
-from kbitlaw.report.claims_loss import damage_grows_with_tokens, per_bit_factor, perplexity_tracks_accuracy
-from kbitlaw.report.stats import (
+from kbitlaw.law.budget import CLEAR
+from kbitlaw.law.claims_loss import damage_grows_with_tokens, per_bit_factor, perplexity_tracks_accuracy
+from kbitlaw.law.frontier import headline_recommendation
+from kbitlaw.law.stats import (
     BASELINES,
     CONTRADICTED,
     INCONCLUSIVE,
     NO_DATA,
     NOT_TESTABLE,
     SUPPORTED,
+    Diff,
     Z,
     claim,
     curve_of,
     fmt_diff,
+    holm_signs,
     matched_bits,
     paired,
     score,
 )
+from kbitlaw.quant.spec import QuantSpec
 
 ACC_CLOSE, LOSS_CLOSE = 0.01, 0.01  # "close to fp16": within 1 accuracy point / 0.01 nats
 
@@ -91,61 +95,66 @@ def _name(k: int) -> str:
     return "16-bit" if k >= 16 else f"{k}-bit"
 
 
-def width_shares(doc: dict, family: str, metric: str) -> list[tuple[int, float]]:
-    """The fit's frontier share per bit width for the family and metric, narrowest first."""
-    recs = [
-        r for r in doc.get("recommendations", []) if r.get("family") == family and r.get("metric") == metric
-    ]
-    shares = (recs[0].get("shares_by_bits") or {}) if recs else {}
-    return sorted((int(k), v) for k, v in shares.items())
-
-
 # -- 1, 2: bit widths at fixed total bits -----------------------------------------------------------
 
 
-def four_bit_wins(scored: pl.DataFrame, metric: str, doc: dict) -> dict:
+def four_bit_optimal(scored: pl.DataFrame, metric: str, doc: dict) -> dict:
     paper = (
         "At fixed total model bits, 4-bit is at least as good as 5, 6, 8 and 16-bit, and 3-bit "
         "falls below 4-bit (Dettmers & Zettlemoyer §5.1)."
     )
     crit = (
-        "Best spec per bit width; curves interpolated in log2(total bits) and compared at equal total "
-        "bits, averaged over their common range. Supported: no wider width beats 4-bit beyond 2 SE and "
-        "3-bit (and 2-bit) is below 4-bit beyond 2 SE."
+        "The fit's equal-budget comparison of the specs' curves (on mean accuracy or loss, whichever "
+        "separates the widths more surely, as the recommendation does): P(best) of each width over "
+        f"simulated re-runs of the evaluation. Supported when 4-bit wins clearly (in {CLEAR:.0%} of "
+        "re-runs, with the other widths needing 2%+ more memory to match it), contradicted when "
+        "another width does, otherwise inconclusive."
     )
-    say = partial(claim, 1, "4-bit wins at fixed bits", paper, crit)
+    say = partial(claim, "four_bit_optimal", "4-bit wins at fixed bits", paper, crit)
     best = best_per_bits(scored)
-    others = [k for k in best if k != 4]
-    if 4 not in best or not others:
+    if 4 not in best or len(best) < 2:
         return say(NOT_TESTABLE, ["needs 4-bit and another width"])
-    curve4 = curve_of(scored, best[4])
-    numbers, signs = [], {}
-    for k in sorted(others):
-        other = curve_of(scored, best[k])
-        d = None if curve4 is None or other is None else matched_bits(curve4, other)
-        signs[k] = None if d is None else d.sign
-        numbers.append(f"4-bit ({best[4]}) vs {_name(k)} ({best[k]}): {fmt_diff(d, metric)}")
-    shares = width_shares(doc, scored["family"][0], metric)
-    if shares:
-        numbers.append("frontier share by width: " + ", ".join(f"{_name(k)} {v:.0%}" for k, v in shares))
-    if all(s is None for s in signs.values()):
-        return say(NO_DATA, numbers)
-    if -1 in signs.values():  # some width beats 4-bit at equal memory
-        verdict = CONTRADICTED
-    elif all(signs[k] == 1 for k in signs if k < 4) and all(signs[k] is not None for k in signs):
-        verdict = SUPPORTED
-    else:
-        verdict = INCONCLUSIVE
-    return say(verdict, numbers)
+    family = scored["family"][0]
+    # The evidence the recommendation itself rests on: the metric whose comparison is more certain.
+    recs = [r for r in doc.get("recommendations", []) if r.get("family") == family]
+    rec = headline_recommendation(sorted(recs, key=lambda r: r.get("metric") != metric))
+    if rec.get("status") != "ok":
+        return say(NO_DATA, ["no equal-budget comparison (too few sizes or widths)"])
+    numbers = [
+        f"compared on {METRIC_WORD.get(rec['metric'], rec['metric'])}; share of budgets won: "
+        + ", ".join(f"{_name(int(k))} {v:.0%}" for k, v in _by_width(rec))
+    ]
+    p_best = rec.get("p_best")
+    if not p_best:
+        return say(INCONCLUSIVE, [*numbers, "P(best) unknown: no noise estimate"])
+    numbers.append("P(best): " + ", ".join(f"{_name(int(k))} {v:.2f}" for k, v in _by_width(p_best)))
+    numbers.append(
+        f"other widths need {rec.get('memory_margin', 0):.1%} more memory to match {rec['bits']}-bit"
+    )
+    if rec.get("clear"):
+        return say(SUPPORTED if rec["bits"] == 4 else CONTRADICTED, numbers)
+    return say(INCONCLUSIVE, numbers)
+
+
+def _by_width(shares: dict) -> list[tuple[str, float]]:
+    items = shares.get("shares_by_bits", shares) if "shares_by_bits" in shares else shares
+    return sorted(items.items(), key=lambda kv: int(kv[0]))
+
+
+METRIC_WORD = {"mean_acc": "mean zero-shot accuracy", "loss": "loss"}
+
+
+PARALLEL_TOL = 0.25  # slopes within 25% of each other count as parallel
 
 
 def parallel_curves(scored: pl.DataFrame, metric: str) -> dict:
     paper = "Curves for different k are roughly parallel in log(total bits), 3-bit excepted."
     crit = (
-        "Slope of each width's best-spec line vs the widest width's; supported when every width "
-        ">= 4 is within 2 SE of it."
+        "Slope of each width's best-spec line vs the widest width's: supported when every width >= 4 "
+        f"is within {PARALLEL_TOL:.0%} of it with 2-SE confidence; contradicted when one differs "
+        "beyond that and beyond 2 SE (Holm); otherwise inconclusive."
     )
-    say = partial(claim, 2, "Curves are parallel", paper, crit)
+    say = partial(claim, "parallel_curves", "Curves are parallel", paper, crit)
     lines = {k: curve_of(scored, q) for k, q in best_per_bits(scored).items()}
     wide = sorted(k for k in lines if k >= 4)
     if len(wide) < 2:
@@ -160,42 +169,55 @@ def parallel_curves(scored: pl.DataFrame, metric: str) -> dict:
         for k, ln in sorted(lines.items())
         if ln is not None
     ]
-    apart = [
-        k
-        for k in wide[:-1]
-        if abs(lines[k].slope - ref.slope) > Z * math.hypot(lines[k].slope_se, ref.slope_se)
+    # Parallel within PARALLEL_TOL of the reference slope, tested as an equivalence (the 2-SE
+    # interval of the slope difference inside the tolerance); apart beyond 2 SE after Holm.
+    tol = PARALLEL_TOL * abs(ref.slope)
+    diffs = [
+        Diff(lines[k].slope - ref.slope, math.hypot(lines[k].slope_se, ref.slope_se), 1) for k in wide[:-1]
     ]
-    verdict = CONTRADICTED if apart else SUPPORTED
+    apart = [
+        k for k, s, d in zip(wide[:-1], holm_signs(diffs), diffs, strict=True) if s and abs(d.diff) > tol
+    ]
     if apart:
         numbers.append("not parallel to " + _name(wide[-1]) + ": " + ", ".join(_name(k) for k in apart))
-    return say(verdict, numbers)
+        return say(CONTRADICTED, numbers)
+    if all(abs(d.diff) + Z * d.se <= tol for d in diffs):
+        return say(SUPPORTED, numbers)
+    return say(INCONCLUSIVE, [*numbers, f"slopes not pinned down to within {PARALLEL_TOL:.0%} of each other"])
 
 
 # -- 3, 4, 6, 8: data types and block sizes ------------------------------------------------------------
 
 
-def eight_bit_safe(scored: pl.DataFrame, metric: str) -> dict:
+def eight_bit_safe(scored: pl.DataFrame, metric: str, samples: pl.DataFrame | None = None) -> dict:
     paper = "8-bit is close to fp16; at 6-8 bits no data type or block size changes the curves."
     close = ACC_CLOSE if metric != "loss" else LOSS_CLOSE
+    tol = "1 accuracy point" if metric != "loss" else "0.01 nats"
     crit = (
-        f"Every 8-bit spec vs the 16-bit baseline on the same checkpoints: within 2 SE or within "
-        f"{'1 accuracy point' if metric != 'loss' else '0.01 nats'}."
+        f"Every 8-bit spec vs the 16-bit baseline on the same checkpoints. Supported when each "
+        f"difference's 2-SE interval lies within {tol} of zero (an equivalence test); contradicted "
+        f"when one is worse beyond {tol} and significantly so after Holm's correction over the 8-bit "
+        f"specs; otherwise inconclusive."
     )
-    say = partial(claim, 3, "8-bit is safe", paper, crit)
+    say = partial(claim, "eight_bit_safe", "8-bit is safe", paper, crit)
     specs = specs_of(scored)
     base = next((b for b in BASELINES if b in specs["quant"].to_list()), None)
     eights = specs.filter(pl.col("bits") == 8)["quant"].to_list()
     if base is None or not eights:
         return say(NOT_TESTABLE, ["needs fp16/bf16 and an 8-bit spec"])
-    diffs = {q: paired(scored, q, base) for q in eights}
+    diffs = {q: paired(scored, q, base, samples) for q in eights}
     numbers = [f"{q} vs {base}: {fmt_diff(d, metric)}" for q, d in diffs.items()]
-    if any(d is None for d in diffs.values()):
+    if any(d is None or d.se is None for d in diffs.values()):
         return say(NO_DATA, numbers)
-    ok = [d.sign in (0, 1) or abs(d.diff) <= close for d in diffs.values()]
-    return say(SUPPORTED if all(ok) else CONTRADICTED, numbers)
+    signs = holm_signs(list(diffs.values()))
+    if any(s == -1 and d.diff < -close for s, d in zip(signs, diffs.values(), strict=True)):
+        return say(CONTRADICTED, numbers)
+    if all(d.diff - Z * d.se >= -close for d in diffs.values()):
+        return say(SUPPORTED, numbers)
+    return say(INCONCLUSIVE, numbers)
 
 
-def block_64_at_4_bits(scored: pl.DataFrame, metric: str) -> dict:
+def block_64_at_4_bits(scored: pl.DataFrame, metric: str, samples: pl.DataFrame | None = None) -> dict:
     paper = (
         "At 4-bit, block 64 beats block 1024 by about the 4->5-bit gain for +0.234 bits per "
         "parameter: small blocks are worth their bits (optimum 64-128)."
@@ -204,7 +226,7 @@ def block_64_at_4_bits(scored: pl.DataFrame, metric: str) -> dict:
         "Small- vs large-block spec of one data type at 4 bits, compared at equal total bits "
         "(so the extra 16/B bits are paid for). Supported: small blocks ahead beyond 2 SE."
     )
-    say = partial(claim, 4, "Block 64 is worth its 0.25 bits", paper, crit)
+    say = partial(claim, "small_blocks", "Block 64 is worth its 0.25 bits", paper, crit)
     specs = specs_of(scored)
     pair = block_pair(specs, 4)
     if pair is None:
@@ -213,7 +235,7 @@ def block_64_at_4_bits(scored: pl.DataFrame, metric: str) -> dict:
             ["needs one data type at 4 bits with block <= 128 and block >= 512 (or per tensor)"],
         )
     small, large = pair
-    same_ckpt = paired(scored, small, large)
+    same_ckpt = paired(scored, small, large, samples)
     a, b = curve_of(scored, small), curve_of(scored, large)
     at_bits = None if a is None or b is None else matched_bits(a, b)
     numbers = [
@@ -225,7 +247,7 @@ def block_64_at_4_bits(scored: pl.DataFrame, metric: str) -> dict:
     if five.height:
         numbers.append(
             f"for scale, {five['quant'][0]} vs {small}: "
-            f"{fmt_diff(paired(scored, five['quant'][0], small), metric)}"
+            f"{fmt_diff(paired(scored, five['quant'][0], small, samples), metric)}"
         )
     if at_bits is None or at_bits.sign is None:
         return say(NO_DATA, numbers)
@@ -243,16 +265,16 @@ DTYPE_ORDER = (
 )
 
 
-def dtypes_at_4_bits(points: pl.DataFrame) -> dict:
+def dtypes_at_4_bits(points: pl.DataFrame, samples: pl.DataFrame | None = None) -> dict:
     paper = "Data types at 4-bit, by perplexity: quantile >= float > int ~ dynamic exponent."
     metric = "loss" if (points["metric"] == "loss").any() else "mean_acc"
     crit = (
         "Same block size, same checkpoints, by "
         + ("loss." if metric == "loss" else "mean accuracy (no loss measured).")
         + " Contradicted when an expected-worse type wins beyond 2 SE; supported when every strict"
-        " '>' holds beyond 2 SE."
+        " '>' holds beyond 2 SE (Holm's correction over the pairs)."
     )
-    say = partial(claim, 5, "Data-type ordering at 4 bits", paper, crit)
+    say = partial(claim, "dtype_order_4bit", "Data-type ordering at 4 bits", paper, crit)
     scored = score(points, metric)
     at4 = specs_of(scored).filter(pl.col("bits") == 4, pl.col("outlier_pct") == 0)
     n_types = {b: len(set(g["dtype"])) for (b,), g in at4.group_by("block_size")}
@@ -265,12 +287,14 @@ def dtypes_at_4_bits(points: pl.DataFrame) -> dict:
     quant = dict(zip(rows["dtype"].to_list(), rows["quant"].to_list(), strict=True))
     ranked = sorted(quant, key=lambda t: -float(scored.filter(pl.col("quant") == quant[t])["score"].mean()))
     numbers = ["order (best first): " + " > ".join(quant[t] for t in ranked)]
-    signs = []
+    diffs, stricts = [], []
     for better, worse, strict in DTYPE_ORDER:
         if better in quant and worse in quant:
-            d = paired(scored, quant[better], quant[worse])
+            d = paired(scored, quant[better], quant[worse], samples)
             numbers.append(f"{quant[better]} vs {quant[worse]}: {fmt_diff(d, metric)}")
-            signs.append((None if d is None else d.sign, strict))
+            diffs.append(d)
+            stricts.append(strict)
+    signs = list(zip(holm_signs(diffs), stricts, strict=True))  # Holm over the pairs tried
     if not signs:
         return say(
             NOT_TESTABLE,
@@ -287,13 +311,15 @@ def dtypes_at_4_bits(points: pl.DataFrame) -> dict:
     return say(verdict, numbers)
 
 
-def three_bit_needs_small_blocks(scored: pl.DataFrame, metric: str) -> dict:
+def three_bit_needs_small_blocks(
+    scored: pl.DataFrame, metric: str, samples: pl.DataFrame | None = None
+) -> dict:
     paper = (
         "3-bit is fragile: without small blocks it can collapse; 2% outliers in 16-bit stabilise "
         "it but do not beat 4-bit."
     )
     crit = "Small- vs large-block 3-bit spec of one data type, same checkpoints: small ahead beyond 2 SE."
-    say = partial(claim, 6, "3-bit needs small blocks", paper, crit)
+    say = partial(claim, "three_bit_needs_blocks", "3-bit needs small blocks", paper, crit)
     specs = specs_of(scored)
     pair = block_pair(specs, 3)
     if pair is None:
@@ -301,12 +327,14 @@ def three_bit_needs_small_blocks(scored: pl.DataFrame, metric: str) -> dict:
             NOT_TESTABLE,
             ["needs one data type at 3 bits with block <= 128 and block >= 512 (or per tensor)"],
         )
-    d = paired(scored, *pair)
+    d = paired(scored, *pair, samples)
     numbers = [f"{pair[0]} vs {pair[1]}: {fmt_diff(d, metric)}"]
     for q in specs.filter(pl.col("bits") == 3, pl.col("outlier_pct") > 0)["quant"].to_list():
         plain = str(QuantSpec.parse(q).without_outliers())
         if plain in specs["quant"].to_list():
-            numbers.append(f"outliers kept: {q} vs {plain}: {fmt_diff(paired(scored, q, plain), metric)}")
+            numbers.append(
+                f"outliers kept: {q} vs {plain}: {fmt_diff(paired(scored, q, plain, samples), metric)}"
+            )
     if d is None or d.sign is None:
         return say(NO_DATA, numbers)
     return say(
@@ -315,59 +343,67 @@ def three_bit_needs_small_blocks(scored: pl.DataFrame, metric: str) -> dict:
     )
 
 
-def float_exponent(scored: pl.DataFrame, metric: str) -> dict:
+def float_exponent(scored: pl.DataFrame, metric: str, samples: pl.DataFrame | None = None) -> dict:
     paper = "Best float exponent bits for 3..8 bits are about ceil(k/2) (5-bit excepted)."
     crit = (
-        "Per k with several explicit fp exponents (fp<k>e<E>) at one block size: ceil(k/2) not "
-        "behind the best beyond 2 SE."
+        "Per k with several explicit fp exponents (fp<k>e<E>) at one block size (5-bit excepted): "
+        "supported when ceil(k/2) is the best at every k; contradicted when it is behind the best "
+        "beyond 2 SE at some k after Holm's correction over the k's; otherwise inconclusive."
     )
-    say = partial(claim, 8, "Float exponent heuristic", paper, crit)
+    say = partial(claim, "float_exponents", "Float exponent heuristic", paper, crit)
     specs = specs_of(scored)
     exponent = {q: QuantSpec.parse(q).exp_bits for q in specs["quant"].to_list()}
     specs = specs.with_columns(e=pl.col("quant").replace_strict(exponent, return_dtype=pl.Int64)).filter(
         pl.col("e").is_not_null(), pl.col("outlier_pct") == 0
     )
-    numbers, verdicts = [], []
+    numbers, tested = [], []  # tested: (k, best is ceil(k/2), best - ceil(k/2))
     for (k, _block), g in specs.group_by(["bits", "block_size"], maintain_order=True):
         expected = g.filter(pl.col("e") == math.ceil(k / 2))
         if g.height < 2 or expected.height == 0:
             continue
         best = g.sort("mean_score", descending=True)["quant"][0]
-        d = paired(scored, best, expected["quant"][0]) if best != expected["quant"][0] else None
+        d = paired(scored, best, expected["quant"][0], samples) if best != expected["quant"][0] else None
         numbers.append(
             f"{k}-bit: best {best}, ceil(k/2) = {math.ceil(k / 2)}"
             + (f": behind by {fmt_diff(d, metric)}" if d else "")
         )
         if k != 5:
-            verdicts.append(1 if d is None else (None if d.sign is None else (-1 if d.sign == 1 else 1)))
-    if not verdicts:
+            tested.append((best == expected["quant"][0], d))
+    if not tested:
         return say(
             NOT_TESTABLE,
             numbers or ["needs fp specs with two exponent widths at one k"],
         )
-    verdict = NO_DATA if None in verdicts else (CONTRADICTED if -1 in verdicts else SUPPORTED)
-    return say(verdict, numbers)
+    behind = [d for ok, d in tested if not ok]
+    if any(d is None or d.se is None for d in behind):
+        return say(NO_DATA, numbers)
+    if any(s == 1 for s in holm_signs(behind)):  # the best beats ceil(k/2) beyond noise (Holm)
+        return say(CONTRADICTED, numbers)
+    return say(SUPPORTED if not behind else INCONCLUSIVE, numbers)
 
 
 # -- all -------------------------------------------------------------------------------------------
 
 
-def check_claims(latest: pl.DataFrame, points: pl.DataFrame, doc: dict) -> list[dict]:
-    """Every checkable claim, in science.md's order, for one family's points."""
+def check_claims(
+    latest: pl.DataFrame, points: pl.DataFrame, doc: dict, samples: pl.DataFrame | None = None
+) -> list[dict]:
+    """Every checkable claim, in science.md's order, for one family's points; `samples`: the
+    per-example scores (law/paired.py) that make same-checkpoint comparisons paired."""
     metric = headline_metric(latest)
     if metric is None:
-        none = claim(0, "All claims", "", "", NO_DATA, ["no accuracy or perplexity points"])
+        none = claim("all", "All claims", "", "", NO_DATA, ["no accuracy or perplexity points"])
         return [none]
     scored = score(latest, metric)
     return [
-        four_bit_wins(scored, metric, doc),
+        four_bit_optimal(scored, metric, doc),
         parallel_curves(scored, metric),
-        eight_bit_safe(scored, metric),
-        block_64_at_4_bits(scored, metric),
-        dtypes_at_4_bits(latest),
-        three_bit_needs_small_blocks(scored, metric),
+        eight_bit_safe(scored, metric, samples),
+        block_64_at_4_bits(scored, metric, samples),
+        dtypes_at_4_bits(latest, samples),
+        three_bit_needs_small_blocks(scored, metric, samples),
         perplexity_tracks_accuracy(points),
-        float_exponent(scored, metric),
+        float_exponent(scored, metric, samples),
         damage_grows_with_tokens(points, doc),
         per_bit_factor(points, doc),
     ]
