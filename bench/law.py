@@ -91,7 +91,7 @@ def main() -> None:
     fits = {k: sum(e["status"] == "ok" for e in doc[k]) for k in ("threshold", "power_law", "damage")}
     rec = doc["recommendation"]
     print(f"fits ok: {fits}; extrapolation checks: {len(doc['extrapolation'])}; ", end="")
-    print(f"recommendation: {rec.get('quant')} (frontier share {rec.get('frontier_share', 0):.2f})")
+    print(f"recommendation: {rec.get('quant')} (P(best) {(rec.get('p_best') or {}).get(str(rec.get('bits')))}, clear {rec.get('clear')})")
 
 
 def _prepare(df):
