@@ -16,8 +16,8 @@ import polars as pl
 import pytest
 
 from kbitlaw.law.budget import isotonic, recommend_by_budget
-from kbitlaw.law.document import FitConfig, fit_laws
-from kbitlaw.law.io import default_chance
+from kbitlaw.law.document import FitConfig
+from kbitlaw.law.frontier import fit_frontiers
 from kbitlaw.law.sim import World, bits_cost, effective_size_loss, peaked_quality, simulate_results
 from kbitlaw.law.table import components, matched_per_size, metric_points, normalise
 
@@ -35,7 +35,11 @@ def simulate(best: int, ratio: float, seed: int, specs=INT_GRID, n_sizes=None, m
 
 
 def recommendation(df: pl.DataFrame, n_boot: int = 60) -> dict:
-    return fit_laws(df, FitConfig(chance=default_chance(df), n_boot=n_boot)).doc["recommendation"]
+    """fit_laws' recommendation, computed alone (fit_frontiers on the matched points: the same
+    path, without the other laws; the last test runs the whole `kbitlaw fit`)."""
+    points, _ = metric_points(components(normalise(df)))
+    rec, _, _ = fit_frontiers(matched_per_size(points)[0], FitConfig(n_boot=n_boot))
+    return rec
 
 
 @pytest.mark.parametrize("ratio", [2, 4])
