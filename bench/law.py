@@ -91,7 +91,8 @@ def main() -> None:
     fits = {k: sum(e["status"] == "ok" for e in doc[k]) for k in ("threshold", "power_law", "damage")}
     rec = doc["recommendation"]
     print(f"fits ok: {fits}; extrapolation checks: {len(doc['extrapolation'])}; ", end="")
-    print(f"recommendation: {rec.get('quant')} (P(best) {(rec.get('p_best') or {}).get(str(rec.get('bits')))}, clear {rec.get('clear')})")
+    p_best = (rec.get("p_best") or {}).get(str(rec.get("bits")))
+    print(f"recommendation: {rec.get('quant')} (P(best) {p_best}, clear {rec.get('clear')})")
 
 
 def _prepare(df):

@@ -52,7 +52,7 @@ def _quiet_libraries() -> None:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"kbitlaw: error: {message}", err=True)
+    typer.echo(f"kbitlaw: error: {' '.join(message.split())}", err=True)  # always one line
     raise typer.Exit(code)
 
 
@@ -79,8 +79,11 @@ def demo(
     """Build the embedded demo (datasets + checkpoint family) and run nightly once."""
     _quiet_libraries()
     from kbitlaw.flows.demo import DEMO_GRID, describe, run_demo
+    from kbitlaw.flows.server import ensure_api
+    from kbitlaw.store import StoreError
 
     try:
+        ensure_api()  # without PREFECT_API_URL: an ephemeral server that dies with this process
         summary = run_demo(
             store,
             arrive=arrive,
@@ -90,7 +93,7 @@ def demo(
             budget=budget,
             show_progress=False if as_json else None,
         )
-    except ValueError as exc:
+    except (RuntimeError, StoreError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
         sys.stdout.write(json.dumps(summary, allow_nan=False, default=str) + "\n")
@@ -125,9 +128,18 @@ def nightly(
     as_json: JsonOpt = False,
 ) -> None:
     """Discover checkpoints, evaluate what is new, refit the laws and write the report."""
-    _quiet_libraries()
     if runner not in ("thread", "dask"):
         _fail(f"--runner must be thread or dask, got {runner!r}")
+    from kbitlaw.flows.server import prepare_api, probe_stores
+    from kbitlaw.store import StoreError
+
+    checkpoints = checkpoints or os.environ.get("KBITLAW_CHECKPOINTS") or None
+    try:
+        probe_stores(store, checkpoints)  # an unreachable store: one line, before the flow starts
+        _quiet_libraries()
+        crashed = prepare_api()  # without PREFECT_API_URL: a server that dies with this process
+    except (RuntimeError, StoreError, ValueError) as exc:
+        _fail(str(exc))
     from kbitlaw.flows.artifacts import interactive
     from kbitlaw.flows.nightly import nightly as nightly_flow
     from kbitlaw.flows.nightly import task_runner
@@ -144,7 +156,7 @@ def nightly(
         progress=not as_json and interactive(),
         return_state=True,
     )
-    summary = _flow_summary(state)
+    summary = _flow_summary(state) | ({"crashed_stale_runs": crashed} if crashed else {})
     if as_json:
         sys.stdout.write(json.dumps(summary, allow_nan=False) + "\n")
     else:
@@ -268,18 +280,21 @@ def datasets_clean(
     from kbitlaw.data.specs import DatasetError
     from kbitlaw.store import Store, StoreError
 
+    invalid: list[str] = []
     try:
         s = Store(store)
-        done = clean_datasets(s, select_dataset_specs(names, specs or old_specs))
+        done = clean_datasets(s, select_dataset_specs(names, specs or old_specs, invalid=invalid))
     except (DatasetError, StoreError, ValueError) as exc:
         _fail(str(exc))
+    for problem in invalid:
+        typer.echo(f"failed: {problem}", err=True)
     if as_json:
         doc = [
             c.summary | {"key": s.url(c.key), "quarantine": s.url(c.quarantine_key), "cached": c.cached}
             for c in done
         ]
         sys.stdout.write(json.dumps({"datasets": doc}) + "\n")
-        return
+        raise typer.Exit(1 if invalid else 0)
     for c in done:
         reasons = ", ".join(f"{k}: {v}" for k, v in c.summary["reasons"].items()) or "none"
         typer.echo(
@@ -287,6 +302,7 @@ def datasets_clean(
             f"{c.summary['quarantined']} quarantined ({reasons})\t{'cached' if c.cached else 'cleaned'}"
             f"\t{s.url(c.key)}"
         )
+    raise typer.Exit(1 if invalid else 0)
 
 
 @datasets_app.command("validate")
@@ -302,10 +318,14 @@ def datasets_validate(
     from kbitlaw.data.specs import DatasetError
     from kbitlaw.store import Store, StoreError
 
+    invalid: list[str] = []
     try:
-        results = validate_datasets(Store(store), select_dataset_specs(names, specs or old_specs))
+        picked = select_dataset_specs(names, specs or old_specs, invalid=invalid)
+        results = validate_datasets(Store(store), picked)
     except (DatasetError, StoreError, ValueError) as exc:
         _fail(str(exc))
+    for problem in invalid:
+        typer.echo(f"failed: {problem}", err=True)
     if as_json:
         doc = [
             {"name": c.name, "sha": c.sha, "success": r.success, "message": r.message(), **urls}
@@ -315,7 +335,7 @@ def datasets_validate(
     else:
         for c, r, urls in results:
             typer.echo(f"{c.name}\t{'ok' if r.success else 'FAILED'}\t{r.message()}\t{urls['html']}")
-    raise typer.Exit(0 if all(r.success for _, r, _ in results) else 1)
+    raise typer.Exit(0 if all(r.success for _, r, _ in results) and not invalid else 1)
 
 
 @app.command()
@@ -324,7 +344,9 @@ def serve() -> None:
     from prefect import serve as prefect_serve
 
     from kbitlaw.flows.serve import runner_deployments
+    from kbitlaw.flows.server import ensure_api
 
+    ensure_api()  # without PREFECT_API_URL: an ephemeral server that dies with this process
     prefect_serve(*runner_deployments())
 
 
@@ -349,8 +371,12 @@ def list_checkpoints(
 ) -> None:
     """List the checkpoints found under a URI, with their fingerprints and any unreadable ones."""
     from kbitlaw.checkpoints import discover
+    from kbitlaw.store import StoreError
 
-    found, errors = discover(uri or default_checkpoints(store))
+    try:
+        found, errors = discover(uri or default_checkpoints(store))
+    except (StoreError, ValueError) as exc:
+        _fail(str(exc))
     if as_json:
         doc = {
             "checkpoints": [

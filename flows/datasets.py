@@ -7,11 +7,24 @@ from dataclasses import asdict
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
 
 from kbitlaw.data.prepare import select_dataset_specs, validate_dataset
 from kbitlaw.data.specs import clean_dataset
 from kbitlaw.eval.sweep import DatasetRef
 from kbitlaw.store import Store
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Retry only what may change on a retry (a store or network hiccup). A bad spec, bad data or
+    a failed validation (DatasetError, ValidationFailed: ValueErrors) fails the same way again."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception:  # the failure's cause is unknown: retry as before
+            return True
+    return not isinstance(exc, ValueError | TypeError | LookupError)
 
 
 @task(
@@ -20,6 +33,7 @@ from kbitlaw.store import Store
     task_run_name="clean {name}",
     retries=1,
     retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,
 )
 def clean_and_validate(store_uri: str, name: str, dataset_specs: str | None = None) -> dict:
     """One dataset: clean (or read the stored clean version) and validate; raise if invalid."""
@@ -53,10 +67,12 @@ def clean_and_validate(store_uri: str, name: str, dataset_specs: str | None = No
 def clean_datasets_flow(
     store: str | None = None, names: list[str] | None = None, dataset_specs: str | None = None
 ) -> list:
-    """Clean and validate each dataset in its own task: one bad dataset fails alone."""
+    """Clean and validate each dataset in its own task: one bad dataset fails alone (the flow
+    run then ends Failed, naming it). Returns each task's final state."""
     store_uri = Store(store).uri
     futures = [
         clean_and_validate.submit(store_uri, s.name, dataset_specs)
         for s in select_dataset_specs(names, dataset_specs)
     ]
+    wait(futures)  # final states: before this they may still be Pending or Running
     return [f.state for f in futures]

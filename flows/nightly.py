@@ -33,6 +33,7 @@ from kbitlaw.eval.sweep import (
 from kbitlaw.flows.artifacts import progress_artifact, progress_bar, publish_artifacts
 from kbitlaw.flows.datasets import clean_and_validate
 from kbitlaw.flows.fit import fit_task
+from kbitlaw.flows.server import record_process
 from kbitlaw.quant.spec import resolve_grid
 from kbitlaw.report.headline import headline_line
 from kbitlaw.store import Store
@@ -127,17 +128,19 @@ def sweep(
     `progress`: draw a terminal progress bar (interactive CLI runs only)."""
     logger = get_run_logger()
     started = time.perf_counter()
+    record_process(runtime.flow_run.id)  # a later run can tell when this one was killed
     s = Store(store)
     specs = [str(q) for q in resolve_grid(grid)]
     found = discover_checkpoints(checkpoints or s.url("checkpoints"))
+    invalid: list[str] = []  # dataset spec files that cannot be read: each fails its dataset alone
     cleaned = [
         clean_and_validate.submit(s.uri, spec.name, dataset_specs)
-        for spec in select_dataset_specs(datasets, dataset_specs)
+        for spec in select_dataset_specs(datasets, dataset_specs, invalid=invalid)
     ]
     wait(cleaned)
     refs = [DatasetRef(**f.result()["ref"]) for f in cleaned if f.state.is_completed()]
     in_tasks = sum(f.result()["seconds"] for f in cleaned if f.state.is_completed())
-    bad_data = [f.state.message for f in cleaned if not f.state.is_completed()]
+    bad_data = invalid + [f.state.message for f in cleaned if not f.state.is_completed()]
     work = plan(s, found["checkpoints"], specs, refs, width=max(1, workers))
     with claim(task_resources()):
         futures = [

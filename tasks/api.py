@@ -53,22 +53,24 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 32,
     device: str | None = None,
+    max_chars: int = 20_000,
 ) -> pl.DataFrame:
     """Results rows (the results schema) of one checkpoint on one dataset at each spec.
 
     `model_or_uri`: a checkpoint URI or load_checkpoint()'s result (loaded once, reused).
-    `data`: a DataFrame in a canonical schema, or a jsonl / parquet / csv file of one; it is
-    cleaned as the nightly cleans (bad rows dropped, see data/cleaning.py). `kind` is inferred
-    for multiple-choice data; cloze and perplexity data must say which they are."""
-    from kbitlaw.data.specs import read_dataset_frame
+    `data`: a DataFrame in a canonical schema, or a jsonl / json / parquet / csv file of one. Its
+    first `limit` rows are cleaned as the nightly cleans (data/cleaning.py): rows that cannot be
+    scored (longer than `max_chars`, empty ...) or repeat an earlier row are dropped and counted in
+    one INFO line on the "kbitlaw" logger; a malformed row (bad gold or choices) raises
+    EvaluationError naming it. `kind` is inferred for multiple-choice data; cloze and perplexity
+    data must say which they are."""
+    from kbitlaw.data.files import read_dataset_file, read_dataset_frame
 
     if isinstance(data, pl.DataFrame):
-        df, kind = read_dataset_frame(data, kind, limit, source=dataset or "dataset")
         name = dataset or "dataset"
+        df, kind = read_dataset_frame(data, kind, limit, source=name, max_chars=max_chars)
     else:
-        from kbitlaw.data.specs import read_dataset_file
-
-        df, kind = read_dataset_file(str(data), kind, limit)
+        df, kind = read_dataset_file(str(data), kind, limit, max_chars=max_chars)
         name = dataset or Path(data).stem
     rows = evaluate_specs(model_or_uri, df, kind, specs, dataset=name, batch_size=batch_size, device=device)
     return results_frame(rows)

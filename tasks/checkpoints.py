@@ -4,8 +4,21 @@ A checkpoint is a Hugging Face format directory (config.json + weights + tokeniz
 a local directory tree, an s3:// prefix, or named explicitly as hf://org/name@revision. An
 optional sidecar `kbitlaw.json` says which family, size and training step it is.
 
+Identity: the fingerprint is a sha256 over (name, size, content tag) of config.json, the weights
+and the tokenizer files, plus the sidecar's identity fields (family, size, step, tokens_seen) when
+it has any. Results are keyed by the fingerprint and carry those fields, so a corrected
+tokens_seen means a fresh evaluation whose rows say the right thing, and identical weights at two
+steps stay two checkpoints. Other sidecar fields and the checkpoint's location do not change it.
+
+Folder names: a folder that is not a store key (`step 977 ü`) is read through a store rooted at
+its real path, so its name never becomes a key (results are keyed by fingerprint; the id, the
+real relative path, is a label). A path part that cannot be read safely (`..`, `.`, an empty S3
+key part, control characters) or a needed file name that is not a key fails that checkpoint
+alone, with one line.
+
 Security: loading never executes code from a checkpoint. Weights are read from safetensors only
 (pickle `*.bin` files are refused unless the caller opts in) and trust_remote_code is always False.
+A file that is a symbolic link out of the scanned folder is refused, not followed.
 """
 
 from __future__ import annotations
@@ -14,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -24,9 +36,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from kbitlaw.store import Store, sha256_bytes
+from kbitlaw.checkpoint_files import (
+    CheckpointError,
+    check_file,
+    check_folder,
+    check_sidecar,
+    first_line,
+    is_key,
+    numel,
+    safetensors_header,
+    where_of,
+)
+from kbitlaw.store import Store, StoreError, sha256_bytes
 
 SIDECAR = "kbitlaw.json"
+IDENTITY_FIELDS = ("family", "size", "step", "tokens_seen")  # sidecar fields in the fingerprint
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -46,10 +70,6 @@ _IDENTITY = re.compile(
 _STEP_DIR = re.compile(r"^(?:step|checkpoint|ckpt)[-_]?(\d+)$")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used; the message is one line naming its path and the cause."""
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     uri: str  # the checkpoint directory: a local path, s3://bucket/dir or hf://org/name@rev
@@ -57,7 +77,7 @@ class Checkpoint:
     family: str
     step: int | None
     tokens_seen: int | None
-    fingerprint: str  # sha256 over (name, size, content tag) of config, weights and tokenizer
+    fingerprint: str  # sha256 over config, weights, tokenizer (name, size, tag) + sidecar identity
     n_params: int  # from the safetensors headers (every stored tensor once)
     files: tuple[tuple[str, int, str], ...] = field(repr=False)
     sidecar: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -113,38 +133,6 @@ def count_params(model: nn.Module) -> ParamCounts:
     return ParamCounts(total=total, quantizable=n_q, embedding_and_head=n_e, other=total - n_q - n_e)
 
 
-# -- safetensors headers (read without loading tensors) ----------------------------------------
-
-
-def _safetensors_header(store: Store, key: str, size: int) -> dict[str, Any]:
-    """The JSON header of a safetensors file; checks the file is as long as the header says."""
-    where = store.url(key)
-    if size < 8:
-        raise CheckpointError(f"{where}: truncated safetensors file ({size} bytes)")
-    (n,) = struct.unpack("<Q", store.fs.cat_file(store.path(key), start=0, end=8))
-    if n > 100_000_000 or 8 + n > size:
-        raise CheckpointError(
-            f"{where}: truncated or corrupt safetensors file (header of {n} bytes, file of {size})"
-        )
-    try:
-        header = json.loads(store.fs.cat_file(store.path(key), start=8, end=8 + n))
-    except ValueError as exc:
-        raise CheckpointError(f"{where}: corrupt safetensors header ({exc})") from None
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if size != 8 + n + end:
-        raise CheckpointError(
-            f"{where}: truncated safetensors file ({size} bytes, header says {8 + n + end})"
-        )
-    return header
-
-
-def _numel(shape: list[int]) -> int:
-    out = 1
-    for d in shape:
-        out *= d
-    return out
-
-
 # -- discovery ---------------------------------------------------------------------------------
 
 
@@ -171,14 +159,24 @@ def discover(uri: str) -> tuple[list[Checkpoint], list[CheckpointError]]:
         if not _looks_like_checkpoint(names):
             continue
         try:
-            found.append(describe(store, directory, names))
+            found.append(_describe_found(store, directory, names))
         except CheckpointError as exc:
             errors.append(exc)
-        except (ValueError, OSError) as exc:
-            errors.append(
-                CheckpointError(f"{store.url(directory or '.') if directory else store.uri}: {exc}")
-            )
+        except StoreError:
+            raise  # the store itself fails, not this checkpoint: the caller may retry
+        except Exception as exc:  # anything else about one checkpoint fails it alone
+            errors.append(CheckpointError(f"{where_of(store, directory)}: {first_line(exc)}"))
     return found, errors
+
+
+def _describe_found(store: Store, directory: str, names: list[str]) -> Checkpoint:
+    """describe() a discovered directory; one whose name is not a store key is read through a
+    store rooted at its real path (see the module docstring)."""
+    if not directory or is_key(directory):
+        return describe(store, directory, names)
+    check_folder(store, directory)
+    inner = Store(f"{store.uri}/{directory}")
+    return describe(inner, "", names, boundary=store.root, rel=directory)
 
 
 def _looks_like_checkpoint(names: list[str]) -> bool:
@@ -188,14 +186,22 @@ def _looks_like_checkpoint(names: list[str]) -> bool:
 
 
 def describe(
-    store: Store, directory: str, names: list[str] | None = None, *, allow_pickle: bool = False
+    store: Store,
+    directory: str,
+    names: list[str] | None = None,
+    *,
+    allow_pickle: bool = False,
+    boundary: str | None = None,
+    rel: str | None = None,
 ) -> Checkpoint:
     """Read one checkpoint directory's metadata (no weights are downloaded).
 
     With allow_pickle, a checkpoint whose weights are only pickle files is accepted (the caller
     trusts it); its pickle files then count in the fingerprint and n_params is 0 (unknown).
+    `boundary`: the local folder that symbolic links may not point out of (default: the store's
+    root); `rel`: the checkpoint's path relative to the scanned folder (default: `directory`).
     """
-    where = store.url(directory) if directory else store.uri
+    where = where_of(store, directory)
     if names is None:
         prefix = f"{directory}/" if directory else ""
         names = [k[len(prefix) :] for k in store.list(directory) if "/" not in k[len(prefix) :]]
@@ -215,11 +221,12 @@ def describe(
     files, n_params = [], 0
     trusted = weights or sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
     for name in sorted(n for n in names if _IDENTITY.match(n) or n in trusted):
+        check_file(store, key(name), f"{where}/{name}", boundary or store.root)
         info = store.info(key(name))
         files.append((name, info["size"], info["etag"]))
         if name.endswith(".safetensors"):
-            header = _safetensors_header(store, key(name), info["size"])
-            n_params += sum(_numel(t["shape"]) for k, t in header.items() if k != "__metadata__")
+            header = safetensors_header(store, key(name), info["size"])
+            n_params += sum(numel(t["shape"]) for k, t in header.items() if k != "__metadata__")
     try:
         config = json.loads(store.read_bytes(key("config.json")))
     except ValueError as exc:
@@ -231,11 +238,13 @@ def describe(
         )
     sidecar: dict[str, Any] = {}
     if SIDECAR in names:
+        check_file(store, key(SIDECAR), f"{where}/{SIDECAR}", boundary or store.root)
         try:
             sidecar = json.loads(store.read_bytes(key(SIDECAR)))
         except ValueError as exc:
             raise CheckpointError(f"{where}/{SIDECAR}: not valid JSON ({exc})") from None
-    return _checkpoint(where, directory, files, n_params, sidecar)
+        check_sidecar(sidecar, f"{where}/{SIDECAR}")
+    return _checkpoint(where, directory if rel is None else rel, files, n_params, sidecar)
 
 
 def _checkpoint(uri: str, rel: str, files: list, n_params: int, sidecar: dict[str, Any]) -> Checkpoint:
@@ -248,18 +257,26 @@ def _checkpoint(uri: str, rel: str, files: list, n_params: int, sidecar: dict[st
         ckpt_id = f"{sidecar['family']}/{sidecar['size']}/step-{step}"
     else:
         ckpt_id = rel or Path(uri).name
-    fingerprint = sha256_bytes(json.dumps(sorted(files)).encode())
     return Checkpoint(
         uri=uri,
         id=ckpt_id,
         family=str(family),
         step=int(step) if step is not None else None,
         tokens_seen=int(sidecar["tokens_seen"]) if sidecar.get("tokens_seen") is not None else None,
-        fingerprint=fingerprint,
+        fingerprint=fingerprint_of(files, sidecar),
         n_params=n_params,
         files=tuple(files),
         sidecar=sidecar,
     )
+
+
+def fingerprint_of(files: list, sidecar: dict[str, Any]) -> str:
+    """sha256 of the identity files and the sidecar's identity fields (see the module docstring).
+    Without identity fields it is the files' hash alone, as before the fields joined it."""
+    meta = {k: sidecar[k] for k in IDENTITY_FIELDS if sidecar.get(k) is not None}
+    meta = {k: (int(v) if k in ("step", "tokens_seen") else str(v)) for k, v in meta.items()}
+    doc = {"files": sorted(files), "metadata": meta} if meta else sorted(files)
+    return sha256_bytes(json.dumps(doc, sort_keys=True).encode())
 
 
 def _parse_hf(uri: str) -> tuple[str, str | None]:

@@ -53,6 +53,20 @@ def validate_key(key: str) -> str:
     return key
 
 
+def s3_timeout() -> float:
+    """KBITLAW_S3_TIMEOUT (default 5): seconds one S3 request may wait to connect and between
+    bytes of an answer. A request is tried twice, so a silent or refusing endpoint fails an
+    operation within about 2 x timeout + 1 s."""
+    text = os.environ.get("KBITLAW_S3_TIMEOUT") or "5"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise ValueError(f"KBITLAW_S3_TIMEOUT must be a positive number of seconds, got {text!r}")
+    return value
+
+
 def _s3_filesystem() -> fsspec.AbstractFileSystem:
     import s3fs
 
@@ -62,12 +76,15 @@ def _s3_filesystem() -> fsspec.AbstractFileSystem:
         client_kwargs["endpoint_url"] = endpoint
     if os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
         client_kwargs["region_name"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    # Bounded failure: an unreachable endpoint must give an error in seconds, not hang.
-    timeout = float(os.environ.get("KBITLAW_S3_TIMEOUT", "5"))
+    # Bounded failure: an unreachable or silent endpoint gives an error in seconds, not a hang.
+    # Every layer that waits or retries is bounded by the one setting: botocore's connect and read
+    # timeouts, botocore's attempts (total_max_attempts counts the first; "max_attempts" would
+    # count retries only) and s3fs's own retry loop (one pass: botocore already retried).
+    timeout = s3_timeout()
     config_kwargs = {
         "connect_timeout": timeout,
-        "read_timeout": max(timeout, 60.0),
-        "retries": {"max_attempts": 2, "mode": "standard"},
+        "read_timeout": timeout,  # per read of an answer, not per transfer: big objects stream
+        "retries": {"total_max_attempts": 2, "mode": "standard"},
     }
     # Credentials come from the standard AWS variables / profiles through botocore;
     # they are never read, logged or stored here.
@@ -77,8 +94,25 @@ def _s3_filesystem() -> fsspec.AbstractFileSystem:
         use_listings_cache=False,  # a nightly run must see checkpoints that arrived a second ago
         skip_instance_cache=True,
     )
-    fs.retries = 2  # s3fs's own retry loop on top of botocore's (default 5, with back-off)
+    fs.retries = 1  # s3fs's own retry loop (default 5, with back-off) on top of botocore's: off
     return fs
+
+
+def probe(uri: str | os.PathLike[str] | None = None) -> None:
+    """Raise StoreError (one line, naming the store) unless the store answers: one small listing
+    on S3 (a silent or refusing endpoint, a missing bucket, refused credentials); nothing locally.
+    A command calls it before work that would otherwise fail late and many times over."""
+    store = Store(uri)
+    if store.protocol != "s3":
+        return
+    bucket, _, prefix = store.root.partition("/")
+    try:
+        store.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
+    except FileNotFoundError:
+        raise StoreError(f"{store.uri}: no bucket {bucket!r} at this endpoint") from None
+    except Exception as exc:
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise StoreError(f"{store.uri}: {cause}") from None
 
 
 class Store:

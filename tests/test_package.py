@@ -94,7 +94,7 @@ def test_evaluate_returns_the_results_schema_and_fit_laws_a_document(trained_che
     from kbitlaw.law.sim import simulate_results
 
     rows = [
-        {"id": str(i), "context": "the cat sat on", "choices": ["the mat", "a tree"], "gold": i % 2}
+        {"id": str(i), "context": f"the cat {i} sat on", "choices": ["the mat", "a tree"], "gold": i % 2}
         for i in range(6)
     ]
     results = kbitlaw.evaluate(str(trained_checkpoint), pl.DataFrame(rows), "fp16,int4-b64", dataset="toy")

@@ -2,13 +2,20 @@
 
 Normalisation: Unicode NFC, runs of spaces/tabs collapsed to one space, runs of line breaks to
 one newline (prompts like "Question: ...\\nAnswer:" keep their line), ends stripped.
+Cells arrive as the file gave them: `choices` may be a JSON list in one text cell (CSV), `gold`
+text or a float, text fields numbers; `coerce` converts them, and a cell that does not convert is
+its row's reason ("choices not a JSON list", "gold not an integer").
 Each dropped row goes to quarantine with the first reason that applies, in this order:
-null field, empty field, fewer than 2 choices, gold out of range, duplicate choices, too long,
-too short (cloze needs a context and a last word), duplicate id, duplicate row (same content as
-an earlier row after normalisation, whatever its id). Rows in = rows out + rows quarantined.
+a cell that does not convert, null field, empty field, fewer than 2 choices, gold out of range,
+duplicate choices, too long, too short (cloze needs a context and a last word), duplicate id,
+duplicate row (same content as an earlier row after normalisation, whatever its id).
+Rows in = rows out + rows quarantined.
 """
 
 from __future__ import annotations
+
+import json
+import math
 
 import polars as pl
 
@@ -19,6 +26,71 @@ CANONICAL = {
     "perplexity": ("id", "text"),
 }
 OPTIONAL = {"multiple_choice": ("continuation",)}  # winogrande-style partial scoring
+NOT_A_LIST, NOT_AN_INTEGER = "choices not a JSON list", "gold not an integer"
+_SCALAR = (pl.String, pl.Boolean, pl.Null)
+
+
+def json_choices(cell: str | None) -> tuple[list[str | None] | None, bool]:
+    """(choices, ok) of one text cell holding a JSON list, e.g. ["yes", "no"]."""
+    if cell is None:
+        return None, True
+    try:
+        value = json.loads(cell)
+    except ValueError:
+        return None, False
+    if not isinstance(value, list) or any(isinstance(v, list | dict) for v in value):
+        return None, False
+    return [None if v is None else str(v) for v in value], True
+
+
+def _gold(value) -> tuple[int | None, bool]:
+    """(gold, ok) of one cell that is not already an integer: "2", 2.0 convert; "b", 1.5 do not."""
+    if value is None:
+        return None, True
+    if isinstance(value, str):
+        value = value.strip()
+        if not value.lstrip("+-").isdigit():
+            return None, False
+        return int(value), True
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value), True
+    return None, False
+
+
+def coerce(df: pl.DataFrame, kind: str) -> pl.DataFrame:
+    """The canonical dtypes (id, text: String; choices: List(String); gold: Int64) plus `_invalid`:
+    the reason a row's cell did not convert (null when every cell did). Raises ValueError naming
+    the column when a whole column has a type that cannot hold its field (e.g. nested text)."""
+    invalid = [None] * df.height
+    out = []
+    for col in df.columns:
+        dtype = df.schema[col]
+        if col in ("id", "context", "text", "continuation"):
+            if not (dtype.is_numeric() or dtype.is_temporal() or dtype in _SCALAR):
+                raise ValueError(f"column '{col}' holds {dtype}, not text")
+            out.append(df[col].cast(pl.String))
+        elif col == "choices":
+            if dtype == pl.String or dtype == pl.Null:
+                parsed = [json_choices(c) for c in df[col].cast(pl.String)]
+                invalid = [
+                    r or (None if ok else NOT_A_LIST) for r, (_, ok) in zip(invalid, parsed, strict=True)
+                ]
+                out.append(pl.Series(col, [c for c, _ in parsed], dtype=pl.List(pl.String)))
+            elif isinstance(dtype, pl.List) and (dtype.inner.is_numeric() or dtype.inner in _SCALAR):
+                out.append(df[col].cast(pl.List(pl.String)))
+            else:
+                raise ValueError(f"column 'choices' holds {dtype}, not a list of texts")
+        elif col == "gold" and not dtype.is_integer():
+            if not (dtype.is_numeric() or dtype in _SCALAR):
+                raise ValueError(f"column 'gold' holds {dtype}, not integers")
+            parsed = [_gold(v) for v in df[col]] if dtype != pl.Null else [(None, True)] * df.height
+            invalid = [
+                r or (None if ok else NOT_AN_INTEGER) for r, (_, ok) in zip(invalid, parsed, strict=True)
+            ]
+            out.append(pl.Series(col, [g for g, _ in parsed], dtype=pl.Int64))
+        else:
+            out.append(df[col].cast(pl.Int64) if col == "gold" else df[col])
+    return pl.DataFrame(out).with_columns(pl.Series("_invalid", invalid, dtype=pl.String))
 
 
 def _normalise(expr: pl.Expr) -> pl.Expr:
@@ -86,10 +158,11 @@ def clean_frame(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(clean rows, quarantined rows with `reason`). `raw` has the canonical columns and `row`."""
     columns = [c for c in CANONICAL[kind] + OPTIONAL.get(kind, ()) if c in raw.columns]
-    norm = normalise(raw.select(["row", *columns]), kind)
+    norm = normalise(coerce(raw.select(["row", *columns]), kind), kind)
     reason = pl.lit(None, dtype=pl.String)
     for label, condition in reversed(_reasons(kind, columns, max_chars)):
         reason = pl.when(condition.fill_null(True)).then(pl.lit(label)).otherwise(reason)
+    reason = pl.coalesce(pl.col("_invalid"), reason)
     checked = norm.with_columns(reason.alias("reason"), _content_hash(kind, columns).alias("_hash"))
     ok = pl.col("reason").is_null()
     # Duplicates are judged only among rows that passed every other rule; the first one is kept.

@@ -18,8 +18,8 @@ cleaning code version: running again with unchanged inputs reads what is stored,
 
 from __future__ import annotations
 
-import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +30,28 @@ import yaml
 
 from kbitlaw.data import world
 from kbitlaw.data.adapters import KIND, adapt
-from kbitlaw.data.cleaning import CANONICAL, CLEANING_VERSION, OPTIONAL, clean_frame, summary
-from kbitlaw.eval.engine import SCHEMAS, EvaluationError
+from kbitlaw.data.cleaning import CANONICAL, CLEANING_VERSION, clean_frame, summary
+from kbitlaw.data.files import DatasetError, parse_table, read_bytes, read_dataset_file, read_dataset_frame
 from kbitlaw.store import Store, clean_keys, sha256_bytes
+
+__all__ = [  # read_dataset_* and DatasetError live in data/files.py; importing them from here still works
+    "BUILTIN_SPECS",
+    "CleanDataset",
+    "DatasetError",
+    "DatasetSpec",
+    "DatasetSpecs",
+    "canonical",
+    "clean_dataset",
+    "clean_key",
+    "dataset_spec_dir",
+    "frame_sha",
+    "load_dataset_specs",
+    "parse_dataset_spec",
+    "raw_input",
+    "read_dataset_file",
+    "read_dataset_frame",
+]
+log = logging.getLogger("kbitlaw")
 
 # Where the builtin dataset specs are: shipped inside the package (a normal install), or the
 # checkout's datasets/ folder (an editable install maps the package `kbitlaw` to tasks/).
@@ -71,10 +90,6 @@ _FIELDS = {
 }
 
 
-class DatasetError(ValueError):
-    """Bad dataset input: one line naming the file (and row or field) and the cause."""
-
-
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
@@ -92,10 +107,21 @@ class DatasetSpec:
     path: str = ""  # the spec file, for error messages
 
 
+def _field(obj: dict, name: str, cast, default, path: str):
+    value = obj.get(name, default)
+    if value is None:
+        return None
+    try:
+        return cast(value)
+    except (TypeError, ValueError):
+        expected = "an integer" if cast is int else "a number"
+        raise DatasetError(f"{path}: field '{name}': {value!r} is not {expected}") from None
+
+
 def parse_dataset_spec(obj: Any, path: str) -> DatasetSpec:
     if not isinstance(obj, dict):
         raise DatasetError(f"{path}: a dataset spec must be a mapping")
-    unknown = sorted(set(obj) - _FIELDS)
+    unknown = sorted(map(str, set(obj) - _FIELDS))
     if unknown:
         raise DatasetError(f"{path}: unknown field(s) {', '.join(unknown)}")
     for required in ("name", "kind", "source"):
@@ -107,85 +133,80 @@ def parse_dataset_spec(obj: Any, path: str) -> DatasetSpec:
     adapter = obj.get("adapter")
     if adapter and KIND.get(adapter) not in (None, kind):
         raise DatasetError(f"{path}: adapter {adapter!r} gives {KIND[adapter]} data, not {kind}")
-    chance = obj.get("chance")
-    if chance is not None and not 0 <= float(chance) < 1:
+    chance = _field(obj, "chance", float, None, path)
+    if chance is not None and not 0 <= chance < 1:
         raise DatasetError(f"{path}: field 'chance' must be in [0, 1), got {chance}")
+    name = str(obj["name"])
     try:
-        Store("/").path(clean_keys(obj["name"], "x")["clean"])  # the name becomes a key: validate it
+        Store("/").path(clean_keys(name, "x")["clean"])  # the name becomes a key: validate it
     except ValueError as exc:
         raise DatasetError(f"{path}: field 'name': {exc}") from None
+    for mapping in ("columns", "params"):
+        if not isinstance(obj.get(mapping) or {}, dict):
+            raise DatasetError(f"{path}: field '{mapping}' must be a mapping")
+    if not isinstance(obj.get("expectations") or [], list):
+        raise DatasetError(f"{path}: field 'expectations' must be a list")
     return DatasetSpec(
-        name=str(obj["name"]),
+        name=name,
         kind=kind,
         source=str(obj["source"]),
         adapter=adapter,
         columns=dict(obj.get("columns") or {}),
         params=dict(obj.get("params") or {}),
         delimiter=str(obj.get("delimiter", " ")),
-        max_examples=obj.get("max_examples"),
-        min_rows=int(obj.get("min_rows", 1)),
-        chance=None if chance is None else float(chance),
-        max_chars=int(obj.get("max_chars", 20_000)),
+        max_examples=_field(obj, "max_examples", int, None, path),
+        min_rows=_field(obj, "min_rows", int, 1, path),
+        chance=chance,
+        max_chars=_field(obj, "max_chars", int, 20_000, path),
         expectations=tuple(obj.get("expectations") or ()),
         path=path,
     )
 
 
-def load_dataset_specs(directory: str | Path | None = None) -> dict[str, DatasetSpec]:
-    """Every `*.yaml` dataset spec in a directory (default: dataset_spec_dir()), by name."""
-    specs = {}
+class DatasetSpecs(dict):
+    """Dataset specs by name, plus `errors`: {name: one-line message} for each spec file that could
+    not be loaded (named by its `name` field when it has one, else by the file's stem), so that
+    one bad spec fails its own dataset, never the others."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: dict[str, str] = {}
+
+
+def _spec_key(obj: Any, path: Path) -> str:
+    name = obj.get("name") if isinstance(obj, dict) else None
+    return str(name) if isinstance(name, str | int) and str(name) else path.stem
+
+
+def load_dataset_specs(directory: str | Path | None = None) -> DatasetSpecs:
+    """Every `*.yaml` dataset spec in a directory (default: dataset_spec_dir()), by name; a file
+    that is not a valid spec goes to `.errors` (a name defined twice is an error of that name)."""
+    specs, seen = DatasetSpecs(), {}
     for path in sorted(dataset_spec_dir(directory).glob("*.yaml")):
+        obj = None
         try:
             obj = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        spec = parse_dataset_spec(obj, str(path))
-        if spec.name in specs:
-            raise DatasetError(
-                f"{path}: dataset name {spec.name!r} already defined in {specs[spec.name].path}"
+            spec = parse_dataset_spec(obj, str(path))
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+            specs.errors[path.stem] = f"{path}: not valid YAML ({str(exc).splitlines()[0]})"
+            continue
+        except DatasetError as exc:
+            specs.errors[_spec_key(obj, path)] = str(exc)
+            continue
+        if spec.name in seen:
+            specs.pop(spec.name, None)
+            specs.errors[spec.name] = (
+                f"{path}: dataset name {spec.name!r} already defined in {seen[spec.name]}"
             )
+            continue
+        seen[spec.name] = str(path)
         specs[spec.name] = spec
+    for name in specs.errors:  # a name with a broken definition is not used from another file
+        specs.pop(name, None)
     return specs
 
 
 # -- raw input ---------------------------------------------------------------------------------
-
-
-def _read_bytes(source: str) -> bytes:
-    if source.startswith("s3://"):
-        parent, _, name = source.rpartition("/")
-        return Store(parent).read_bytes(name)
-    path = Path(source)
-    if not path.is_file():
-        raise DatasetError(f"{source}: no such file")
-    return path.read_bytes()
-
-
-def _parse_table(data: bytes, source: str) -> pl.DataFrame:
-    suffix = Path(source).suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json", ".csv"):
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            raise DatasetError(
-                f"{source}: not UTF-8 text (invalid byte on line {line}, offset {exc.start})"
-            ) from None
-    try:
-        if suffix in (".jsonl", ".ndjson"):
-            return pl.read_ndjson(io.BytesIO(data))
-        if suffix == ".json":
-            obj = json.loads(data)
-            return pl.DataFrame(obj if isinstance(obj, list) else obj.get("data", obj))
-        if suffix == ".parquet":
-            return pl.read_parquet(io.BytesIO(data))
-        if suffix == ".csv":
-            return pl.read_csv(io.BytesIO(data), infer_schema_length=10_000)
-    except Exception as exc:
-        raise DatasetError(
-            f"{source}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-        ) from None
-    raise DatasetError(f"{source}: unsupported file type {suffix!r} (use .jsonl, .json, .parquet or .csv)")
 
 
 def raw_input(spec: DatasetSpec) -> tuple[pl.DataFrame, str]:
@@ -208,8 +229,8 @@ def raw_input(spec: DatasetSpec) -> tuple[pl.DataFrame, str]:
             raise DatasetError(f"{spec.source}: cannot read ({type(exc).__name__})") from None
         sha = sha256_bytes(df.write_ndjson().encode())
     else:
-        data = _read_bytes(spec.source)
-        df, sha = _parse_table(data, spec.source), sha256_bytes(data)
+        data = read_bytes(spec.source)
+        df, sha = parse_table(data, spec.source), sha256_bytes(data)
     if spec.max_examples:
         df = df.head(spec.max_examples)
     return df.with_row_index("row"), sha
@@ -273,7 +294,11 @@ def clean_dataset(store: Store, spec: DatasetSpec) -> CleanDataset:
     key, qkey, skey = keys["clean"], keys["quarantine"], keys["summary"]
     if store.exists(skey) and store.exists(key):
         return CleanDataset(spec.name, spec.kind, sha, key, qkey, store.read_json(skey), cached=True)
-    clean, quarantine = clean_frame(canonical(raw, spec), spec.kind, max_chars=spec.max_chars)
+    rows = canonical(raw, spec)
+    try:
+        clean, quarantine = clean_frame(rows, spec.kind, max_chars=spec.max_chars)
+    except (ValueError, pl.exceptions.PolarsError) as exc:  # a column of the wrong type
+        raise DatasetError(f"{spec.source}: {str(exc).splitlines()[0]}") from None
     info = summary(spec.name, raw, clean, quarantine) | {
         "kind": spec.kind,
         "sha": sha,
@@ -292,42 +317,3 @@ def clean_dataset(store: Store, spec: DatasetSpec) -> CleanDataset:
 def frame_sha(df: pl.DataFrame) -> str:
     """Content hash of a dataset: its rows as NDJSON, in order."""
     return sha256_bytes(df.write_ndjson().encode())
-
-
-def read_dataset_file(
-    path: str, kind: str | None = None, limit: int | None = None
-) -> tuple[pl.DataFrame, str]:
-    """Read a canonical dataset from jsonl / parquet / csv; returns (frame, kind).
-
-    In CSV, `choices` is a JSON list in one cell, e.g. ["yes", "no"].
-    """
-    if not Path(path).is_file():
-        raise EvaluationError(f"{path}: no such dataset file")
-    try:
-        df = _parse_table(Path(path).read_bytes(), path)
-    except DatasetError as exc:
-        raise EvaluationError(str(exc)) from None
-    if "choices" in df.columns and df.schema["choices"] == pl.String:  # CSV: a JSON list per cell
-        df = df.with_columns(pl.col("choices").map_elements(json.loads, return_dtype=pl.List(pl.String)))
-    return read_dataset_frame(df, kind, limit, source=path)
-
-
-def read_dataset_frame(
-    df: pl.DataFrame, kind: str | None = None, limit: int | None = None, *, source: str = "dataset"
-) -> tuple[pl.DataFrame, str]:
-    """A frame in a canonical schema, checked and cast; returns (frame, kind). `source` names it
-    in errors."""
-    if kind is None:
-        if not {"context", "choices", "gold"} <= set(df.columns):
-            raise EvaluationError(f"{source}: cannot tell cloze from perplexity data: pass --kind")
-        kind = "multiple_choice"
-    if kind not in SCHEMAS:
-        raise EvaluationError(f"{source}: unknown kind {kind!r} (expected one of {', '.join(SCHEMAS)})")
-    missing = [c for c in SCHEMAS[kind] if c not in df.columns]
-    if missing:
-        raise EvaluationError(f"{source}: missing column(s) {', '.join(missing)} for kind {kind}")
-    extra = [c for c in OPTIONAL.get(kind, ()) if c in df.columns]
-    df = df.select([*SCHEMAS[kind], *extra]).with_columns(pl.col("id").cast(pl.String))
-    if kind == "multiple_choice":
-        df = df.with_columns(pl.col("gold").cast(pl.Int64))
-    return (df.head(limit) if limit else df), kind

@@ -32,6 +32,15 @@ import polars as pl
 import torch
 from torch import nn
 
+from kbitlaw.eval.encoding import (
+    EvaluationError,
+    chars_per_token,
+    encode,
+    encode_choices,
+    fit_window,
+    prefix_token_id,
+    rolling_windows,
+)
 from kbitlaw.eval.results import SAMPLE_SCHEMAS
 from kbitlaw.eval.scoring import Request, Scorer
 
@@ -42,10 +51,6 @@ SCHEMAS = {
     "perplexity": ("id", "text"),
 }
 EVALUATOR_VERSION = "1"  # bump when a metric's definition or the request building changes
-
-
-class EvaluationError(ValueError):
-    """Bad input to an evaluation: one line naming the dataset, row or field and the cause."""
 
 
 @dataclass
@@ -72,41 +77,6 @@ def max_length(model: nn.Module, tokenizer: Any = None, default: int = 2048) -> 
     return int(limit) if limit and limit < 1e29 else default
 
 
-def prefix_token_id(tokenizer: Any) -> int:
-    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if token is None:
-        raise EvaluationError("tokenizer has neither a BOS nor an EOS token to condition the first token on")
-    return int(token)
-
-
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """lm-eval's pair encoding: trailing context spaces move to the continuation; split the whole."""
-    if context == "":
-        cont = _encode(tokenizer, continuation)
-        prefix = prefix_token_id(tokenizer)
-        return ([prefix], cont) if prefix != cont[0] else (cont[:1], cont[1:])
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        continuation, context = context[-n_spaces:] + continuation, context[:-n_spaces]
-    whole, ctx = _encode(tokenizer, context + continuation), _encode(tokenizer, context)
-    return ctx, whole[len(ctx) :]
-
-
-def _fit_window(ctx: list[int], cont: list[int], window: int) -> tuple[tuple[int, ...], bool]:
-    """Left-truncate so that context + continuation (minus the last token) fits the window."""
-    total = len(ctx) + len(cont)
-    if total <= window + 1:
-        return tuple(ctx), False
-    keep = window + 1 - len(cont)
-    if keep < 1:
-        raise EvaluationError(f"continuation of {len(cont)} tokens does not fit a {window}-token window")
-    return tuple(ctx[-keep:]), True
-
-
 def prepare(
     df: pl.DataFrame, kind: str, tokenizer: Any, window: int, *, name: str = "dataset", delimiter: str = " "
 ) -> Prepared:
@@ -118,14 +88,15 @@ def prepare(
         raise EvaluationError(f"{name}: missing column(s) {', '.join(missing)} for kind {kind}")
     if df.height == 0:
         raise EvaluationError(f"{name}: the dataset has no rows")
+    per_token = chars_per_token(tokenizer)
     prepared = {"multiple_choice": _prepare_mc, "cloze": _prepare_cloze, "perplexity": _prepare_ppl}[kind](
-        df, tokenizer, window, name, delimiter
+        df, tokenizer, window, name, delimiter, per_token
     )
     prepared.ids = [str(i) for i in df["id"].to_list()]
     return prepared
 
 
-def _prepare_mc(df, tokenizer, window, name, delimiter) -> Prepared:
+def _prepare_mc(df, tokenizer, window, name, delimiter, per_token) -> Prepared:
     requests, golds, lengths, truncated = [], [], [], 0
     for row in df.iter_rows(named=True):
         choices, gold = list(row["choices"] or []), row["gold"]
@@ -135,13 +106,16 @@ def _prepare_mc(df, tokenizer, window, name, delimiter) -> Prepared:
             raise EvaluationError(
                 f"{name}: row id={row['id']}: gold {gold} out of range for {len(choices)} choices"
             )
-        partial = row.get("continuation")
+        partial, where = row.get("continuation"), f"{name}: row id={row['id']}"
         if partial:  # partial scoring (Winogrande): each choice completes the context, score the rest
             joined = [f"{row['context']} {c}" if row["context"] else c for c in choices]
-            pairs = [_encode_pair(tokenizer, ctx, f" {partial}") for ctx in joined]
+            pairs = [
+                encode_choices(tokenizer, ctx, [f" {partial}"], window, per_token, where)[0] for ctx in joined
+            ]
         else:
-            pairs = [_encode_pair(tokenizer, row["context"], f"{delimiter}{c}") for c in choices]
-        fitted = [_fit_window(ctx, cont, window) for ctx, cont in pairs]
+            conts = [f"{delimiter}{c}" for c in choices]
+            pairs = encode_choices(tokenizer, row["context"] or "", conts, window, per_token, where)
+        fitted = [fit_window(ctx, cont, window, where) for ctx, cont in pairs]
         if any(cut for _, cut in fitted):
             truncated += 1
         contexts = {ctx for ctx, _ in fitted}
@@ -176,40 +150,26 @@ def _owners(requests: list[Request], n_choices: list[int]) -> list[int]:
     return owners
 
 
-def _prepare_cloze(df, tokenizer, window, name, delimiter) -> Prepared:
+def _prepare_cloze(df, tokenizer, window, name, delimiter, per_token) -> Prepared:
     requests, truncated = [], 0
     for row in df.iter_rows(named=True):
-        words = (row["text"] or "").split(" ")
-        if len(words) < 2 or not words[-1]:
-            raise EvaluationError(f"{name}: row id={row['id']}: text needs a context and a last word")
-        ctx, cont = _encode_pair(tokenizer, " ".join(words[:-1]), " " + words[-1])
-        ctx_fit, cut = _fit_window(ctx, cont, window)
+        context, space, last = (row["text"] or "").rpartition(" ")
+        where = f"{name}: row id={row['id']}"
+        if not space or not last:
+            raise EvaluationError(f"{where}: text needs a context and a last word")
+        [(ctx, cont)] = encode_choices(tokenizer, context, [" " + last], window, per_token, where)
+        ctx_fit, cut = fit_window(ctx, cont, window, where)
         truncated += cut
         requests.append(Request(ctx_fit, (tuple(cont),)))
     return Prepared(name, "cloze", requests, list(range(df.height)), df.height, {}, truncated)
 
 
-def rolling_windows(tokens: list[int], prefix: int, window: int) -> list[tuple[list[int], list[int]]]:
-    """lm-eval's get_rolling_token_windows(context_len=1) + make_disjoint_window."""
-    if not tokens:
-        return []
-    first = min(window, len(tokens))
-    out = [([prefix] + tokens[: first - 1], tokens[:first])]
-    predicted = first
-    while predicted < len(tokens):
-        n = min(len(tokens) - predicted, window)
-        end = predicted + n
-        out.append((tokens[max(end - window - 1, 0) : end - 1], tokens[end - n : end]))
-        predicted += n
-    return [(a[: len(a) - (len(b) - 1)], b) for a, b in out]
-
-
-def _prepare_ppl(df, tokenizer, window, name, delimiter) -> Prepared:
+def _prepare_ppl(df, tokenizer, window, name, delimiter, per_token) -> Prepared:
     prefix = prefix_token_id(tokenizer)
     requests, owners, words, nbytes, ntokens = [], [], [], [], []
     for i, row in enumerate(df.iter_rows(named=True)):
         text = row["text"] or ""
-        tokens = _encode(tokenizer, text)
+        tokens = encode(tokenizer, text)
         if not tokens:
             raise EvaluationError(f"{name}: row id={row['id']}: empty text")
         for ctx, cont in rolling_windows(tokens, prefix, window):

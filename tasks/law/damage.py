@@ -85,7 +85,8 @@ def to_params(coef: np.ndarray, cols: np.ndarray, form: str) -> np.ndarray:
     """Coefficient rows [..., len(cols)] -> (C, beta, alpha, gamma) rows, NaN where not identified."""
     full = np.full((*coef.shape[:-1], 4), np.nan)
     full[..., cols] = coef
-    full[..., 0] = np.exp(full[..., 0])
+    with np.errstate(over="ignore"):  # a diverged bootstrap refit gives inf: quantiles tolerate it
+        full[..., 0] = np.exp(full[..., 0])
     if form == "exponential":
         with np.errstate(divide="ignore"):
             full[..., 3] = 1.0 / full[..., 3]
@@ -139,7 +140,8 @@ def identifiable(x: np.ndarray, checkpoints: np.ndarray, cols: np.ndarray) -> bo
 
 def predict(x_new: np.ndarray, fit: DamageFit) -> tuple[np.ndarray, np.ndarray]:
     """dL at design rows (free columns only): the estimate [m] and bootstrap predictions [n_boot, m]."""
-    return np.exp(x_new @ fit.theta), np.exp(fit.boot @ x_new.T)
+    with np.errstate(over="ignore"):  # as in to_params: a diverged bootstrap refit predicts inf
+        return np.exp(x_new @ fit.theta), np.exp(fit.boot @ x_new.T)
 
 
 def insufficient(base: dict) -> dict:

@@ -21,7 +21,7 @@ import polars as pl
 
 from kbitlaw.law.document import LAW_VERSION, FitConfig, fit_laws
 from kbitlaw.law.paired import read_samples_store
-from kbitlaw.law.table import ResultsError, normalise, results_sha
+from kbitlaw.law.table import ResultsError, normalise, require_usable, results_sha
 from kbitlaw.store import LATEST_FIT, Store, StoreError, clean_keys, fit_keys
 
 LATEST = LATEST_FIT
@@ -58,6 +58,7 @@ def read_results_file(path: str | Path) -> pl.DataFrame:
         raise ResultsError(f"{path}: {exc}") from exc
     if df.height == 0:
         raise ResultsError(f"{path}: no result rows")
+    require_usable(df, str(path))
     return df
 
 
@@ -133,6 +134,7 @@ def fit_store(store: Store, config: FitConfig | None = None, keys: list[str] | N
     fits/latest.json then points at it. Without a config: the defaults, with the chance levels the
     store knows (default_chance)."""
     results = read_results_store(store, keys)
+    require_usable(results, f"{store.uri}/results")
     config = config or FitConfig(chance=default_chance(results, store))
     sha = results_sha(results)
     json_key, parquet_key = fit_keys(sha)

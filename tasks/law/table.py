@@ -103,16 +103,28 @@ def normalise(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def drop_unusable(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """Drop rows whose value, size or bit count is NaN/inf/null or whose keys are null; count them."""
+    """Drop rows whose value, size or bit count is NaN/inf/null, whose size or total bits is not
+    positive (the laws take their logarithm), or whose keys are null; count them."""
     finite = [
         pl.col(c).is_not_null() & pl.col(c).is_finite() for c in ("value", "total_bits", "n_params", "bits")
     ]
+    positive = [pl.col(c) > 0 for c in ("total_bits", "n_params")]
     keys = [
         pl.col(c).is_not_null() for c in ("checkpoint_id", "family", "quant", "dataset", "kind", "metric")
     ]
-    ok = pl.all_horizontal(*finite, *keys)
+    ok = pl.all_horizontal(*finite, *positive, *keys)
     kept = df.filter(ok)
     return kept, df.height - kept.height
+
+
+def require_usable(df: pl.DataFrame, where: str) -> None:
+    """ResultsError('no usable result rows in WHERE: ...') when drop_unusable would drop every row."""
+    kept, dropped = drop_unusable(df)
+    if df.height and not kept.height:
+        raise ResultsError(
+            f"no usable result rows in {where}: all {dropped} rows have a NaN/inf/null value, "
+            "size or bit count, a size or total bits <= 0, or a null key"
+        )
 
 
 def _point_attrs() -> list[pl.Expr]:
