@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from kbitlaw.law.document import FitConfig, fit_laws
-from kbitlaw.law.frontier import budget_grid, pareto_frontier, recommend
+from kbitlaw.law.frontier import budget_grid, pareto_frontier
 from kbitlaw.law.sim import Dataset, World, simulate_results
 
 PPL = Dataset("ppl", "perplexity")
@@ -134,25 +134,11 @@ def test_four_bit_dominates_when_it_is_better_at_every_budget():
     )
     front = pareto_frontier(pts, higher_is_better=True)
     assert front["quant"].to_list() == ["int4", "int4", "int4", "fp16"]
-    rec = recommend(pts, higher_is_better=True)
-    assert rec["quant"] == "int4" and rec["bits"] == 4 and rec["frontier_share"] == pytest.approx(1.0)
-    assert rec["shares_by_bits"] == {"4": pytest.approx(1.0), "16": 0.0}
-
-
-def test_frontier_shares_are_exact_log_budget_fractions():
-    # a holds [1, 2) and {8}, b holds [2, 8): shares 1/3 and 2/3 of log2 range 3
-    pts = points(
-        [("a", 4, 1, 1.0, 1.0), ("b", 8, 2, 2.0, 2.0), ("c", 16, 3, 4.0, 1.5), ("a", 4, 4, 8.0, 3.0)]
-    )
-    rec = recommend(pts, higher_is_better=True)
-    assert rec["quant"] == "b" and rec["frontier_share"] == pytest.approx(2 / 3)
-    assert rec["shares_by_quant"] == {"b": pytest.approx(2 / 3), "a": pytest.approx(1 / 3)}
 
 
 def test_lower_loss_is_better_for_loss_frontiers():
     pts = points([("a", 4, 1, 1.0, 3.0), ("b", 8, 2, 2.0, 3.5), ("a", 4, 3, 4.0, 2.0)])
     assert pareto_frontier(pts, higher_is_better=False)["quant"].to_list() == ["a", "a"]
-    assert recommend(pts, higher_is_better=False)["frontier_share"] == pytest.approx(1.0)
 
 
 def test_ties_go_to_fewer_bits():
@@ -162,18 +148,6 @@ def test_ties_go_to_fewer_bits():
     # equal value at more total bits adds nothing: the cheaper point keeps the frontier
     cheaper = points([("fp16", 16, 1, 10.0, 0.5), ("int8", 8, 2, 20.0, 0.5), ("int8", 8, 3, 40.0, 0.7)])
     assert pareto_frontier(cheaper, True)["total_bits"].to_list() == [10.0, 40.0]
-    # equal shares (1/2 each): the spec with fewer bits is recommended, whichever holds first
-    for first, second in (("int4", "int8"), ("int8", "int4")):
-        bits = {"int4": 4, "int8": 8}
-        pts = points(
-            [
-                (first, bits[first], 1, 1.0, 1.0),
-                (second, bits[second], 2, 2.0, 2.0),
-                ("fp16", 16, 3, 4.0, 1.5),
-            ]
-        )
-        rec = recommend(pts, True)
-        assert rec["quant"] == "int4" and rec["frontier_share"] == pytest.approx(0.5)
 
 
 def test_budget_grid_gives_best_model_within_each_budget():
@@ -182,12 +156,6 @@ def test_budget_grid_gives_best_model_within_each_budget():
     assert grid["budget_bits"].to_list() == pytest.approx([1.0, 2.0, 4.0, 8.0])
     assert grid["quant"].to_list() == ["a", "b", "b", "a"]
     assert (grid["total_bits"] <= grid["budget_bits"] + 1e-9).all()
-
-
-def test_recommendation_needs_two_sizes():
-    assert recommend(points([("a", 4, 1, 1.0, 1.0), ("b", 8, 1, 2.0, 2.0)]), True) == {
-        "status": "insufficient data"
-    }
 
 
 # -- too little data, bad rows, determinism ---------------------------------------------------------

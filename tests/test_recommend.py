@@ -133,9 +133,10 @@ def test_matched_training_uses_a_shared_token_count():
     in_progress = df.filter(~((pl.col("n_params") == 320000000) & (pl.col("tokens_seen") == 4e9)))
     points, _ = metric_points(components(normalise(in_progress)))
     matched, how = matched_per_size(points)
-    assert set(matched["tokens_seen"]) == {4e9} or set(matched["tokens_seen"]) == {2e9}
+    # 1e9 and 2e9 are shared by all three sizes, 4e9 by two: the later of the most-shared
+    assert set(matched["tokens_seen"]) == {2e9}
+    assert matched["n_params"].n_unique() == 3
     assert "tokens_seen" in how["sim"]
-    assert matched["n_params"].n_unique() >= 2
 
 
 def test_isotonic_is_the_weighted_monotone_least_squares_fit():

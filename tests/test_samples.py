@@ -154,3 +154,19 @@ def test_sweep_writes_samples_beside_results(store_uri, tmp_path):
     # Incremental as before: nothing is recomputed, nothing rewritten.
     again = sweep.evaluate_checkpoint_spec(store, ckpt, "fp16", refs, device="cpu")
     assert again["computed"] == [] and len(store.list("samples")) == len(specs) * len(refs)
+    # The fit reads them back, labelled by the result beside each, and pairs the two specs on them.
+    from kbitlaw.law.io import read_results_store
+    from kbitlaw.law.paired import paired_samples, read_samples_store
+
+    back = read_samples_store(store, store.list("results"))
+    assert back.height == sum(
+        store.read_parquet(sweep.samples_key(ckpt.fingerprint, s, ds)).height for s in specs for ds in refs
+    )
+    assert set(back["quant"]) == set(specs) and set(back["checkpoint_id"]) == {ckpt.id}
+    results = read_results_store(store)
+    acc = results.filter(pl.col("metric") == "acc").group_by("quant").agg(pl.col("value").mean())
+    by_quant = dict(acc.iter_rows())
+    diff, se, n = paired_samples(back, [ckpt.id], "int4-b64", "fp16", "mean_acc")
+    assert n == 1 and se >= 0  # 0 when the int4 model answers every example as fp16 does
+    assert diff == pytest.approx(by_quant["int4-b64"] - by_quant["fp16"], abs=1e-9)
+    assert read_samples_store(store, ["results/none/fp16/x.parquet"]) is None

@@ -4,14 +4,12 @@ Each point is one model size at one quant spec. For a memory budget S the best m
 point with total_bits <= S, so the frontier is a step function of the budget: what the report
 draws and tabulates. The recommended precision is not read off this frontier (within one model more
 bits is always a little better, so the frontier's shares follow the grid's spacing): it comes from
-the equal-budget comparison of per-spec curves in budget.py. `recommend` below is the frontier
-share of each spec, kept as a description.
+the equal-budget comparison of per-spec curves in budget.py.
 
 Ties are broken deterministically, always in favour of the cheaper choice:
 - equal quality at different total bits: the point with fewer total bits holds the frontier;
 - equal total bits and equal quality: fewer bits per weight (k), then fewer bits per parameter,
-  then the smaller model, then the spec name;
-- equal frontier shares: fewer bits (k), then fewer bits per parameter, then the spec name.
+  then the smaller model, then the spec name.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from kbitlaw.law.budget import recommend_by_budget
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, table_rows
 
 INSUFFICIENT = {"status": NO_DATA}
-_SHARE_DIGITS = 12  # shares equal to 12 digits are ties (sums of logs are not exact)
 
 
 def pareto_frontier(points: pl.DataFrame, higher_is_better: bool) -> pl.DataFrame:
@@ -47,64 +44,11 @@ def pareto_frontier(points: pl.DataFrame, higher_is_better: bool) -> pl.DataFram
     return ranked.filter(pl.col("_score") > best_before).drop("_score")
 
 
-def frontier_holds(frontier: pl.DataFrame, s_min: float, s_max: float) -> pl.DataFrame:
-    """Each frontier point with the share of [log2 s_min, log2 s_max] over which it is the best."""
-    span = np.log2(s_max) - np.log2(s_min)
-    return frontier.with_columns(
-        frontier_share=(
-            (pl.col("total_bits").shift(-1, fill_value=s_max).log(2) - pl.col("total_bits").log(2)) / span
-        )
-    )
-
-
 def budget_grid(frontier: pl.DataFrame, s_min: float, s_max: float, n: int) -> pl.DataFrame:
     """For log-spaced budgets over [s_min, s_max]: the best point that fits (as-of join)."""
     budgets = pl.DataFrame({"budget_bits": np.geomspace(s_min, s_max, n)})
     best = frontier.sort("total_bits").with_columns(pl.col("total_bits").alias("_tb"))
     return budgets.join_asof(best, left_on="budget_bits", right_on="_tb", strategy="backward").drop("_tb")
-
-
-def _shares_by_quant(holds: pl.DataFrame) -> pl.DataFrame:
-    """Frontier share per spec, best first; equal shares go to fewer bits, then fewer bits/param."""
-    return (
-        holds.group_by("quant")
-        .agg(pl.col("frontier_share").sum(), pl.col("bits").min(), pl.col("bits_per_param").mean())
-        .with_columns(_share=pl.col("frontier_share").round(_SHARE_DIGITS))
-        .sort(["_share", "bits", "bits_per_param", "quant"], descending=[True, False, False, False])
-        .drop("_share")
-    )
-
-
-def recommend(points: pl.DataFrame, higher_is_better: bool, min_sizes: int = 2) -> dict:
-    """The spec holding the frontier over the largest share of the log-budget range.
-
-    Insufficient data: fewer than `min_sizes` distinct model sizes, or a zero-width bit range.
-    Returns {"quant", "bits", "frontier_share", ... , "shares_by_quant", "shares_by_bits"}.
-    """
-    if points.height == 0 or points["n_params"].n_unique() < min_sizes:
-        return dict(INSUFFICIENT)
-    s_min, s_max = float(points["total_bits"].min()), float(points["total_bits"].max())
-    if not s_max > s_min:
-        return dict(INSUFFICIENT)
-    if "bits_per_param" not in points.columns:
-        points = points.with_columns(bits_per_param=pl.col("total_bits") / pl.col("n_params"))
-    holds = frontier_holds(pareto_frontier(points, higher_is_better), s_min, s_max)
-    by_quant = _shares_by_quant(holds)
-    by_bits = holds.group_by("bits").agg(pl.col("frontier_share").sum()).sort("bits")
-    top = by_quant.row(0, named=True)
-    attrs = points.filter(pl.col("quant") == top["quant"]).row(0, named=True)
-    return {
-        "quant": top["quant"],
-        "bits": int(top["bits"]),
-        "frontier_share": float(top["frontier_share"]),
-        "dtype": attrs.get("dtype"),
-        "block_size": None if attrs.get("block_size") is None else int(attrs["block_size"]),
-        "outlier_pct": attrs.get("outlier_pct"),
-        "shares_by_quant": {r["quant"]: float(r["frontier_share"]) for r in by_quant.iter_rows(named=True)},
-        "shares_by_bits": {
-            str(int(r["bits"])): float(r["frontier_share"]) for r in by_bits.iter_rows(named=True)
-        },
-    }
 
 
 # -- per family and metric, for the fit document ----------------------------------------------

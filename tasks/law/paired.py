@@ -29,11 +29,12 @@ def read_samples_store(store, result_keys: list[str]) -> pl.DataFrame | None:
     present = set(store.list("samples")) & set(wanted)
     if not present:
         return None
+    # the result beside each samples file names its checkpoint, spec and dataset (one batched read)
+    results = store.read_many(sorted(wanted[k] for k in present))
     frames = []
     for skey, data in store.read_many(sorted(present)).items():
-        # the result beside it names the checkpoint, spec and dataset the samples belong to
         meta = pl.read_parquet(
-            io.BytesIO(store.read_bytes(wanted[skey])), columns=["checkpoint_id", "quant", "dataset", "kind"]
+            io.BytesIO(results[wanted[skey]]), columns=["checkpoint_id", "quant", "dataset", "kind"]
         )
         if meta.height == 0:
             continue
