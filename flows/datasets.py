@@ -8,6 +8,7 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
+from prefect.states import Failed
 
 from kbitlaw.data.prepare import select_dataset_specs, validate_dataset
 from kbitlaw.data.specs import clean_dataset
@@ -36,7 +37,14 @@ def retry_transient(task, task_run, state) -> bool:
     retry_condition_fn=retry_transient,
 )
 def clean_and_validate(store_uri: str, name: str, dataset_specs: str | None = None) -> dict:
-    """One dataset: clean (or read the stored clean version) and validate; raise if invalid."""
+    """One dataset: clean (or read the stored clean version) and validate; Failed if invalid."""
+    try:
+        return _clean_and_validate(store_uri, name, dataset_specs)
+    except ValueError as exc:  # a bad spec, bad data, a failed validation: one line, no traceback
+        return Failed(message=str(exc), data=exc)
+
+
+def _clean_and_validate(store_uri: str, name: str, dataset_specs: str | None) -> dict:
     from kbitlaw.data.validate import ValidationFailed
 
     started = time.perf_counter()

@@ -23,7 +23,7 @@ from kbitlaw.demo.train import BuildReport, Progress, TrainConfig, build_family,
 from kbitlaw.store import Store
 
 DEMO_FAMILY = "demo"
-DEMO_GRID = "fp16,int8-b64,int8,nf4-b64,int4-b64,int4,int3-b64,int3"
+DEMO_GRID = "demo"  # kbitlaw.quant.spec.GRIDS["demo"]
 
 
 @contextmanager
@@ -125,7 +125,7 @@ def run_nightly(store: Store, grid: str, workers: int) -> dict[str, Any]:
     import torch
 
     from kbitlaw.eval import sweep
-    from kbitlaw.flows.nightly import nightly, task_runner
+    from kbitlaw.flows.nightly import nightly, run_summary, task_runner
 
     sweep.POOL.capacity = max(sweep.POOL.capacity, workers)
     threads = torch.get_num_threads()
@@ -136,10 +136,7 @@ def run_nightly(store: Store, grid: str, workers: int) -> dict[str, Any]:
         state = flow(store=store.uri, grid=grid, workers=workers, return_state=True)
     finally:
         torch.set_num_threads(threads)
-    data = state.result(raise_on_failure=False)
-    if not isinstance(data, dict):
-        return {"error": str(state.message or data), "failures": [str(state.message or data)]}
-    return data
+    return run_summary(state)
 
 
 def describe(summary: dict[str, Any]) -> list[str]:

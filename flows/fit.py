@@ -9,7 +9,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 
-@task(name="fit-laws", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="fit-laws", task_run_name="fit the laws", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def fit_task(store_uri: str, keys: list[str] | None = None) -> dict[str, Any]:
     """Fit the store's results, or just `keys` (or read the stored fit of exactly these results)."""
     from kbitlaw.law.io import fit_store

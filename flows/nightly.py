@@ -1,24 +1,32 @@
-"""The nightly flow: discover -> clean + validate -> evaluate what is missing -> fit -> report.
+"""The nightly flow: discover -> clean + validate -> evaluate what is missing -> fit -> report,
+and the evaluate-checkpoint flow (one new checkpoint, announced by an event) that shares its body.
 
-Cached work shows in the Prefect UI as task runs in the state "Cached": the flow lists the store's
-results once, and a (checkpoint, spec) whose every output key exists returns at once with that
-state, without loading anything. Work is ordered so each worker keeps one checkpoint loaded while
-it walks through the specs.
+Both refit over every current result of the family: all checkpoints under the checkpoints
+location (plus the new one) on the current dataset versions, at any spec. So a run triggered by
+one new checkpoint, or an ad-hoc run on a narrow grid, never replaces the family's answer with a
+narrower one. The fit and report step holds a lock (a Prefect global concurrency limit per
+store), and lists the results inside it, so concurrent runs cannot leave `latest` behind.
+
+(checkpoint, spec) pairs whose every result is stored are not submitted at all (one log line
+counts them): on the default grid a quiet night has hundreds, and a task run each buried the
+useful lines. Work is ordered so each worker keeps one checkpoint loaded while it walks the specs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Literal
 
 import torch
 from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed, wait
-from prefect.states import Completed, Failed
+from prefect.states import Failed
 
 from kbitlaw.checkpoints import discover
 from kbitlaw.data.prepare import select_dataset_specs
@@ -26,11 +34,11 @@ from kbitlaw.eval.sweep import (
     DatasetRef,
     checkpoint_dict,
     checkpoint_from_dict,
+    eval_key,
     evaluate_checkpoint_spec,
     plan,
-    result_key,
 )
-from kbitlaw.flows.artifacts import progress_artifact, progress_bar, publish_artifacts
+from kbitlaw.flows.artifacts import interactive, progress_artifact, progress_bar, publish_artifacts
 from kbitlaw.flows.datasets import clean_and_validate
 from kbitlaw.flows.fit import fit_task
 from kbitlaw.flows.server import record_process
@@ -38,8 +46,18 @@ from kbitlaw.quant.spec import resolve_grid
 from kbitlaw.report.headline import headline_line
 from kbitlaw.store import Store
 
+# Draw a terminal progress bar: set by the CLI for a person at a terminal (not a flow parameter:
+# the UI's form has no terminal).
+TERMINAL_PROGRESS = False
 
-@task(name="discover-checkpoints", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+
+@task(
+    name="discover-checkpoints",
+    task_run_name="discover checkpoints in {uri}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+)
 def discover_checkpoints(uri: str) -> dict[str, Any]:
     found, errors = discover(uri)
     for e in errors:
@@ -48,20 +66,19 @@ def discover_checkpoints(uri: str) -> dict[str, Any]:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, task_run_name="{checkpoint[id]} @ {spec}")
-def evaluate_spec(store_uri: str, checkpoint: dict, spec: str, todo: list[dict], cached: list[str]):
-    """One (checkpoint, spec): evaluate the datasets in `todo`; none left means Cached."""
-    if not todo:
-        return Completed(
-            name="Cached",
-            message=f"{len(cached)} results already in the store",
-            data={"checkpoint": checkpoint["id"], "quant": spec, "computed": [], "cached": cached},
+def evaluate_spec(store_uri: str, checkpoint: dict, spec: str, todo: list[dict]) -> dict:
+    """One (checkpoint, spec): evaluate the datasets in `todo` (those not yet in the store)."""
+    try:
+        return evaluate_checkpoint_spec(
+            Store(store_uri), checkpoint_from_dict(checkpoint), spec, [DatasetRef(**d) for d in todo]
         )
-    return evaluate_checkpoint_spec(
-        Store(store_uri), checkpoint_from_dict(checkpoint), spec, [DatasetRef(**d) for d in todo]
-    )
+    except ValueError as exc:  # a broken checkpoint or bad data (all ours are ValueErrors): one line
+        return Failed(message=str(exc), data=exc)  # a traceback would say nothing more; bugs keep theirs
 
 
-@task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(
+    name="report", task_run_name="write the report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5
+)
 def report_task(store_uri: str, fit_key: str, results_keys: list[str], provenance: dict) -> dict:
     """The HTML report of this fit (cached when the same fit was reported before)."""
     from kbitlaw.report.build import build_report
@@ -115,83 +132,192 @@ def claim(resources: dict[str, float]):
     return dask.annotate(resources=resources)
 
 
-def sweep(
-    store: str | None,
-    checkpoints: str | None,
-    grid: str,
-    datasets: list[str] | None,
-    workers: int,
-    dataset_specs: str | None,
-    progress: bool = False,
-) -> dict | Any:
-    """The body shared by the nightly and evaluate-checkpoint flows (runs inside either).
-    `progress`: draw a terminal progress bar (interactive CLI runs only)."""
-    logger = get_run_logger()
-    started = time.perf_counter()
-    record_process(runtime.flow_run.id)  # a later run can tell when this one was killed
-    s = Store(store)
-    specs = [str(q) for q in resolve_grid(grid)]
-    found = discover_checkpoints(checkpoints or s.url("checkpoints"))
+class RunProblems(Exception):
+    """A run that finished with problems (a broken checkpoint, a failed evaluation or dataset): the
+    flow run ends Failed with one message, and `summary` keeps everything it did. An exception, so
+    Prefect resolves the Failed state cleanly (a dict there logs a TypeError traceback)."""
+
+    def __init__(self, message: str, summary: dict) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self):  # results are pickled: keep the summary through a round trip
+        return (RunProblems, (str(self), self.summary))
+
+
+def run_summary(state) -> dict:
+    """The summary document of a nightly or evaluate-checkpoint run, whether it ended Completed or
+    Failed with RunProblems; {"error": message} for any other failure."""
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, dict):
+        return data
+    if isinstance(data, RunProblems):
+        return data.summary
+    return {"error": str(state.message or data), "failures": [str(state.message or data)]}
+
+
+@contextlib.contextmanager
+def fit_lock(store_uri: str):
+    """One fit + report at a time per store on this Prefect server: the nightly and event-triggered
+    runs all move fits/latest.json and reports/latest.json, and the last to finish must have seen
+    every result the others wrote. A global concurrency limit (created on first use)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = "kbitlaw-fit-" + hashlib.sha256(store_uri.encode()).hexdigest()[:12]
+    try:
+        with get_client(sync_client=True) as client:
+            try:
+                client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                with contextlib.suppress(ObjectAlreadyExists):
+                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        lock = concurrency(name, occupy=1, timeout_seconds=6 * 3600, strict=True)
+    except Exception as exc:  # an API without global limits: fit anyway, say so
+        get_run_logger().warning("no fit lock (%s); concurrent runs may race on latest", exc)
+        lock = contextlib.nullcontext()
+    with lock:
+        yield
+
+
+def current_results(store: Store, fingerprints: set[str], datasets: list[DatasetRef]) -> list[str]:
+    """What a fit covers: every stored result of these checkpoints on these dataset versions, at any
+    spec (so a run on a narrow grid, or on one new checkpoint, refits everything that is current)."""
+    evals = {eval_key(d) for d in datasets}
+    keys = []
+    for key in store.list("results"):
+        parts = key.split("/")  # results/<fingerprint>/<quant>/<eval_key>.parquet
+        if len(parts) == 4 and parts[1] in fingerprints and parts[3].removesuffix(".parquet") in evals:
+            keys.append(key)
+    return sorted(keys)
+
+
+def fit_and_report(store: Store, keys: list[str], provenance: dict) -> dict:
+    """Refit the laws to `keys` and write the report: {fit, fit_doc, report, report_summary,
+    seconds, failures}."""
+    out: dict[str, Any] = {"fit": None, "fit_doc": {}, "report": None, "report_summary": None}
+    out |= {"seconds": 0.0, "failures": []}
+    fit_state = fit_task(store.uri, keys, return_state=True)
+    if not fit_state.is_completed():
+        out["failures"].append(f"fit: {fit_state.message}")
+        return out
+    fitted = fit_state.result()
+    out |= {"fit": fitted["key"], "fit_doc": fitted["doc"], "seconds": fitted["seconds"]}
+    report_state = report_task(store.uri, fitted["key"], keys, provenance, return_state=True)
+    if not report_state.is_completed():
+        out["failures"].append(f"report: {report_state.message}")
+        return out
+    built = report_state.result()
+    out["seconds"] += built["seconds"]
+    out["report_summary"] = built["summary"]
+    out["report"] = {
+        "key": built["key"],
+        "url": built["url"],
+        "headline": headline_line(built["summary"]),
+    }
+    return out
+
+
+def prepare_datasets(store: Store, dataset_specs: str | None) -> tuple[list[DatasetRef], list[str], float]:
+    """Clean + validate every dataset spec (cached by content), one task each: the current dataset
+    versions, the problems (one line each), and the seconds spent in the tasks."""
     invalid: list[str] = []  # dataset spec files that cannot be read: each fails its dataset alone
     cleaned = [
-        clean_and_validate.submit(s.uri, spec.name, dataset_specs)
-        for spec in select_dataset_specs(datasets, dataset_specs, invalid=invalid)
+        clean_and_validate.submit(store.uri, spec.name, dataset_specs)
+        for spec in select_dataset_specs(None, dataset_specs, invalid=invalid)
     ]
     wait(cleaned)
-    refs = [DatasetRef(**f.result()["ref"]) for f in cleaned if f.state.is_completed()]
-    in_tasks = sum(f.result()["seconds"] for f in cleaned if f.state.is_completed())
-    bad_data = invalid + [f.state.message for f in cleaned if not f.state.is_completed()]
-    work = plan(s, found["checkpoints"], specs, refs, width=max(1, workers))
+    ok = [f for f in cleaned if f.state.is_completed()]
+    refs = [DatasetRef(**f.result()["ref"]) for f in ok]
+    problems = invalid + [f.state.message for f in cleaned if not f.state.is_completed()]
+    return refs, problems, sum(f.result()["seconds"] for f in ok)
+
+
+def evaluate_all(
+    store: Store, work: list[tuple[dict, str, list[DatasetRef], list[str]]], progress: bool
+) -> tuple[list[dict], list[str]]:
+    """Submit each (checkpoint, spec) with datasets to evaluate; returns what the completed ones
+    computed and one failure line per failed one."""
     with claim(task_resources()):
         futures = [
-            evaluate_spec.submit(s.uri, c, q, [d.__dict__ for d in todo], done) for c, q, todo, done in work
+            evaluate_spec.submit(store.uri, c, q, [d.__dict__ for d in todo]) for c, q, todo, _ in work
         ]
-    update = progress_artifact(len(futures), "evaluations of this nightly run (computed or cached)")
+    update = progress_artifact(len(futures), "evaluations of this run")
     with progress_bar(len(futures), "evaluating", enabled=progress) as advance:
         for done, _ in enumerate(as_completed(futures), start=1):
             update(done)
             advance()
     wait(futures)  # sets each future's final state (as_completed alone leaves .state to the API)
-    states = [f.state for f in futures]
-    computed = [f for f, st in zip(futures, states, strict=True) if st.is_completed() and st.name != "Cached"]
-    model_work = sum(f.result()["seconds"] for f in computed)
-    failures = [
-        f"{c['id']} @ {q}: {st.message}"
-        for st, (c, q, _, _) in zip(states, work, strict=True)
-        if not st.is_completed()
-    ]
-    fit, fit_doc, report, report_summary = None, {}, None, None
-    current = {result_key(c["fingerprint"], q, d) for c, q, _, _ in work for d in refs}
-    keys = sorted(current & set(s.list("results")))
-    if keys:
-        fit_state = fit_task(s.uri, keys, return_state=True)
-        if fit_state.is_completed():
-            fitted = fit_state.result()
-            fit, fit_doc, in_tasks = fitted["key"], fitted["doc"], in_tasks + fitted["seconds"]
+    computed, failures = [], []
+    for future, (c, q, _, _) in zip(futures, work, strict=True):
+        if future.state.is_completed():
+            computed.append(future.result())
         else:
-            failures.append(f"fit: {fit_state.message}")
-    if fit:
-        run = runtime.flow_run
-        provenance = {"flow run": f"{run.flow_name} {run.name} ({run.id})", "grid": grid, "workers": workers}
-        report_state = report_task(s.uri, fit, keys, provenance, return_state=True)
-        if report_state.is_completed():
-            built = report_state.result()
-            report_summary = built["summary"]
-            in_tasks += built["seconds"]
-            report = {"key": built["key"], "url": built["url"], "headline": headline_line(report_summary)}
-        else:
-            failures.append(f"report: {report_state.message}")
+            failures.append(f"{c['id']} @ {q}: {future.state.message}")
+    return computed, failures
+
+
+def sweep(
+    store: str | None,
+    family: str | None,
+    grid: str,
+    datasets: list[str] | None,
+    workers: int,
+    dataset_specs: str | None,
+    only: str | None = None,
+) -> dict | Any:
+    """The body of the nightly and evaluate-checkpoint flows: evaluate what is missing for the
+    checkpoints under `only` (default: the whole family under `family`) on `datasets` (default:
+    all), then refit over every current result of the family and report."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    record_process(runtime.flow_run.id)  # a later run can tell when this one was killed
+    s = Store(store)
+    specs = [str(q) for q in resolve_grid(grid)]
+    location = family or os.environ.get("KBITLAW_CHECKPOINTS") or s.url("checkpoints")
+    found = discover_checkpoints(location)
+    targets = discover_checkpoints(only) if only else found
+    members = {c["fingerprint"]: c for c in found["checkpoints"] + targets["checkpoints"]}
+    refs, bad_data, in_tasks = prepare_datasets(s, dataset_specs)
+    wanted = [d for d in refs if datasets is None or d.name in datasets]
+    work = plan(s, targets["checkpoints"], specs, wanted, width=max(1, workers))
+    todo = [item for item in work if item[2]]  # all datasets already stored: nothing to run
+    if len(todo) < len(work):
+        logger.info(
+            "%d of %d (checkpoint, spec) pairs already in the store", len(work) - len(todo), len(work)
+        )
+    computed, failures = evaluate_all(s, todo, TERMINAL_PROGRESS and interactive())
+    failed_evaluations = len(failures)
+    model_work = sum(r["seconds"] for r in computed)
+    fitted: dict[str, Any] = {"fit": None, "fit_doc": {}, "report": None, "report_summary": None}
+    with fit_lock(s.uri):  # the results are listed inside: the fit sees what others wrote before it
+        keys = current_results(s, set(members), refs)
+        if keys:
+            run = runtime.flow_run
+            provenance = {
+                "flow run": f"{run.flow_name} {run.name} ({run.id})",
+                "grid": grid,
+                "workers": workers,
+            }
+            fitted = fit_and_report(s, keys, provenance)
+            failures += fitted["failures"]
+            in_tasks += fitted["seconds"]
+    report = fitted["report"]
+    errors = found["errors"] + [e for e in targets["errors"] if only]
     summary = {
-        "checkpoints": len(found["checkpoints"]),
-        "new_checkpoints": len({c["id"] for c, _, todo, _ in work if todo}),
+        "checkpoints": len(members),
+        "new_checkpoints": len({c["id"] for c, _, _, _ in todo}),
         "evaluations": {
             "computed": len(computed),
-            "cached": sum(1 for st in states if st.name == "Cached"),
-            "failed": sum(1 for st in states if not st.is_completed()),
+            "cached": len(work) - len(todo),
+            "failed": failed_evaluations,
         },
-        "fit": fit,
+        "fit": fitted["fit"],
+        "fit_scope": {"checkpoints": len({k.split("/")[1] for k in keys}), "results": len(keys)},
         "report": report,
-        "unusable_checkpoints": found["errors"],
+        "unusable_checkpoints": errors,
         "invalid_datasets": bad_data,
         "failures": failures,
         "seconds": round(time.perf_counter() - started, 2),
@@ -199,39 +325,99 @@ def sweep(
         # bodies (clean + validate, fit, report); the rest of "seconds" is orchestration
         "timing": {"model_work": round(model_work, 2), "other_tasks": round(in_tasks, 2)},
     }
-    logger.info("%s", {k: summary[k] for k in ("checkpoints", "new_checkpoints", "evaluations", "fit")})
+    logger.info("%s", {k: summary[k] for k in ("checkpoints", "new_checkpoints", "evaluations", "fit_scope")})
     if report:
         logger.info("report: %s (%s)", report["url"], report["headline"])
-    if fit:
-        publish_artifacts(report and {"url": report["url"], "summary": report_summary}, summary, fit_doc)
-    problems = failures + bad_data + found["errors"]
+    if fitted["fit"]:
+        publish_artifacts(
+            report and {**report, "summary": fitted["report_summary"]},
+            summary,
+            fitted["fit_doc"],
+            flow_name=runtime.flow_run.flow_name,
+            store_uri=s.uri,
+        )
+    problems = failures + bad_data + errors
     if problems:
-        return Failed(message=f"{len(problems)} problem(s): " + "; ".join(problems[:5]), data=summary)
+        message = f"{len(problems)} problem(s): " + "; ".join(problems[:5])
+        return Failed(message=message, data=RunProblems(message, summary))
     return summary
 
 
-@flow(name="nightly", log_prints=True)
+GridName = Literal["default", "quick", "paper", "demo"]
+
+
+def _names(text: str) -> list[str] | None:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    return names or None
+
+
+def _where(uri: str, parts: int = 3) -> str:
+    """The end of a URI, for a run name: `.../tiny/h64/step-400` -> `tiny/h64/step-400`."""
+    return "/".join(uri.rstrip("/").split("/")[-parts:])
+
+
+def nightly_run_name() -> str:
+    store = Store(runtime.flow_run.parameters.get("store") or None).uri
+    return f"nightly {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {_where(store, 2)}"
+
+
+def evaluate_run_name() -> str:
+    return f"evaluate {_where(str(runtime.flow_run.parameters.get('checkpoint_uri', '?')))}"
+
+
+@flow(name="nightly", flow_run_name=nightly_run_name, log_prints=True)
 def nightly(
-    store: str | None = None,
-    checkpoints: str | None = None,
-    grid: str = "default",
-    datasets: list[str] | None = None,
+    grid: GridName | str = "default",
+    store: str = "",
+    checkpoints: str = "",
+    datasets: str = "",
+    dataset_specs: str = "",
     workers: int = 1,
-    dataset_specs: str | None = None,
-    progress: bool = False,
 ) -> dict:
-    """Evaluate every missing (checkpoint x spec x dataset version) under the checkpoints URI, refit
-    the laws and report. `progress`: a terminal progress bar (the CLI sets it on a terminal)."""
-    return sweep(store, checkpoints, grid, datasets, workers, dataset_specs, progress)
+    """Evaluate every missing (checkpoint, spec, dataset version), refit the laws over all current
+    results and write the report.
+
+    Args:
+        grid: The quant specs to evaluate: a named grid (default, quick, paper, demo) or
+            comma-separated specs such as `fp16,nf4-b64,int3-b64`.
+        store: Store URI, a directory or s3://bucket/prefix (empty: $KBITLAW_STORE or .kbitlaw/store).
+        checkpoints: Where the checkpoint family is (empty: $KBITLAW_CHECKPOINTS or <store>/checkpoints).
+        datasets: Comma-separated dataset names to evaluate (empty: every dataset spec).
+        dataset_specs: Directory of dataset specs (empty: $KBITLAW_DATASET_SPECS, ./datasets, builtin).
+        workers: Evaluations side by side (threads, or Dask processes with the Dask runner).
+    """
+    return sweep(store or None, checkpoints or None, grid, _names(datasets), workers, dataset_specs or None)
 
 
-@flow(name="evaluate-checkpoint", log_prints=True)
+@flow(name="evaluate-checkpoint", flow_run_name=evaluate_run_name, log_prints=True)
 def evaluate_checkpoint(
     checkpoint_uri: str,
-    grid: str = "default",
-    datasets: list[str] | None = None,
-    store: str | None = None,
+    grid: GridName | str = "default",
+    store: str = "",
+    checkpoints: str = "",
+    datasets: str = "",
+    dataset_specs: str = "",
     workers: int = 1,
 ) -> dict:
-    """One checkpoint (e.g. announced by a kbitlaw.checkpoint.created event): its evaluations + a refit."""
-    return sweep(store, checkpoint_uri, grid, datasets, workers, None)
+    """Evaluate one new checkpoint (announced by `kbitlaw emit-checkpoint URI`), then refit the laws
+    over every current result of its family, as the nightly does.
+
+    Args:
+        checkpoint_uri: The new checkpoint: a directory, s3:// prefix or hf://org/name@rev.
+        grid: The quant specs to evaluate it at: a named grid (default, quick, paper, demo) or
+            comma-separated specs (empty: default).
+        store: Store URI (empty: $KBITLAW_STORE or .kbitlaw/store).
+        checkpoints: Where the rest of the family is (empty: $KBITLAW_CHECKPOINTS or <store>/checkpoints).
+        datasets: Comma-separated dataset names to evaluate (empty: every dataset spec).
+        dataset_specs: Directory of dataset specs (empty: $KBITLAW_DATASET_SPECS, ./datasets, builtin).
+        workers: Evaluations side by side.
+    """
+    return sweep(
+        store or None,
+        checkpoints or None,
+        grid or "default",
+        _names(datasets),
+        workers,
+        dataset_specs or None,
+        only=checkpoint_uri,
+    )

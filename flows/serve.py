@@ -33,9 +33,14 @@ DEPLOYMENTS: list[dict[str, Any]] = [
                 "enabled": True,
                 "expect": [CHECKPOINT_EVENT],
                 "match": {"prefect.resource.id": "kbitlaw.checkpoint.*"},
-                "parameters": {"checkpoint_uri": "{{ event.payload.uri }}"},
+                "parameters": {
+                    "checkpoint_uri": "{{ event.payload.uri }}",
+                    "grid": "{{ event.payload.grid }}",
+                },
             }
         ],
+        # one checkpoint at a time on this machine; more arrivals wait (ENQUEUE) rather than race
+        "concurrency_limit": 1,
     },
     {
         "name": "fit",
@@ -89,14 +94,17 @@ def checkpoint_resource_id(fingerprint: str) -> str:
     return f"kbitlaw.checkpoint.{fingerprint[:16]}"
 
 
-def emit_checkpoint(uri: str) -> str:
-    """Announce a new checkpoint: a Prefect event that triggers its evaluation. Returns the event id."""
+def emit_checkpoint(uri: str, grid: str = "default") -> str:
+    """Announce a new checkpoint: a Prefect event that triggers its evaluation at `grid` and a refit.
+    Returns the event id."""
     from prefect.events import emit_event
     from prefect.settings import PREFECT_API_URL
 
     from kbitlaw.checkpoints import resolve
+    from kbitlaw.quant.spec import resolve_grid
 
     ckpt = resolve(uri)  # a URI that is not a usable checkpoint fails here, with its reason
+    resolve_grid(grid)  # so does an unknown grid: the triggered run would only fail later
     if not PREFECT_API_URL.value():
         raise RuntimeError(
             "no Prefect server to send the event to: set PREFECT_API_URL "
@@ -108,8 +116,28 @@ def emit_checkpoint(uri: str) -> str:
             "prefect.resource.id": checkpoint_resource_id(ckpt.fingerprint),
             "prefect.resource.name": re.sub(r"[^\w./@:-]", "_", ckpt.id),
         },
-        payload={"uri": ckpt.uri, "id": ckpt.id, "fingerprint": ckpt.fingerprint},
+        payload={"uri": ckpt.uri, "id": ckpt.id, "fingerprint": ckpt.fingerprint, "grid": grid},
     )
     if event is None:
         raise RuntimeError("the event could not be emitted (no events client)")
     return str(event.id)
+
+
+def work_pool_collisions() -> list[str]:
+    """Deployments of the same flow and name that `prefect deploy` put on a work pool. `serve` would
+    take them over (its runs then crash: "Downloading flow code from storage at None"), and on
+    stopping it leaves them paused without their pull step; both would also answer each event."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    found = []
+    with get_client(sync_client=True) as client:
+        for spec in DEPLOYMENTS:
+            flow_name = _entrypoint(spec["entrypoint"]).name
+            try:
+                deployment = client.read_deployment_by_name(f"{flow_name}/{spec['name']}")
+            except ObjectNotFound:
+                continue
+            if deployment.work_pool_name:
+                found.append(f"{flow_name}/{spec['name']} (work pool {deployment.work_pool_name})")
+    return found

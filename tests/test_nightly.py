@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kbitlaw.eval import sweep
-from kbitlaw.flows.nightly import nightly, task_runner
+from kbitlaw.flows.nightly import evaluate_checkpoint, nightly, run_summary, task_runner
 from kbitlaw.law.io import read_results_store
 from kbitlaw.law.table import results_sha
 from kbitlaw.store import Store
@@ -34,13 +34,13 @@ def run(store: str, specs: str, workers: int = 1, runner: str = "thread", checkp
     flow = nightly.with_options(task_runner=task_runner(runner, workers))
     state = flow(
         store=store,
-        checkpoints=checkpoints,
+        checkpoints=checkpoints or "",
         grid=GRID,
         dataset_specs=specs,
         workers=workers,
         return_state=True,
     )
-    return state, state.result(raise_on_failure=False)
+    return state, run_summary(state)
 
 
 def result_keys(store: str) -> list[str]:
@@ -112,6 +112,58 @@ def test_nightly_is_incremental(setup, tmp_path):
     assert doc["n_rows"] == everything.height - 10 * 2
 
 
+def run_logs(state) -> list:
+    """The log records of a flow run (and its task runs), from the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    flow_run = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+    with get_client(sync_client=True) as client:
+        return client.read_logs(log_filter=LogFilter(flow_run_id=flow_run), limit=200)
+
+
+def run_name(state) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(state.state_details.flow_run_id).name
+
+
+def fit_doc(store: str) -> dict:
+    return Store(store).read_json(Store(store).read_json("fits/latest.json")["fit"])
+
+
+def test_one_new_checkpoint_refits_everything_and_narrow_runs_keep_the_answer(setup):
+    store, specs = setup
+    state, first = run(store, specs)
+    assert state.is_completed(), first
+    rows = fit_doc(store)["n_rows"]
+    new = make_family(Path(store) / "checkpoints", sizes=(("h64", 64, 1),), steps=(10,))[
+        0
+    ]  # training wrote it
+    event_run = evaluate_checkpoint(
+        checkpoint_uri=str(new), grid=GRID, store=store, dataset_specs=specs, return_state=True
+    )
+    summary = run_summary(event_run)
+    assert event_run.is_completed(), summary
+    assert summary["new_checkpoints"] == 1 and summary["evaluations"]["computed"] == 2  # its 2 specs only
+    # ... and the fit covers the 4 checkpoints of the family as well as the new one
+    assert summary["fit_scope"] == {"checkpoints": 5, "results": 5 * 2 * 3}
+    assert fit_doc(store)["n_rows"] > rows
+    assert run_name(event_run) == "evaluate tiny/h64/step-10"
+    assert "insufficient data" not in summary["report"]["headline"]
+    answer = summary["report"]["key"]
+
+    # An ad-hoc run on a narrower grid evaluates nothing new and keeps the family's fit and report.
+    narrow = nightly(store=store, grid="fp16", dataset_specs=specs, return_state=True)
+    again = run_summary(narrow)
+    assert again["evaluations"] == {"computed": 0, "cached": 5, "failed": 0}
+    assert again["fit_scope"] == {"checkpoints": 5, "results": 5 * 2 * 3}
+    assert again["report"]["key"] == answer and run_name(narrow).startswith("nightly 20")
+    logs = [r.message for r in run_logs(event_run)]
+    assert not any("Finished in state Cached" in m for m in logs)
+
+
 def test_broken_checkpoint_fails_alone(setup):
     store, specs = setup
     bad = Path(store) / "checkpoints" / "tiny" / "h32" / "step-10"
@@ -122,8 +174,11 @@ def test_broken_checkpoint_fails_alone(setup):
     assert state.is_failed()
     assert summary["evaluations"] == {"computed": 6, "cached": 0, "failed": 2}
     assert all("tiny/h32/step-10" in f for f in summary["failures"])
-    assert "tiny/h32/step-10" in state.message
+    assert "tiny/h32/step-10" in state.message and "\n" not in state.message
     assert summary["fit"]  # the others were fitted
+    logs = run_logs(state)
+    noisy = [r.message for r in logs if "Traceback" in r.message or "Unexpected result" in r.message]
+    assert not noisy, noisy[0][:3000]
 
 
 def test_dask_runner_gives_the_same_results(setup, tmp_path, monkeypatch):

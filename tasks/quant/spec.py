@@ -197,6 +197,8 @@ GRIDS: dict[str, list[str]] = {
         "quantile3-b64",
         "int3-b64-o2",
     ],
+    # the embedded demo's (kbitlaw demo): one family of specs per width, small enough for 10 minutes
+    "demo": ["fp16", "int8-b64", "int8", "nf4-b64", "int4-b64", "int4", "int3-b64", "int3"],
     # the full Dettmers & Zettlemoyer sweep: k 3..8 x 5 data types x 8 block settings, + fp16
     "paper": _k_grid(["int", "fp", "quantile", "dynamic", "nf"], [64, 128, 256, 512, 1024, 2048, 4096, None]),
 }
