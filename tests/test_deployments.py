@@ -67,7 +67,10 @@ def test_deploy_creates_schedule_limit_and_trigger(deployed):
     assert trigger.match.root == {"prefect.resource.id": "kbitlaw.checkpoint.*"}
     action = automations[0].actions[0]
     assert action.deployment_id == evaluate.id
-    assert action.parameters == {"checkpoint_uri": "{{ event.payload.uri }}", "grid": "{{ event.payload.grid }}"}
+    assert action.parameters == {
+        "checkpoint_uri": "{{ event.payload.uri }}",
+        "grid": "{{ event.payload.grid }}",
+    }
     for name in ("fit/fit", "clean-datasets/clean-datasets"):
         assert asyncio.run(_read(name))[0].work_pool_name == "kbitlaw"
 
