@@ -42,7 +42,11 @@ def deployed(prefect_api):
     assert created.returncode == 0, created.stdout + created.stderr
     out = prefect_cli(prefect_api, "deploy", "--all")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return prefect_api
+    yield prefect_api
+    # the session's server is shared: leave no work-pool deployments for `kbitlaw serve` tests
+    for name in ("nightly/nightly", "evaluate-checkpoint/evaluate-checkpoint", "fit/fit"):
+        prefect_cli(prefect_api, "deployment", "delete", name)
+    prefect_cli(prefect_api, "deployment", "delete", "clean-datasets/clean-datasets")
 
 
 async def _read(name: str):
@@ -88,6 +92,28 @@ def test_serve_builds_the_same_deployments(deployed):
     assert trigger.expect == automations[0].trigger.expect
     assert trigger.match.root == automations[0].trigger.match.root
     assert trigger.parameters == automations[0].actions[0].parameters
+
+
+def test_serve_refuses_to_take_over_work_pool_deployments(deployed, tmp_path):
+    """`kbitlaw serve` would update the same-named work-pool deployments (its runs then crash, and
+    stopping it pauses them): it refuses with one line instead, and leaves them as they were."""
+    env = {**os.environ, "PREFECT_API_URL": deployed}
+    out = subprocess.run(
+        [sys.executable, "-m", "kbitlaw", "serve", "--reports-port", "0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "kbitlaw: error: deployments nightly/nightly (work pool kbitlaw)"
+    )
+    assert "prefect worker start --pool kbitlaw" in lines[0]
+    nightly, _ = asyncio.run(_read("nightly/nightly"))
+    assert nightly.work_pool_name == "kbitlaw" and not nightly.paused
 
 
 def test_emit_checkpoint(prefect_api, tiny_checkpoint, tmp_path):
