@@ -4,6 +4,11 @@ Artifacts have fixed keys (lowercase letters, digits, dashes), so the UI keeps t
 across nightly runs: the summary, the Pareto frontier table, links to the report and to each
 dataset's validation page, and a progress bar for the evaluations. Outside a flow or task run
 every function here does nothing (no API is contacted), so tests and the CLI can call them freely.
+
+The summary answers "which precision?" without leaving the UI: the recommendation, P(best), the
+first rows of the Pareto frontier and, when reports are served over HTTP ($KBITLAW_REPORT_URL,
+kbitlaw.report.web), the key figures as images. Links go through public_url(): a browser opens
+http(s) links from the UI, but not file:// ones.
 """
 
 from __future__ import annotations
@@ -14,16 +19,21 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import PurePosixPath
 from typing import Any
 
+from kbitlaw.report.web import clickable, public_url
 from kbitlaw.status import NO_DATA
+from kbitlaw.store import Store, StoreError
 
 SUMMARY_KEY = "kbitlaw-summary"
 FRONTIER_KEY = "kbitlaw-pareto-frontier"
 REPORT_KEY = "kbitlaw-report"
 VALIDATION_PREFIX = "kbitlaw-validation-"
 PROGRESS_KEY = "kbitlaw-evaluation-progress"
+# The figures (ids of the PNGs the report writes beside its page) that answer "which precision":
+# quality against total bits at equal memory, and the data types at 3 and 4 bits.
+SUMMARY_FIGURES = (("scaling", "Accuracy versus total model bits"), ("dtypes", "Data types at 3 and 4 bits"))
+FRONTIER_ROWS = 8  # rows of the frontier in the summary; the table artifact has them all
 
 
 def artifact_key(text: str) -> str:
@@ -39,9 +49,29 @@ def in_run() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
-def clickable(url: str) -> str:
-    """Local paths as file:// URIs so the UI renders a link; s3:// and http(s) stay as they are."""
-    return PurePosixPath(url).as_uri() if url.startswith("/") else url
+def store_link(store: Store | None, url_or_key: str) -> str:
+    """The link a person opens for a key of `store` (or the URL store.url() made of it): see
+    public_url. A URL of no known store is linked as it is."""
+    if store is None:
+        return clickable(url_or_key)
+    from kbitlaw.report.build import as_key  # here: build imports matplotlib
+
+    try:
+        return public_url(store, as_key(store, url_or_key))
+    except ValueError:  # not a key of this store (an absolute path, another store's URL)
+        return clickable(url_or_key)
+
+
+def report_store(report: dict | None, store_uri: str | None = None) -> Store | None:
+    """The store the report lives in: `store_uri` when given, else the one its URL names (the URL
+    is store.url(key), so the store's root is what precedes the key); None when unknown."""
+    if store_uri:
+        return Store(store_uri)
+    summary = (report or {}).get("summary") or {}
+    url, key = (report or {}).get("url"), (report or {}).get("key") or summary.get("report_key")
+    if url and key and url.endswith("/" + key):
+        return Store(url[: -len(key) - 1])
+    return None
 
 
 # -- content ------------------------------------------------------------------------------------
@@ -63,16 +93,57 @@ def _recommendation_md(summary: dict | None, fit_doc: dict) -> list[str]:
     return lines
 
 
-def summary_markdown(report: dict | None, nightly_summary: dict, fit_doc: dict) -> str:
-    """The run's summary: recommendation, S*, new versus cached work, what changed, the report link."""
+def frontier_markdown(summary: dict | None, limit: int = FRONTIER_ROWS) -> list[str]:
+    """The first rows of the Pareto frontier as a compact table: memory budget range -> best spec."""
+    rows = (summary or {}).get("frontier") or []
+    if not rows:
+        return []
+    metric = (summary.get("recommendation") or {}).get("metric", "value")
+    out = ["**Pareto frontier** (best model for each memory budget):", ""]
+    out += [f"| budget (GB) | spec | parameters | {metric} |", "|---|---|---|---|"]
+    for r in rows[:limit]:
+        until = "…" if r.get("until") is None else f"{r['until'] / 8e9:.3g}"
+        budget = f"{r['total_bits'] / 8e9:.3g} – {until}"
+        out.append(f"| {budget} | `{r['quant']}` | {r['n_params']:.3g} | {r['value']:.4g} |")
+    if len(rows) > limit:
+        out.append(f"\n{len(rows) - limit} more rows in the `{FRONTIER_KEY}` table artifact.")
+    return [*out, ""]
+
+
+def figures_markdown(store: Store | None, report: dict | None) -> list[str]:
+    """The key figures as markdown images, when the report is served over HTTP (the UI would not
+    show file:// or s3:// images) and the figure exists (a small grid draws no data-type figure)."""
+    key = (report or {}).get("key") or ((report or {}).get("summary") or {}).get("report_key")
+    if store is None or not key:
+        return []
+    out = []
+    for fig_id, title in SUMMARY_FIGURES:
+        png = f"{key.rsplit('/', 1)[0]}/{fig_id}.png"  # the report writes its figures beside the page
+        url = store_link(store, png)
+        try:
+            shown = url.startswith(("http://", "https://")) and store.exists(png)
+        except StoreError:  # a summary without a picture beats a run that fails over one
+            shown = False
+        if shown:
+            out += [f"![{title}]({url})", ""]  # a paragraph each: full width, one under the other
+    return out
+
+
+def summary_markdown(
+    report: dict | None, nightly_summary: dict, fit_doc: dict, store: Store | None = None
+) -> str:
+    """The run's summary: recommendation, P(best), S*, the Pareto frontier, the key figures, new
+    versus cached work, what changed, the report link. `store`: the report's store (links and
+    figures); None: report_store(report)."""
+    store = store or report_store(report)
     summary = (report or {}).get("summary")
     family = (summary or {}).get("family") or ", ".join(fit_doc.get("families", [])) or "-"
     out = [f"# kbitlaw: {family}", "", *_recommendation_md(summary, fit_doc), ""]
     out += [f"- {line}" for line in (summary or {}).get("headline_lines", [])]
+    out += ["", *frontier_markdown(summary), *figures_markdown(store, report)]
     ev = nightly_summary.get("evaluations") or {}
     n, new = nightly_summary.get("checkpoints", "-"), nightly_summary.get("new_checkpoints", 0)
     out += [
-        "",
         "| work | count |",
         "|---|---|",
         f"| checkpoints | {n} ({new} new) |",
@@ -87,7 +158,8 @@ def summary_markdown(report: dict | None, nightly_summary: dict, fit_doc: dict) 
     for problem in nightly_summary.get("failures", []) + nightly_summary.get("invalid_datasets", []):
         out.append(f"- ⚠ {problem}")
     if report:
-        out.append(f"[Open the report]({clickable(report['url'])}) · `{report['url']}`")
+        link = store_link(store, report.get("key") or report["url"])
+        out.append(f"[Open the report]({link}) · `{report['url']}`")
     out.append(f"\nresults `{fit_doc.get('results_sha', '-')[:12]}`")
     return "\n".join(out)
 
@@ -113,31 +185,42 @@ def frontier_table(report: dict | None) -> list[dict[str, Any]]:
 # -- publishing ---------------------------------------------------------------------------------
 
 
-def publish_artifacts(report: dict | None, nightly_summary: dict, fit_doc: dict) -> list[str]:
-    """Create the nightly's artifacts in the current flow run; returns the keys created ([] outside
-    a run). `report`: build_report's return (None when no report could be built)."""
+def publish_artifacts(
+    report: dict | None,
+    nightly_summary: dict,
+    fit_doc: dict,
+    flow_name: str = "nightly",
+    store_uri: str | None = None,
+) -> list[str]:
+    """Create the run's artifacts in the current flow run; returns the keys created ([] outside
+    a run). `report`: {"key", "url", "summary"} as build_report returns (None when no report could
+    be built); `flow_name` names the flow in the descriptions; `store_uri`: the report's store
+    (default: the one the report's URL names)."""
     if not in_run():
         return []
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+    store = report_store(report, store_uri)
     keys = [SUMMARY_KEY]
     create_markdown_artifact(
-        markdown=summary_markdown(report, nightly_summary, fit_doc),
+        markdown=summary_markdown(report, nightly_summary, fit_doc, store),
         key=SUMMARY_KEY,
-        description="kbitlaw nightly summary: recommendation, S*, new versus cached work",
+        description=f"kbitlaw {flow_name} summary: recommendation, S*, new versus cached work",
     )
     rows = frontier_table(report)
     if rows:
         create_table_artifact(
-            table=rows, key=FRONTIER_KEY, description="Pareto frontier of total bits vs quality"
+            table=rows,
+            key=FRONTIER_KEY,
+            description=f"kbitlaw {flow_name}: Pareto frontier of total bits vs quality",
         )
         keys.append(FRONTIER_KEY)
     if report:
         create_link_artifact(
-            link=clickable(report["url"]),
+            link=store_link(store, report.get("key") or report["url"]),
             link_text="kbitlaw report",
             key=REPORT_KEY,
-            description="The HTML report of this fit",
+            description=f"kbitlaw {flow_name}: the HTML report of this fit",
         )
         keys.append(REPORT_KEY)
     for d in (report or {}).get("summary", {}).get("datasets", []):
@@ -145,10 +228,10 @@ def publish_artifacts(report: dict | None, nightly_summary: dict, fit_doc: dict)
         if page and d.get("name"):
             key = artifact_key(VALIDATION_PREFIX + d["name"])
             create_link_artifact(
-                link=clickable(page),
+                link=store_link(store, page),
                 link_text=f"validation: {d['name']}",
                 key=key,
-                description=f"Great Expectations validation of dataset {d['name']}",
+                description=f"kbitlaw {flow_name}: Great Expectations validation of dataset {d['name']}",
             )
             keys.append(key)
     return keys

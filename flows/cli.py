@@ -353,6 +353,8 @@ def serve(
             "(`prefect worker start --pool kbitlaw`) instead of `kbitlaw serve`, or delete them first "
             "(`prefect deployment delete NAME`)"
         )
+    if store:  # the runs write where the report server reads
+        os.environ["KBITLAW_STORE"] = store
     if reports_port:
         _serve_reports_beside(store, reports_port)
     prefect_serve(*runner_deployments())

@@ -8,7 +8,17 @@ import sys
 
 import pytest
 
-COMMANDS = ["demo", "nightly", "evaluate", "fit", "report", "datasets", "serve", "emit-checkpoint"]
+COMMANDS = [
+    "demo",
+    "nightly",
+    "evaluate",
+    "fit",
+    "report",
+    "datasets",
+    "serve",
+    "emit-checkpoint",
+    "serve-reports",
+]
 
 
 def kbitlaw(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:

@@ -233,7 +233,9 @@ def test_datasets_section_reads_cleaning_and_validation_from_the_store(tmp_path)
     report = build_report(store, store.read_json(LATEST)["fit"])
     html = page_text(store, report["key"])
     assert "empty text: 1" in html and "passed" in html
-    assert Path(store.url("datasets/validation/piqa/sha-piqa.html")).as_uri() in html
+    rel = "../../datasets/validation/piqa/sha-piqa.html"  # relative: opens locally and over HTTP
+    assert f'href="{rel}"' in html
+    assert (Path(store.url(report["key"])).parent / rel).resolve().read_bytes() == b"<html></html>"
     piqa = next(d for d in report["summary"]["datasets"] if d["name"] == "piqa")
     assert piqa["validation"]["html"] == store.url("datasets/validation/piqa/sha-piqa.html")
     names = {d["name"] for d in report["summary"]["datasets"]}

@@ -153,6 +153,16 @@ def provenance_rows(
     return rows
 
 
+def relative_pages(store: Store, dataset: dict) -> dict:
+    """The dataset's validation pages linked relative to the report page (reports/<sha>/index.html):
+    they then open wherever the store is read from, a local directory or the report server."""
+    pages = {
+        kind: "../../" + as_key(store, url) if url and as_key(store, url) != url else url
+        for kind, url in (dataset.get("validation") or {}).items()
+    }
+    return dataset | {"validation": pages}
+
+
 def sections(
     store: Store, fit_key: str, inp: Inputs, claims: list[dict], datasets: list[dict], provenance: dict | None
 ) -> tuple[dict[str, str], list]:
@@ -182,7 +192,7 @@ def sections(
         + by_id["extrapolation"]
         + extrapolation_table([c for c in doc.get("extrapolation", []) if c.get("family") == fam]),
         "metrics": metrics_html(inp.points),
-        "datasets": datasets_html(datasets),
+        "datasets": datasets_html([relative_pages(store, d) for d in datasets]),
         "provenance": provenance_html(provenance_rows(store, fit_key, inp, provenance), inp.keys),
     }
     return parts, figs
