@@ -365,7 +365,8 @@ def evaluate_run_name() -> str:
     return f"evaluate {_where(str(runtime.flow_run.parameters.get('checkpoint_uri', '?')))}"
 
 
-@flow(name="nightly", flow_run_name=nightly_run_name, log_prints=True)
+# persist_result: a deployment run's summary (or its RunProblems) can be read back from the API
+@flow(name="nightly", flow_run_name=nightly_run_name, log_prints=True, persist_result=True)
 def nightly(
     grid: GridName | str = "default",
     store: str = "",
@@ -389,7 +390,7 @@ def nightly(
     return sweep(store or None, checkpoints or None, grid, _names(datasets), workers, dataset_specs or None)
 
 
-@flow(name="evaluate-checkpoint", flow_run_name=evaluate_run_name, log_prints=True)
+@flow(name="evaluate-checkpoint", flow_run_name=evaluate_run_name, log_prints=True, persist_result=True)
 def evaluate_checkpoint(
     checkpoint_uri: str,
     grid: GridName | str = "default",
