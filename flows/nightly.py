@@ -44,6 +44,7 @@ from kbitlaw.flows.fit import fit_task
 from kbitlaw.flows.server import record_process
 from kbitlaw.quant.spec import resolve_grid
 from kbitlaw.report.headline import headline_line
+from kbitlaw.report.web import public_url
 from kbitlaw.store import Store
 
 # Draw a terminal progress bar: set by the CLI for a person at a terminal (not a flow parameter:
@@ -215,6 +216,7 @@ def fit_and_report(store: Store, keys: list[str], provenance: dict) -> dict:
     out["report"] = {
         "key": built["key"],
         "url": built["url"],
+        "link": public_url(store, built["key"]),  # where a browser opens it ($KBITLAW_REPORT_URL)
         "headline": headline_line(built["summary"]),
     }
     return out
@@ -327,7 +329,7 @@ def sweep(
     }
     logger.info("%s", {k: summary[k] for k in ("checkpoints", "new_checkpoints", "evaluations", "fit_scope")})
     if report:
-        logger.info("report: %s (%s)", report["url"], report["headline"])
+        logger.info("report: %s (%s)", report["link"], report["headline"])
     if fitted["fit"]:
         publish_artifacts(
             report and {**report, "summary": fitted["report_summary"]},

@@ -120,6 +120,14 @@ def emit_checkpoint(uri: str, grid: str = "default") -> str:
     )
     if event is None:
         raise RuntimeError("the event could not be emitted (no events client)")
+    import logging
+
+    from prefect.events.worker import EventsWorker
+
+    # Send it before returning. The worker's "Still processing items: 1 items remaining..." while it
+    # does so is no news to the person who just emitted that one item.
+    logging.getLogger(EventsWorker.__name__).setLevel(logging.ERROR)
+    EventsWorker.drain_all(timeout=30)
     return str(event.id)
 
 
