@@ -159,7 +159,7 @@ def test_grids():
 def test_resolve_grid_lists_and_errors():
     assert [str(s) for s in resolve_grid("int4-b64, nf4-b64,int4-b64")] == ["int4-b64", "nf4-b64"]
     assert [str(s) for s in resolve_grid("fp4")] == ["fp4e2"]
-    with pytest.raises(ValueError, match="unknown grid 'nightly'.*quick, default, paper"):
+    with pytest.raises(ValueError, match="unknown grid .nightly.*quick, default, demo, paper"):
         resolve_grid("nightly")
     with pytest.raises(ValueError, match="unknown data type 'foo'"):
         resolve_grid("int4,foo4")
