@@ -18,7 +18,21 @@ DTYPES = ("int", "fp", "nf", "quantile", "dynamic")
 MIN_BITS, MAX_BITS = 2, 8
 BASELINES = ("fp16", "bf16")
 MIN_BLOCK, MAX_BLOCK = 16, 4096
-SCALE_BITS = 16  # every absmax is stored as one fp16 number
+SCALE_BITS = 16  # an fp16 (default) or bf16 block scale
+# How a block's scale is stored, and its bits: fp16/bf16 absmax (the paper's), e8m0 (a power of two,
+# OCP MX v1.0), e4m3 (FP8, NVFP4; with one fp32 per-tensor scale so block scales stay in range).
+SCALE_FORMATS = {"fp16": 16, "bf16": 16, "e8m0": 8, "e4m3": 8}
+TENSOR_SCALE_BITS = {"e4m3": 32}
+METHODS = ("rtn", "gptq")  # round-to-nearest; GPTQ (Frantar et al. 2022), one-shot with calibration data
+# Named deployed formats: the alias and its spec (OCP MX v1.0: blocks of 32 with E8M0 scales; NVFP4:
+# E2M1 in blocks of 16 with E4M3 scales and an fp32 per-tensor scale). mxfp6 is the E2M3 variant.
+ALIASES = {
+    "mxfp4": "fp4e2-b32-se8m0",
+    "mxfp6": "fp6e2-b32-se8m0",
+    "mxfp8": "fp8e4-b32-se8m0",
+    "mxint8": "int8-b32-se8m0",
+    "nvfp4": "fp4e2-b16-se4m3",
+}
 
 
 def default_exponent_bits(k: int) -> int:
@@ -33,15 +47,19 @@ def outlier_count(in_features: int, pct: float) -> int:
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """One quantization setting, written `<dtype><k>[e<E>][-b<B>][-o<P>][-emb]`, or `fp16` / `bf16`.
+    """One quantization setting, written `<dtype><k>[e<E>][-b<B>][-s<F>][-o<P>][-emb][-gptq]`, or
+    `fp16` / `bf16`, or a named format (`mxfp4`, `mxfp6`, `mxfp8`, `mxint8`, `nvfp4`) with options.
 
     dtype: int | fp | nf | quantile | dynamic (see quant/codebooks.py); k: 2..8 bits.
     e<E>:  fp only, exponent bits 1..k-1; default ceil(k/2), and always printed (`fp4` -> `fp4e2`).
     -b<B>: block size, a power of two in 16..4096; absent = one absmax for the whole tensor.
     -o<P>: P percent of each layer's input features (those whose weights have the largest std)
            stay 16-bit; P may be a decimal (`-o0.5`), printed without trailing zeros.
+    -s<F>: how block scales are stored: fp16 (default, not printed), bf16, e8m0, e4m3 (needs -b<B>).
     -emb:  also quantize the input embeddings and the LM head (default: they stay 16-bit).
+    -gptq: GPTQ instead of round-to-nearest (calibration data; not with -o or -emb).
     fp16 / bf16: the unquantized baselines (weights rounded to that dtype); they accept only -emb.
+    A spec equal to a named format prints as its name: `fp4e2-b32-se8m0-gptq` -> `mxfp4-gptq`.
     """
 
     dtype: str
@@ -50,11 +68,15 @@ class QuantSpec:
     block_size: int | None = None
     outlier_pct: float = 0.0
     embeddings: bool = False
+    scale_format: str = "fp16"
+    method: str = "rtn"
 
     def __post_init__(self) -> None:
         if self.dtype in BASELINES:
             if self.bits != 16 or self.exp_bits or self.block_size or self.outlier_pct:
                 raise ValueError(f"{self.dtype} is an unquantized baseline: it takes no k, e, -b or -o")
+            if self.scale_format != "fp16" or self.method != "rtn":
+                raise ValueError(f"{self.dtype} is an unquantized baseline: it takes no -s or -gptq")
             return
         if self.dtype not in DTYPES:
             known = ", ".join([*DTYPES, *BASELINES])
@@ -74,11 +96,24 @@ class QuantSpec:
             raise ValueError(f"block size must be a power of two in {MIN_BLOCK}..{MAX_BLOCK}, got {b}")
         if not 0 <= self.outlier_pct < 100:
             raise ValueError(f"outlier percent must be in (0, 100), got {self.outlier_pct:g}")
+        if self.scale_format not in SCALE_FORMATS:
+            raise ValueError(
+                f"unknown scale format {self.scale_format!r} (known: {', '.join(SCALE_FORMATS)})"
+            )
+        if self.scale_format != "fp16" and b is None:
+            raise ValueError(f"-s{self.scale_format} stores block scales: it needs a block size -b<B>")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r} (known: {', '.join(METHODS)})")
+        if self.method == "gptq" and (self.outlier_pct or self.embeddings):
+            raise ValueError("-gptq does not combine with -o<P> or -emb")
 
     @classmethod
     def parse(cls, text: str) -> QuantSpec:
         """Parse a spec string (case-insensitive); ValueError names the part that is wrong."""
         head, *options = text.strip().lower().split("-")
+        if head in ALIASES:
+            alias_head, *alias_options = ALIASES[head].split("-")
+            head, options = alias_head, [*alias_options, *options]
         fields: dict = {}
         for opt in options:
             if m := re.fullmatch(r"b(\d+)", opt):
@@ -89,6 +124,13 @@ class QuantSpec:
                     raise ValueError(f"outlier percent must be in (0, 100), got {m[1]} in {text!r}")
             elif opt == "emb":
                 name, value = "embeddings", True
+            elif opt == "gptq":
+                name, value = "method", "gptq"
+            elif opt[:1] == "s" and opt[1:] in SCALE_FORMATS:
+                name, value = "scale_format", opt[1:]
+            elif opt[:1] == "s":
+                known = ", ".join(f"-s{f}" for f in SCALE_FORMATS)
+                raise ValueError(f"unknown scale format '-{opt}' in {text!r} (known: {known})")
             elif opt[:1] == "b":
                 raise ValueError(
                     f"block size must be a power of two in {MIN_BLOCK}..{MAX_BLOCK}, got {opt[1:]!r}"
@@ -96,9 +138,11 @@ class QuantSpec:
             elif opt[:1] == "o":
                 raise ValueError(f"outlier percent must be a number in (0, 100), got {opt[1:]!r} in {text!r}")
             else:
-                raise ValueError(f"unknown option '-{opt}' in {text!r} (expected -b<B>, -o<P> or -emb)")
+                raise ValueError(
+                    f"unknown option '-{opt}' in {text!r} (expected -b<B>, -s<F>, -o<P>, -emb or -gptq)"
+                )
             if name in fields:
-                raise ValueError(f"option '-{opt}' given twice in {text!r}")
+                raise ValueError(f"option '-{opt}' given twice (or set by a named format) in {text!r}")
             fields[name] = value
         if head in BASELINES:
             return cls(head, 16, **fields)
@@ -112,15 +156,25 @@ class QuantSpec:
             raise ValueError(f"missing bit width k in {head!r} (e.g. {dtype}4)")
         return cls(dtype, int(k), None if e is None else int(e), **fields)
 
-    def __str__(self) -> str:
+    def long_form(self) -> str:
+        """The spec string without named formats: `nvfp4` -> `fp4e2-b16-se4m3`."""
         text = self.dtype if self.is_baseline else f"{self.dtype}{self.bits}"
         if self.dtype == "fp":
             text += f"e{self.exp_bits}"
         if self.block_size:
             text += f"-b{self.block_size}"
+        if self.scale_format != "fp16":
+            text += f"-s{self.scale_format}"
         if self.outlier_pct:
             text += "-o" + f"{self.outlier_pct:.6f}".rstrip("0").rstrip(".")
-        return text + ("-emb" if self.embeddings else "")
+        return text + ("-emb" if self.embeddings else "") + ("-gptq" if self.method == "gptq" else "")
+
+    def __str__(self) -> str:
+        text = self.long_form()
+        for alias, base in ALIASES.items():
+            if text == base or text.startswith(base + "-") and not text[len(base) + 1 :][:1].isdigit():
+                return alias + text[len(base) :]
+        return text
 
     @property
     def quant(self) -> str:
@@ -132,24 +186,32 @@ class QuantSpec:
         return self.dtype in BASELINES
 
     @property
+    def scale_bits(self) -> int:
+        """Bits of one stored block scale (16 for fp16/bf16, 8 for e8m0/e4m3)."""
+        return SCALE_FORMATS[self.scale_format]
+
+    @property
     def bits_per_param(self) -> float:
-        """Nominal k + 16/B + P/100·(16-k) (DESIGN.md); per-tensor absmax cost omitted (~16/numel)."""
+        """Nominal k + S/B + P/100·(16-k), S the scale's bits (DESIGN.md); per-tensor scales omitted
+        (16 or 32 bits per tensor: tensor_bits counts them)."""
         if self.is_baseline:
             return 16.0
-        scale = SCALE_BITS / self.block_size if self.block_size else 0.0
+        scale = self.scale_bits / self.block_size if self.block_size else 0.0
         return self.bits + scale + self.outlier_pct / 100 * (16 - self.bits)
 
     def tensor_bits(self, numel: int, in_features: int | None = None) -> float:
-        """Exact storage of one weight of `numel` values: k-bit codes, one fp16 absmax per block
-        (ceil(numel/B), or one per tensor) and, with -o<P>, its kept input features at 16 bits
-        (`in_features`: the size of the weight's input dimension; without it, exactly P% of the values)."""
+        """Exact storage of one weight of `numel` values: k-bit codes, one scale per block
+        (ceil(numel/B), or one fp16 per tensor) in the spec's scale format plus its per-tensor scale
+        (e4m3: one fp32) and, with -o<P>, its kept input features at 16 bits (`in_features`: the
+        size of the weight's input dimension; without it, exactly P% of the values)."""
         if self.is_baseline:
             return 16.0 * numel
         n_blocks = math.ceil(numel / self.block_size) if self.block_size else 1
         n_kept = self.outlier_pct / 100 * numel
         if self.outlier_pct and in_features:
             n_kept = outlier_count(in_features, self.outlier_pct) * (numel // in_features)
-        return self.bits * numel + SCALE_BITS * n_blocks + (16 - self.bits) * n_kept
+        scales = self.scale_bits * n_blocks + TENSOR_SCALE_BITS.get(self.scale_format, 0)
+        return self.bits * numel + scales + (16 - self.bits) * n_kept
 
     def bits_per_param_for(self, numel: int, in_features: int | None = None) -> float:
         """Exact bits per parameter of one tensor (tensor_bits / numel)."""
@@ -161,7 +223,7 @@ class QuantSpec:
         the family of specs a damage law is fitted over."""
         if self.is_baseline:
             return str(self)
-        return str(self).replace(
+        return self.long_form().replace(
             f"{self.dtype}{self.bits}" + (f"e{self.exp_bits}" if self.exp_bits else ""), f"{self.dtype}<k>", 1
         )
 
