@@ -67,6 +67,25 @@ def spec_codebook(
     return quantile_codebook(normalised, spec.bits), None
 
 
+def block_scales(
+    blocks: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    tensor_absmax: torch.Tensor | None = None,
+    scale_dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
+    """The scale each row of `blocks` ([n_blocks, B], or one row per tensor) divides by before its
+    values round to the spec's unit codebook (largest entry 1; values beyond +-1 saturate), as the
+    spec's scale format stores it: float32 [n_blocks, 1]. `tensor_absmax`: the whole tensor's absmax,
+    for formats with a per-tensor scale (default: that of `blocks`). Shared by round-to-nearest and
+    GPTQ (which fixes a group's scales when it reaches the group's first column)."""
+    absmax = torch.maximum(blocks.amax(dim=1, keepdim=True), blocks.amin(dim=1, keepdim=True).neg()).float()
+    if spec.scale_format in ("fp16", "bf16"):
+        dtype = scale_dtype if spec.scale_format == "fp16" else torch.bfloat16
+        return round_scales(absmax, dtype)
+    raise NotImplementedError(f"scale format {spec.scale_format}")  # e8m0, e4m3: see quant/codebooks.py
+
+
 def outlier_features(weight: torch.Tensor, pct: float, in_dim: int = 1) -> torch.Tensor:
     """Indices (sorted) of the input features whose weights have the largest standard deviation."""
     std = weight.detach().float().std(dim=1 - in_dim)
