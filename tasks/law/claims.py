@@ -19,6 +19,7 @@ import polars as pl
 
 from kbitlaw.law.budget import CLEAR
 from kbitlaw.law.claims_loss import damage_grows_with_tokens, per_bit_factor, perplexity_tracks_accuracy
+from kbitlaw.law.claims_methods import gptq_improves_3bit, scale_formats
 from kbitlaw.law.frontier import headline_recommendation
 from kbitlaw.law.stats import (
     BASELINES,
@@ -48,9 +49,20 @@ def headline_metric(points: pl.DataFrame) -> str | None:
     return next((m for m in ("mean_acc", "loss") if m in metrics), None)
 
 
+def is_plain(quant: str) -> bool:
+    """Round-to-nearest with fp16 block scales: the paper's setting, which its claims are about
+    (GPTQ and MX/NV scale formats are compared in law/claims_methods.py)."""
+    try:
+        spec = QuantSpec.parse(quant)
+    except ValueError:
+        return True  # a spec this version cannot read: judged by its columns, as before
+    return spec.method == "rtn" and spec.scale_format == "fp16"
+
+
 def specs_of(scored: pl.DataFrame) -> pl.DataFrame:
-    """One row per spec: quant, bits, dtype, block_size (null: per tensor), outlier_pct, n_sizes."""
-    return (
+    """One row per spec: quant, bits, dtype, block_size (null: per tensor), outlier_pct, n_sizes,
+    plain (round-to-nearest with fp16 scales)."""
+    specs = (
         scored.group_by("quant")
         .agg(
             pl.col("bits").first().cast(pl.Int64),
@@ -62,6 +74,8 @@ def specs_of(scored: pl.DataFrame) -> pl.DataFrame:
         )
         .sort("quant")
     )
+    plain = {q: is_plain(q) for q in specs["quant"].to_list()}
+    return specs.with_columns(plain=pl.col("quant").replace_strict(plain, return_dtype=pl.Boolean))
 
 
 def best_per_bits(scored: pl.DataFrame) -> dict[int, str]:
@@ -78,7 +92,7 @@ def best_per_bits(scored: pl.DataFrame) -> dict[int, str]:
 def block_pair(specs: pl.DataFrame, bits: int) -> tuple[str, str] | None:
     """(small-block spec, large-block spec) of one data type at `bits`: the small block <= 128
     (64 preferred), the large one 1024 if there, else per tensor, else the largest >= 512."""
-    at_k = specs.filter(pl.col("bits") == bits, pl.col("outlier_pct") == 0)
+    at_k = specs.filter(pl.col("bits") == bits, pl.col("outlier_pct") == 0, pl.col("plain"))
     for dtype in sorted(at_k["dtype"].unique().to_list()):
         rows = at_k.filter(pl.col("dtype") == dtype)
         blocks = {r["block_size"]: r["quant"] for r in rows.iter_rows(named=True)}
@@ -276,7 +290,7 @@ def dtypes_at_4_bits(points: pl.DataFrame, samples: pl.DataFrame | None = None) 
     )
     say = partial(claim, "dtype_order_4bit", "Data-type ordering at 4 bits", paper, crit)
     scored = score(points, metric)
-    at4 = specs_of(scored).filter(pl.col("bits") == 4, pl.col("outlier_pct") == 0)
+    at4 = specs_of(scored).filter(pl.col("bits") == 4, pl.col("outlier_pct") == 0, pl.col("plain"))
     n_types = {b: len(set(g["dtype"])) for (b,), g in at4.group_by("block_size")}
     if not n_types or max(n_types.values()) < 2:
         return say(NOT_TESTABLE, ["needs two data types at 4 bits"])
@@ -354,7 +368,7 @@ def float_exponent(scored: pl.DataFrame, metric: str, samples: pl.DataFrame | No
     specs = specs_of(scored)
     exponent = {q: QuantSpec.parse(q).exp_bits for q in specs["quant"].to_list()}
     specs = specs.with_columns(e=pl.col("quant").replace_strict(exponent, return_dtype=pl.Int64)).filter(
-        pl.col("e").is_not_null(), pl.col("outlier_pct") == 0
+        pl.col("e").is_not_null(), pl.col("outlier_pct") == 0, pl.col("plain")
     )
     numbers, tested = [], []  # tested: (k, best is ceil(k/2), best - ceil(k/2))
     for (k, _block), g in specs.group_by(["bits", "block_size"], maintain_order=True):
@@ -406,4 +420,6 @@ def check_claims(
         float_exponent(scored, metric, samples),
         damage_grows_with_tokens(points, doc),
         per_bit_factor(points, doc),
+        gptq_improves_3bit(scored, metric, samples),
+        scale_formats(scored, metric),
     ]
