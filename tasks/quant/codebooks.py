@@ -43,14 +43,32 @@ def int_codebook(k: int) -> torch.Tensor:
     return torch.arange(-top, top + 1, dtype=torch.float32) / top
 
 
-def fp_codebook(k: int, e: int) -> torch.Tensor:
-    """Every finite value of a k-bit float with e exponent bits, scaled so the largest is 1."""
+# The two OCP FP8 formats keep codes for NaN (E4M3: S.1111.111 only) or inf/NaN (E5M2: the whole
+# top exponent, as IEEE); every other k-bit float here (and OCP's FP4/FP6) has only finite codes.
+OCP_FP8 = {(8, 4): "E4M3", (8, 5): "E5M2"}
+
+
+def fp_magnitudes(k: int, e: int, *, ocp: bool = False) -> torch.Tensor:
+    """The non-negative values of a k-bit float with e exponent bits, in the format's own units
+    (IEEE bias 2^(e-1)-1, subnormals; float64, ascending, from 0). `ocp`: drop the codes OCP's FP8
+    formats reserve (E4M3's max becomes 448 instead of 480, E5M2's 57344 instead of 114688)."""
     m = k - 1 - e
-    bias = 2 ** (e - 1) - 1  # only rescales the codebook; normalisation removes it
+    bias = 2 ** (e - 1) - 1
     mantissas = torch.arange(2**m, dtype=torch.float64) / 2**m
     magnitudes = [mantissas * 2.0 ** (1 - bias)]  # exponent field 0: subnormals (and zero)
     magnitudes += [(1 + mantissas) * 2.0 ** (field - bias) for field in range(1, 2**e)]
     pos = torch.cat(magnitudes)
+    if ocp and OCP_FP8.get((k, e)) == "E4M3":
+        pos = pos[:-1]
+    elif ocp and OCP_FP8.get((k, e)) == "E5M2":
+        pos = pos[: -(2**m)]
+    return pos
+
+
+def fp_codebook(k: int, e: int, *, ocp: bool = False) -> torch.Tensor:
+    """Every finite value of a k-bit float with e exponent bits, scaled so the largest is 1 (`ocp`: as
+    fp_magnitudes). The bias only rescales the codebook; normalisation removes it."""
+    pos = fp_magnitudes(k, e, ocp=ocp)
     values = torch.cat([-pos, pos]).unique()  # sorted; +0 and -0 merge
     return (values / values.max()).float()
 
