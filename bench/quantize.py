@@ -3,7 +3,8 @@
     .venv/bin/python bench/quantize.py [--quick] [--repeat N]
 
 Fake-quantizes a set of random-normal float32 weight matrices (default 16 x [2048, 2048] = 64M
-parameters, seeded) with several specs and prints a markdown table: parameters per second, the ratio
+parameters, seeded) with several specs (the paper's data types with fp16 absmax scales, and the
+deployed mxfp4 / nvfp4 / mxint8) and prints a markdown table: parameters per second, the ratio
 to bitsandbytes' quantize_4bit + dequantize_4bit (nf4, blocksize 64) on the same tensors, the ratio to
 `dst.copy_(src)` of the same bytes (the memory-bandwidth limit), and peak extra memory relative to
 one tensor, measured in a fresh subprocess per spec as the growth of peak RSS (VmHWM) while one
@@ -27,6 +28,8 @@ from kbitlaw.quant.fake import fake_quantize  # noqa: E402
 from kbitlaw.quant.spec import QuantSpec  # noqa: E402
 
 SPECS = ["nf4-b64", "int4-b64", "fp4e2-b64", "quantile4-b64", "dynamic8-b256"]
+# the deployed block-scaled formats: E8M0 (OCP MX) and E4M3 + fp32 per-tensor (NVFP4) scales
+SPECS += ["mxfp4", "nvfp4", "mxint8"]
 PEAK_SHAPE = (4096, 4096)
 
 

@@ -79,8 +79,8 @@ def test_every_grid_spec_round_trips():
         ("fp4-b64", "fp4e2-b64"),
         ("fp2", "fp2e1"),
         ("fp3", "fp3e2"),
-        ("fp5", "fp5e3"),
-        ("fp8", "fp8e4"),
+        ("fp5", "fp5e2"),
+        ("fp8", "fp8e2"),
         (" NF4-B64 ", "nf4-b64"),
         ("int3-o2-b64", "int3-b64-o2"),
         ("int4-o2.50", "int4-o2.5"),
@@ -94,7 +94,7 @@ def test_parse_normalises(text, canonical):
 def test_spec_fields():
     s = QuantSpec.parse("int3-b64-o0.5-emb")
     assert (s.dtype, s.bits, s.block_size, s.outlier_pct, s.embeddings) == ("int", 3, 64, 0.5, True)
-    assert QuantSpec.parse("fp6").exp_bits == 3 and QuantSpec.parse("nf4").exp_bits is None
+    assert QuantSpec.parse("fp6").exp_bits == 2 and QuantSpec.parse("nf4").exp_bits is None
     assert QuantSpec.parse("int4").block_size is None
     assert QuantSpec.parse("fp4-b64") == QuantSpec("fp", 4, 2, 64)
     assert QuantSpec.parse("bf16").is_baseline and not QuantSpec.parse("int8").is_baseline

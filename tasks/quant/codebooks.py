@@ -18,18 +18,24 @@ Zettlemoyer (2022) plus QLoRA's NormalFloat, for k = 2..8:
 
 Every codebook contains 0, so zeroed weights (outlier columns, padding) stay exactly 0.
 
+Block-scaled specs (-se8m0: OCP MX; -se4m3: NVFP4) round to an `element_format` in its own units
+(E2M1: 0, .5, .., 6) with round-half-to-even: E2M1/E2M3/E3M2 are fp4e2/fp6e2/fp6e3 above, fp8e4 and
+fp8e5 become OCP's E4M3 (max 448, not 480) and E5M2 (max 57344); `e8m0_scales` and `nvfp4_scales`
+are their scale rules.
+
 `NearestTable` rounds to any codebook without a binary search: the top bits of a float32 (sign,
 exponent, leading mantissa bits) name a bin that contains at most one midpoint between codebook
 values, so one table lookup, one comparison and a second lookup give the exact nearest value.
-`fake_quantize_blockwise` applies it to a tensor: absmax per block (stored as fp16), divide, round,
-multiply back, chunk by chunk.
+`fake_quantize_blockwise` applies it to a tensor: a scale per block (default: the absmax stored as
+fp16; fake.py passes the spec's), multiply by its inverse, round, multiply back, chunk by chunk.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 import torch
@@ -137,14 +143,15 @@ def quantile_codebook(normalised: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def fixed_codebook(dtype: str, k: int, e: int | None = None) -> torch.Tensor:
-    """The codebook of a data type that does not depend on the data (all but quantile), on CPU."""
+def fixed_codebook(dtype: str, k: int, e: int | None = None, *, ocp: bool = False) -> torch.Tensor:
+    """The codebook of a data type that does not depend on the data (all but quantile), on CPU.
+    `ocp`: fp8e4/fp8e5 as OCP's E4M3/E5M2 (the element formats of block-scaled specs, -se8m0/-se4m3)."""
     if not MIN_BITS <= k <= MAX_BITS:
         raise ValueError(f"k must be {MIN_BITS}..{MAX_BITS}, got {k}")
     if dtype == "int":
         return int_codebook(k)
     if dtype == "fp":
-        return fp_codebook(k, default_exponent_bits(k) if e is None else e)
+        return fp_codebook(k, default_exponent_bits(k) if e is None else e, ocp=ocp)
     if dtype == "nf":
         return nf_codebook(k)
     if dtype == "dynamic":
@@ -209,15 +216,25 @@ def _cached_bin_edges() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _bin_edges()
 
 
-def build_table(codebook: torch.Tensor) -> NearestTable | None:
+def build_table(codebook: torch.Tensor, ties: str = "lower") -> NearestTable | None:
     """Nearest-value tables for a sorted codebook; None if some bin holds two midpoints.
 
     None only happens for codebooks with values closer than ~2^-10 relative (e.g. a quantile codebook
     of nearly discrete data); callers then fall back to torch.bucketize.
+    ties: "lower" (a value exactly on a midpoint takes the lower entry) or "even" (the entry whose
+    magnitude has an even index among the codebook's magnitudes: round half to even for a float or
+    integer grid in its own units, where midpoints are exact and consecutive codes alternate parity).
     """
     device = codebook.device
     cb = codebook.detach().float().cpu().unique()  # sorted, distinct
     mids = (cb[:-1] + cb[1:]) / 2
+    if ties == "even":  # x > nextafter(mid, -inf)  <=>  x >= mid: the tie goes up
+        magnitudes = cb[cb >= 0]
+        odd = torch.searchsorted(magnitudes, cb.abs()) % 2 == 1
+        up = ~odd[1:]
+        mids = torch.where(up, torch.nextafter(mids, torch.tensor(-math.inf)), mids)
+    elif ties != "lower":
+        raise ValueError(f"ties must be 'lower' or 'even', got {ties!r}")
     vmin, vmax, order = _cached_bin_edges()
     lo_sorted, hi_sorted = _count_below(mids, vmin), _count_below(mids, vmax)
     lo, hi = torch.empty_like(lo_sorted), torch.empty_like(hi_sorted)
@@ -236,9 +253,11 @@ def build_table(codebook: torch.Tensor) -> NearestTable | None:
 
 
 @lru_cache(maxsize=128)
-def fixed_table(dtype: str, k: int, e: int | None, device: torch.device) -> NearestTable:
+def fixed_table(
+    dtype: str, k: int, e: int | None, device: torch.device, *, ocp: bool = False
+) -> NearestTable:
     """Cached table of a fixed codebook on a device (fixed codebooks always have a table)."""
-    table = build_table(fixed_codebook(dtype, k, e).to(device))
+    table = build_table(fixed_codebook(dtype, k, e, ocp=ocp).to(device))
     assert table is not None, f"{dtype}{k}: codebook too dense for the lookup table"
     return table
 
@@ -262,6 +281,109 @@ def round_unit_bucketize(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tenso
     """round_unit for codebooks too dense for a table: a binary search per value (slow, exact)."""
     idx = torch.bucketize(x, (codebook[:-1] + codebook[1:]) / 2)
     return torch.index_select(codebook, 0, idx.view(-1), out=x.view(-1)).view_as(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Block-scaled formats (OCP MX v1.0, NVFP4): element grids in their own units and the scales.
+#
+# -se8m0 / -se4m3 specs round x / E to an element grid in the format's own units (E2M1: 0 .. 6) with
+# round-half-to-even, then multiply by E: E is a power of two (e8m0) or an E4M3 number times one fp32
+# per-tensor scale (e4m3). In the unit terms of fp16 specs the stored scale is E * elem_max.
+# ---------------------------------------------------------------------------------------------
+
+E4M3_MAX = 448.0  # OCP FP8 E4M3: bias 7, 3 mantissa bits, subnormals down to 2^-9, S.1111.111 = NaN
+E4M3_TINY = 2.0**-9
+E8M0_MIN, E8M0_MAX = -127, 127  # exponent range of an E8M0 scale (code 255 is NaN)
+
+
+@dataclass(frozen=True)
+class ElementFormat:
+    """The elements of a block-scaled spec: `values` (sorted, float32, CPU) in the format's own units,
+    their largest magnitude and the exponent E8M0 scales align to (None: 2^ceil(log2 amax), below)."""
+
+    values: torch.Tensor
+    elem_max: float
+    emax: int | None
+    ties: str  # how round-to-nearest breaks ties: "even" (float and integer grids) or "lower"
+
+
+@lru_cache(maxsize=64)
+def element_format(dtype: str, k: int, e: int | None = None) -> ElementFormat:
+    """The element grid a block-scaled (-se8m0 / -se4m3) spec rounds to, in its own units.
+
+    fp:  every finite k-bit float with e exponent bits (OCP E2M1 = fp4e2, E2M3 = fp6e2, E3M2 = fp6e3
+         exactly; fp8e4 / fp8e5 are OCP's E4M3 (max 448) and E5M2 (max 57344)); emax = the exponent
+         of the largest normal value.
+    int: MXINT8's two's-complement grid and its analogue for other k: i / 2^(k-2), |i| <= 2^(k-1) - 1
+         (int8: max 127/64), emax = 0.
+    nf, dynamic: their unit codebook (max 1), emax None: these grids have no exponent to align to, so
+         the E8M0 scale is the power of two at or above the block's absmax and nothing saturates.
+    """
+    if dtype == "fp":
+        e = default_exponent_bits(k) if e is None else e
+        pos = fp_magnitudes(k, e, ocp=True)
+        values = torch.cat([-pos, pos]).unique().float()
+        top = float(pos.max())
+        return ElementFormat(values, top, math.floor(math.log2(top)), "even")
+    if dtype == "int":
+        top = 2 ** (k - 1) - 1
+        values = torch.arange(-top, top + 1, dtype=torch.float64) / 2 ** (k - 2)
+        return ElementFormat(values.float(), top / 2 ** (k - 2), 0, "even")
+    if dtype in ("nf", "dynamic"):
+        return ElementFormat(fixed_codebook(dtype, k), 1.0, None, "lower")
+    if dtype == "quantile":  # the grid comes from the tensor; the scale rule does not
+        return ElementFormat(torch.zeros(0), 1.0, None, "lower")
+    raise ValueError(f"no element format for data type {dtype!r}")
+
+
+@lru_cache(maxsize=128)
+def element_table(dtype: str, k: int, e: int | None, device: torch.device) -> NearestTable:
+    """Cached nearest-value table of a fixed element format (its own units, its tie rule)."""
+    fmt = element_format(dtype, k, e)
+    table = build_table(fmt.values.to(device), ties=fmt.ties)
+    assert table is not None, f"{dtype}{k}: element grid too dense for the lookup table"
+    return table
+
+
+def pow2(exponent: torch.Tensor) -> torch.Tensor:
+    """2^exponent as float32, exactly, for integer exponents in [-127, 127] (2^-127 is subnormal)."""
+    exponent = exponent.to(torch.int32)
+    bits = torch.where(exponent >= -126, (exponent + 127) << 23, torch.full_like(exponent, 1 << 22))
+    return bits.view(torch.float32)
+
+
+def e8m0_scales(absmax: torch.Tensor, emax: int | None) -> torch.Tensor:
+    """OCP MX v1.0 (6.3) shared scale X = 2^(floor(log2 amax) - emax), the exponent clamped to E8M0's
+    [-127, 127]; emax None: X = 2^ceil(log2 amax). Float32, exact; 0 where amax is 0 (NaN stays NaN
+    through the elements)."""
+    mantissa, exponent = torch.frexp(absmax.float())  # amax = mantissa * 2^exponent, mantissa in [.5, 1)
+    if emax is None:
+        e = exponent - (mantissa == 0.5).to(exponent.dtype)  # ceil(log2 amax)
+    else:
+        e = exponent - 1 - emax  # floor(log2 amax) - emax
+    return torch.where(absmax == 0, 0.0, pow2(e.clamp(E8M0_MIN, E8M0_MAX)))
+
+
+def round_e4m3(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to OCP FP8 E4M3 (round half to even, subnormals, saturating at +-448), as float32."""
+    return x.float().clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).float()
+
+
+def nvfp4_scales(
+    absmax: torch.Tensor, tensor_absmax: torch.Tensor, elem_max: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NVFP4's two-level scales: per-tensor S = tensor_amax / (elem_max * 448) (fp32), per block
+    s = E4M3(amax / elem_max / S), kept in [2^-9, 448] so that a non-zero block never gets a zero
+    scale (as torchao does). Returns (E, inverse): elements are x * inverse (= x / (s S)) rounded,
+    values elements * E, E = S * s; both 0 for a zero block or an all-zero tensor. Arithmetic in
+    torchao's order (nvfp4_quantize), so results match it bit for bit."""
+    per_tensor = tensor_absmax.float().reshape(-1)[:1] / (elem_max * E4M3_MAX)
+    block = round_e4m3(((absmax.float() / elem_max) / per_tensor).clamp(E4M3_TINY, E4M3_MAX))
+    scale = per_tensor * block
+    inverse = (1 / per_tensor) / block
+    inverse = torch.where(torch.isfinite(inverse), inverse, 1 / scale)  # S below ~1e-38: 1/S overflows
+    zero = (absmax == 0) | (per_tensor == 0)
+    return torch.where(zero, 0.0, scale), torch.where(zero, 0.0, inverse)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,6 +430,14 @@ def block_absmax(flat: torch.Tensor, block_size: int | None) -> torch.Tensor:
     return out.amax(0, keepdim=True) if block_size is None else out
 
 
+def absmax_scales(
+    absmax: torch.Tensor, scale_dtype: torch.dtype = torch.float16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's scales: (absmax rounded to scale_dtype, its inverse; 0 for a zero block)."""
+    scale = round_scales(absmax, scale_dtype)
+    return scale, torch.where(scale > 0, 1 / scale, 0.0)  # zero blocks: 0 * 0, never 0 / 0
+
+
 def fake_quantize_blockwise(
     weight: torch.Tensor,
     codebook: torch.Tensor,
@@ -316,13 +446,19 @@ def fake_quantize_blockwise(
     scale_dtype: torch.dtype = torch.float16,
     table: NearestTable | None = None,
     out: torch.Tensor | None = None,
+    scales: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
-    """Round every block of `weight` to `codebook` times the block's absmax; same shape and dtype.
+    """Round every block of `weight` to `codebook` times the block's scale; same shape and dtype.
 
-    Works in float32 on cache-sized chunks, so besides the output (`out`, if given, may be the weight
-    itself) memory holds only a few chunk-sized scratch buffers. A zero block stays zero; the largest
-    value of a block maps to +-scale exactly when the codebook contains +-1, so rounding is idempotent.
+    `scales` maps block absmax values ([rows, 1] float32) to (scale, inverse): values are rounded as
+    round(x * inverse) * scale, `codebook` in the units the scale implies (default: absmax_scales with
+    scale_dtype, and a codebook with max 1). Works in float32 on cache-sized chunks, so besides the
+    output (`out`, if given, may be the weight itself) memory holds only a few chunk-sized scratch
+    buffers. A zero block stays zero; the largest value of a block maps to +-scale exactly when the
+    codebook contains +-1, so rounding is idempotent.
     """
+    if scales is None:
+        scales = partial(absmax_scales, scale_dtype=scale_dtype)
     if table is None:
         table = build_table(codebook)
     codebook = codebook.to(weight.device)
@@ -335,15 +471,11 @@ def fake_quantize_blockwise(
     x = torch.empty(scratch, dtype=torch.float32, device=weight.device)
     mid = torch.empty_like(x)
     key = torch.empty(scratch, dtype=torch.int32, device=weight.device)
-    whole = None if block_size else round_scales(block_absmax(src, None), scale_dtype).view(1, 1)
+    whole = None if block_size else scales(block_absmax(src, None).view(1, 1))
     for start, stop, width in _segments(n, block_size, chunk):
         m, shape = stop - start, (-1, width)
         block = src[start:stop].view(shape)
-        if whole is None:
-            scale = round_scales(_row_absmax(block), scale_dtype)
-        else:
-            scale = whole
-        inverse = torch.where(scale > 0, 1 / scale, 0.0)  # zero blocks: 0 * 0, never 0 / 0
+        scale, inverse = scales(_row_absmax(block)) if whole is None else whole
         unit = torch.mul(block, inverse, out=x[:m].view(shape))
         if table is None:
             unit = round_unit_bucketize(unit, codebook)

@@ -2,7 +2,8 @@
 
 Fake quantization rounds a weight to what a k-bit kernel would compute from it and stores the
 result back in the weight's own dtype: flatten, cut into blocks of B values, divide each block by its
-absmax (rounded to fp16, as a kernel would store it), round every value to the nearest codebook
+scale (`_scales`: the absmax rounded to fp16 as a kernel would store it, or an OCP MX E8M0 power of
+two, or NVFP4's E4M3 scale times a per-tensor fp32 one), round every value to the nearest codebook
 entry (quant/codebooks.py), multiply back. Evaluating the model then measures the quantization damage
 without k-bit kernels.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -23,11 +25,19 @@ from torch import nn
 from kbitlaw.checkpoints import transformer_linears
 from kbitlaw.quant.codebooks import (
     NearestTable,
+    _row_absmax,
+    absmax_scales,
     block_absmax,
+    build_table,
+    e8m0_scales,
+    element_format,
+    element_table,
     fake_quantize_blockwise,
     fixed_table,
+    nvfp4_scales,
     quantile_codebook,
-    round_scales,
+    round_unit,
+    round_unit_bucketize,
 )
 from kbitlaw.quant.spec import QuantSpec, outlier_count
 
@@ -43,18 +53,22 @@ QUANTILE_SAMPLES = 1 << 20  # quantile codebooks are estimated from at most this
 def spec_codebook(
     weight: torch.Tensor, spec: QuantSpec, scale_dtype: torch.dtype = torch.float16, seed: int = 0
 ) -> tuple[torch.Tensor, NearestTable | None]:
-    """The codebook a spec rounds `weight` to, with its cached lookup table for fixed data types.
+    """The unit codebook (largest entry 1) a spec rounds `weight / block_scales(...)` to, with its
+    cached lookup table for fixed data types. Block-scaled specs (-se8m0, -se4m3) use their element
+    format divided by its largest value (mxfp8: OCP E4M3 / 448).
 
-    quantile: equal-mass quantiles of the tensor's absmax-normalised values (the block scales it will
-    be quantized with), from at most QUANTILE_SAMPLES values: runs of 256 consecutive values at
-    random (seeded) positions, so the sample is drawn without random-access gathers.
+    quantile: equal-mass quantiles of the tensor's values divided by their block scales, from at most
+    QUANTILE_SAMPLES values: runs of 256 consecutive values at random (seeded) positions, so the
+    sample is drawn without random-access gathers.
     """
     if spec.dtype != "quantile":
-        table = fixed_table(spec.dtype, spec.bits, spec.exp_bits, weight.device)
+        ocp = spec.scale_format in ("e8m0", "e4m3")
+        table = fixed_table(spec.dtype, spec.bits, spec.exp_bits, weight.device, ocp=ocp)
         return table.codebook, table
     flat = weight.detach().reshape(-1)
     n, width, run = flat.numel(), spec.block_size or flat.numel(), 256
-    scales = round_scales(block_absmax(flat, spec.block_size), scale_dtype)
+    absmax = block_absmax(flat, spec.block_size)
+    scales = _scales(absmax.view(-1, 1), spec, absmax.max(), scale_dtype)[0].view(-1)
     if n <= QUANTILE_SAMPLES:
         values, positions = flat, torch.arange(n, device=flat.device)
     else:
@@ -67,6 +81,34 @@ def spec_codebook(
     return quantile_codebook(normalised, spec.bits), None
 
 
+def _scales(
+    absmax: torch.Tensor,
+    spec: QuantSpec,
+    tensor_absmax: torch.Tensor | None,
+    scale_dtype: torch.dtype = torch.float16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """THE definition of block scales: (scale, inverse) per block absmax ([rows, 1] float32), in the
+    units of the spec's element grid (quant/codebooks.py, element_format; fp16/bf16 scales: the unit
+    codebook). Values quantize as round(x * inverse) * scale; a zero block has scale and inverse 0.
+
+    fp16/bf16: the absmax rounded to that dtype (scale_dtype for fp16, e.g. float32 for references).
+    e8m0:      OCP MX: 2^(floor(log2 amax) - emax) clamped to 2^[-127, 127] (2^ceil(log2 amax) for
+               nf/dynamic/quantile); the elements saturate at +-elem_max.
+    e4m3:      NVFP4: E4M3(amax / elem_max / S) * S with S = tensor_absmax / (elem_max * 448).
+    """
+    if spec.scale_format in ("fp16", "bf16"):
+        return absmax_scales(absmax, scale_dtype if spec.scale_format == "fp16" else torch.bfloat16)
+    fmt = element_format(spec.dtype, spec.bits, spec.exp_bits)
+    if spec.scale_format == "e8m0":
+        scale = e8m0_scales(absmax, fmt.emax)
+        return scale, torch.where(scale > 0, 1 / scale, 0.0)  # 1 / 2^e is exact
+    if spec.scale_format == "e4m3":
+        if tensor_absmax is None:
+            tensor_absmax = absmax.max()
+        return nvfp4_scales(absmax, torch.as_tensor(tensor_absmax, device=absmax.device), fmt.elem_max)
+    raise ValueError(f"unknown scale format {spec.scale_format!r}")
+
+
 def block_scales(
     blocks: torch.Tensor,
     spec: QuantSpec,
@@ -75,15 +117,61 @@ def block_scales(
     scale_dtype: torch.dtype = torch.float16,
 ) -> torch.Tensor:
     """The scale each row of `blocks` ([n_blocks, B], or one row per tensor) divides by before its
-    values round to the spec's unit codebook (largest entry 1; values beyond +-1 saturate), as the
-    spec's scale format stores it: float32 [n_blocks, 1]. `tensor_absmax`: the whole tensor's absmax,
-    for formats with a per-tensor scale (default: that of `blocks`). Shared by round-to-nearest and
-    GPTQ (which fixes a group's scales when it reaches the group's first column)."""
-    absmax = torch.maximum(blocks.amax(dim=1, keepdim=True), blocks.amin(dim=1, keepdim=True).neg()).float()
+    values round to the spec's unit codebook (spec_codebook: largest entry 1; values beyond +-1
+    saturate to the +-1 entries), as the spec's scale format stores it: float32 [n_blocks, 1].
+    `tensor_absmax`: the whole tensor's absmax, for formats with a per-tensor scale (e4m3; default:
+    that of `blocks`). Shared by round-to-nearest and GPTQ (which fixes a group's scales when it
+    reaches the group's first column): both come from `_scales`; for -se8m0 / -se4m3 this is the
+    element scale times the element format's largest value (mxfp4: 2^(floor(log2 amax) - 2) * 6)."""
+    scale, _ = _scales(_row_absmax(blocks), spec, tensor_absmax, scale_dtype)
     if spec.scale_format in ("fp16", "bf16"):
-        dtype = scale_dtype if spec.scale_format == "fp16" else torch.bfloat16
-        return round_scales(absmax, dtype)
-    raise NotImplementedError(f"scale format {spec.scale_format}")  # e8m0, e4m3: see quant/codebooks.py
+        return scale
+    return scale * element_format(spec.dtype, spec.bits, spec.exp_bits).elem_max
+
+
+def _grid(
+    spec: QuantSpec, codebook: torch.Tensor, table: NearestTable | None
+) -> tuple[torch.Tensor, NearestTable | None]:
+    """The values `_scales`' inverse maps a block to, and their table, from spec_codebook's unit
+    codebook: block-scaled specs round in their element format's own units (exact midpoints, ties to
+    even), not in the unit codebook's."""
+    if spec.scale_format in ("e8m0", "e4m3") and spec.dtype != "quantile":
+        device = codebook.device
+        grid = element_format(spec.dtype, spec.bits, spec.exp_bits).values.to(device)
+        return grid, element_table(spec.dtype, spec.bits, spec.exp_bits, device)
+    return codebook, table if table is not None else build_table(codebook)
+
+
+def round_blocks(
+    values: torch.Tensor,
+    absmax: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    tensor_absmax: torch.Tensor | None = None,
+    codebook: torch.Tensor | None = None,
+    scale_dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
+    """`values` ([rows, n], each row in one block) quantized exactly as fake_quantize quantizes them,
+    given the absmax ([rows, 1]) of the block each row belongs to, from which `_scales` derives the
+    scales (block_scales(blocks) == the same scales in the unit codebook's terms). `codebook`:
+    spec_codebook's, needed for quantile (default: the spec's fixed codebook). Float32 result.
+
+    Dividing by block_scales and rounding to the unit codebook gives the same codes except on exact
+    ties and within an ulp of a midpoint (x / (X * elem_max) is not exact when elem_max is not a
+    power of two), and for e4m3 the value can differ by an ulp (E2M1/6 * (6 s S) vs E2M1 * (s S)).
+    """
+    if codebook is None:
+        codebook, table = spec_codebook(values, spec, scale_dtype)
+    else:
+        table = None
+    grid, table = _grid(spec, codebook.to(values.device), table)
+    scale, inverse = _scales(absmax.float(), spec, tensor_absmax, scale_dtype)
+    unit = values.float() * inverse
+    if table is None:
+        unit = round_unit_bucketize(unit, grid)
+    else:
+        unit = round_unit(unit, table, torch.empty_like(unit, dtype=torch.int32), torch.empty_like(unit))
+    return unit * scale
 
 
 def outlier_features(weight: torch.Tensor, pct: float, in_dim: int = 1) -> torch.Tensor:
@@ -118,10 +206,10 @@ def fake_quantize(
     work = weight.detach()
     if cols is not None:  # zeros never raise a block's absmax and round to exactly 0
         work = work.clone().index_fill_(in_dim, cols, 0)
-    codebook, table = spec_codebook(work, spec, scale_dtype)
-    out = fake_quantize_blockwise(
-        work, codebook, spec.block_size, scale_dtype=scale_dtype, table=table, out=out
-    )
+    codebook, table = _grid(spec, *spec_codebook(work, spec, scale_dtype))
+    tensor_absmax = block_absmax(work.reshape(-1), None) if spec.scale_format == "e4m3" else None
+    scales = partial(_scales, spec=spec, tensor_absmax=tensor_absmax, scale_dtype=scale_dtype)
+    out = fake_quantize_blockwise(work, codebook, spec.block_size, table=table, out=out, scales=scales)
     if cols is not None:
         kept = weight.detach().index_select(in_dim, cols).to(torch.float16).to(weight.dtype)
         out.index_copy_(in_dim, cols, kept)
@@ -212,6 +300,7 @@ def quantize_model(
     *,
     scale_dtype: torch.dtype = torch.float16,
     pristine_device: torch.device | str | None = None,
+    calibration: torch.Tensor | None = None,
 ) -> QuantReport:
     """Fake-quantize the model's weights in place, always starting from the original weights.
 
@@ -219,8 +308,17 @@ def quantize_model(
     weight's device); later calls quantize from those copies, so specs can be applied in turn without
     reloading and without compounding. Weights an earlier spec touched but this one does not (e.g.
     after an -emb spec) are put back first. `restore(model)` undoes everything.
+    A -gptq spec runs GPTQ (quant/gptq.py) on `calibration`, token ids [n_seq, seq_len].
     """
     spec = QuantSpec.parse(spec) if isinstance(spec, str) else spec
+    if spec.method == "gptq":
+        if calibration is None:
+            raise ValueError(f"{spec}: GPTQ needs calibration data (token ids [n_seq, seq_len])")
+        from kbitlaw.quant.gptq import gptq_quantize_model
+
+        return gptq_quantize_model(
+            model, spec, calibration, scale_dtype=scale_dtype, pristine_device=pristine_device
+        )
     pristine = _PRISTINE.setdefault(model, {})
     targets = quant_targets(model, spec)
     wanted = {id(p) for _, _, p in targets}
