@@ -143,8 +143,17 @@ def test_nominal_bits_per_param():
 
 def test_grids():
     quick, default, paper = (resolve_grid(g) for g in ("quick", "default", "paper"))
-    assert 4 <= len(quick) <= 5 and 12 <= len(default) <= 20
+    assert 4 <= len(quick) <= 5 and 12 <= len(default) <= 32
     assert {s.bits for s in default if not s.is_baseline} == set(range(3, 9))
+    # a strong spec at every width: int, nf and fp (measured-best exponent) with blocks of 64
+    for k in range(3, 9):
+        assert {f"int{k}-b64", f"nf{k}-b64", f"fp{k}e2-b64"} <= {str(s) for s in default}
+    assert {"mxfp4", "nvfp4", "int3-b64-gptq", "int4-b64-gptq", "fp4e2-b32", "fp4e2-b16"} <= {
+        str(s) for s in default
+    }
+    demo = {str(s) for s in resolve_grid("demo")}
+    assert {s.bits for s in resolve_grid("demo")} == {3, 4, 5, 6, 7, 8, 16}
+    assert {"nvfp4", "int3-b64-gptq", "fp16", "int3", "int8-b64"} <= demo  # the story's specs too
     assert {"int", "fp", "nf", "quantile"} <= {s.dtype for s in default}
     assert {64, None} <= {s.block_size for s in default} and any(s.outlier_pct for s in default)
     assert len(paper) == 1 + 6 * 5 * 8 and paper[0] == QuantSpec.parse("fp16")

@@ -253,28 +253,41 @@ def _k_grid(dtypes: list[str], blocks: list[int | None]) -> list[str]:
 GRIDS: dict[str, list[str]] = {
     # tiny, for tests and smoke runs
     "quick": ["fp16", "int8-b64", "nf4-b64", "fp4e2-b64", "int3"],
-    # nightly: float at every k (the paper's recommended type, B=64), the 4-bit data types and block
-    # sizes, and the fragile 3-bit settings including proxy quantization
+    # nightly: a strong spec at every width 3..8 (int, NormalFloat and float with the measured-best
+    # exponent, all B=64), so widths are compared at their best; per-tensor and outlier settings for
+    # the paper's block-size and 3-bit claims; the deployed formats (mxfp4, nvfp4 and their
+    # fp16-scale twins) and GPTQ at 3 and 4 bits
     "default": [
         "fp16",
-        "int8",
-        "fp3e2-b64",
-        "fp4e2-b64",
-        "fp5e3-b64",
-        "fp6e3-b64",
-        "fp7e4-b64",
-        "fp8e4-b64",
-        "int4-b64",
-        "nf4-b64",
+        *[f"{d}{k}{'e2' if d == 'fp' else ''}-b64" for k in range(3, 9) for d in ("int", "nf", "fp")],
         "quantile4-b64",
         "int4",
-        "fp4e2",
-        "int3-b64",
+        "int8",
+        "int3",
         "quantile3-b64",
         "int3-b64-o2",
+        "fp4e2-b32",
+        "mxfp4",
+        "fp4e2-b16",
+        "nvfp4",
+        "int3-b64-gptq",
+        "int4-b64-gptq",
     ],
-    # the embedded demo's (kbitlaw demo): one family of specs per width, small enough for 10 minutes
-    "demo": ["fp16", "int8-b64", "int8", "nf4-b64", "int4-b64", "int4", "int3-b64", "int3"],
+    # the embedded demo's (kbitlaw demo): one strong spec at every width 3..8, both 4-bit
+    # contenders, NVFP4, 3-bit by GPTQ, and the per-tensor int3 its story checks; about 10 minutes
+    "demo": [
+        "fp16",
+        "int8-b64",
+        "fp7e2-b64",
+        "fp6e2-b64",
+        "fp5e2-b64",
+        "nf4-b64",
+        "int4-b64",
+        "nvfp4",
+        "int3-b64",
+        "int3-b64-gptq",
+        "int3",
+    ],
     # the full Dettmers & Zettlemoyer sweep: k 3..8 x 5 data types x 8 block settings, + fp16
     "paper": _k_grid(["int", "fp", "quantile", "dynamic", "nf"], [64, 128, 256, 512, 1024, 2048, 4096, None]),
 }
