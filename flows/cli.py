@@ -35,6 +35,15 @@ SpecDirOpt = Annotated[
 ]
 OldSpecDirOpt = Annotated[str | None, typer.Option("--specs", hidden=True)]  # the name before 0.2
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+CalibrationOpt = Annotated[
+    str,
+    typer.Option(
+        "--calibration",
+        help="GPTQ specs' calibration data, NAME[:N]: N sequences (default 128) of min(window, 256) "
+        "tokens from the dataset spec NAME (builtin datasets: their training side, never the "
+        "evaluation rows)",
+    ),
+]
 
 
 def _quiet_libraries() -> None:
@@ -125,18 +134,23 @@ def nightly(
     ] = None,
     specs: SpecDirOpt = None,
     old_specs: OldSpecDirOpt = None,
+    calibration: CalibrationOpt = "text:128",
     as_json: JsonOpt = False,
 ) -> None:
     """Discover checkpoints, evaluate what is new, refit the laws and write the report."""
     if runner not in ("thread", "dask"):
         _fail(f"--runner must be thread or dask, got {runner!r}")
+    from kbitlaw.eval.calibration import calibration_ref, parse_calibration
     from kbitlaw.flows.server import prepare_api, probe_stores
     from kbitlaw.quant.spec import resolve_grid
     from kbitlaw.store import StoreError
 
     checkpoints = checkpoints or os.environ.get("KBITLAW_CHECKPOINTS") or None
     try:
-        resolve_grid(grid)  # an unknown grid or a bad spec: one line, before any run starts
+        quant_specs = resolve_grid(grid)  # an unknown grid or a bad spec: one line, before any run starts
+        parse_calibration(calibration)
+        if any(q.method == "gptq" for q in quant_specs):  # GPTQ specs need it: check it now
+            calibration_ref(calibration, specs or old_specs)
         probe_stores(store, checkpoints)  # an unreachable store: one line, before the flow starts
         _quiet_libraries()
         crashed = prepare_api()  # without PREFECT_API_URL: a server that dies with this process
@@ -156,6 +170,7 @@ def nightly(
         datasets=datasets or "",
         workers=workers,
         dataset_specs=specs or old_specs or "",
+        calibration=calibration,
         return_state=True,
     )
     summary = nightly_module.run_summary(state) | ({"crashed_stale_runs": crashed} if crashed else {})
@@ -196,6 +211,7 @@ def evaluate(
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Allow pickle weights (unsafe)")
     ] = False,
+    calibration: CalibrationOpt = "text:128",
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate one checkpoint on one dataset at one or more quant specs (loaded once)."""
@@ -217,6 +233,7 @@ def evaluate(
             batch_size=batch_size,
             device=device,
             allow_pickle=allow_pickle,
+            calibration=calibration,
         )
     except (CheckpointError, EvaluationError, ValueError) as exc:
         _fail(str(exc))
@@ -224,20 +241,32 @@ def evaluate(
         sys.stdout.write(json.dumps({"results": rows}, allow_nan=False) + "\n")
         return
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("quant", "bits/param", "total bits", "metric", "value", "stderr")
+    calibrated = any(r["calibration"] for r in rows)  # GPTQ rows: say what they were calibrated on
+    quant = Column("quant", min_width=max(len(r["quant"]) for r in rows), no_wrap=True)
+    names = [
+        "bits/param",
+        "total bits",
+        *(["calibration"] if calibrated else []),
+        "metric",
+        "value",
+        "stderr",
+    ]
+    table = Table(quant, *names)
     for r in rows:
         stderr = "" if r["stderr"] is None else f"{r['stderr']:.4f}"
         table.add_row(
             r["quant"],
             f"{r['bits_per_param']:.3f}",
             f"{r['total_bits']:.4g}",
+            *([r["calibration"] or ""] if calibrated else []),
             r["metric"],
             f"{r['value']:.4f}",
             stderr,
         )
-    Console().print(table)
+    console = Console()
+    (console if console.is_terminal else Console(width=160)).print(table)  # piped: never cut a cell
 
 
 @app.command()

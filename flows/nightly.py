@@ -30,12 +30,14 @@ from prefect.states import Failed
 
 from kbitlaw.checkpoints import discover
 from kbitlaw.data.prepare import select_dataset_specs
+from kbitlaw.eval.calibration import DEFAULT_CALIBRATION, CalibrationRef, calibration_ref
 from kbitlaw.eval.sweep import (
     DatasetRef,
     checkpoint_dict,
     checkpoint_from_dict,
     eval_key,
     evaluate_checkpoint_spec,
+    is_gptq,
     plan,
 )
 from kbitlaw.flows.artifacts import interactive, progress_artifact, progress_bar, publish_artifacts
@@ -67,11 +69,18 @@ def discover_checkpoints(uri: str) -> dict[str, Any]:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, task_run_name="{checkpoint[id]} @ {spec}")
-def evaluate_spec(store_uri: str, checkpoint: dict, spec: str, todo: list[dict]) -> dict:
-    """One (checkpoint, spec): evaluate the datasets in `todo` (those not yet in the store)."""
+def evaluate_spec(
+    store_uri: str, checkpoint: dict, spec: str, todo: list[dict], calibration: dict | None = None
+) -> dict:
+    """One (checkpoint, spec): evaluate the datasets in `todo` (those not yet in the store); a GPTQ
+    spec is calibrated on `calibration` (a CalibrationRef as a dict)."""
     try:
         return evaluate_checkpoint_spec(
-            Store(store_uri), checkpoint_from_dict(checkpoint), spec, [DatasetRef(**d) for d in todo]
+            Store(store_uri),
+            checkpoint_from_dict(checkpoint),
+            spec,
+            [DatasetRef(**d) for d in todo],
+            calibration=CalibrationRef.from_dict(calibration) if calibration else None,
         )
     except ValueError as exc:  # a broken checkpoint or bad data (all ours are ValueErrors): one line
         return Failed(message=str(exc), data=exc)  # a traceback would say nothing more; bugs keep theirs
@@ -183,16 +192,42 @@ def fit_lock(store_uri: str):
         yield
 
 
-def current_results(store: Store, fingerprints: set[str], datasets: list[DatasetRef]) -> list[str]:
+def current_results(
+    store: Store,
+    fingerprints: set[str],
+    datasets: list[DatasetRef],
+    calibration: CalibrationRef | None = None,
+) -> list[str]:
     """What a fit covers: every stored result of these checkpoints on these dataset versions, at any
-    spec (so a run on a narrow grid, or on one new checkpoint, refits everything that is current)."""
+    spec (so a run on a narrow grid, or on one new checkpoint, refits everything that is current);
+    GPTQ specs' results only with the current `calibration` data (none without it)."""
     evals = {eval_key(d) for d in datasets}
+    gptq_evals = {eval_key(d, calibration) for d in datasets} if calibration else set()
     keys = []
     for key in store.list("results"):
         parts = key.split("/")  # results/<fingerprint>/<quant>/<eval_key>.parquet
-        if len(parts) == 4 and parts[1] in fingerprints and parts[3].removesuffix(".parquet") in evals:
+        if len(parts) != 4 or parts[1] not in fingerprints:
+            continue
+        try:
+            current = gptq_evals if is_gptq(parts[2]) else evals
+        except ValueError:  # a spec this version cannot parse: keyed as before GPTQ existed
+            current = evals
+        if parts[3].removesuffix(".parquet") in current:
             keys.append(key)
     return sorted(keys)
+
+
+def resolve_calibration(text: str, dataset_specs: str | None, specs: list[str]) -> CalibrationRef | None:
+    """The run's calibration data. It also decides which stored GPTQ results are current, so it is
+    resolved on every run; if it cannot be and no spec of this run needs it, the run goes on without
+    (stored GPTQ results are then left out of the fit) and says so."""
+    try:
+        return calibration_ref(text, dataset_specs)
+    except ValueError as exc:
+        if any(is_gptq(q) for q in specs):
+            raise
+        get_run_logger().warning("calibration data %r unusable (%s): GPTQ results are not fitted", text, exc)
+        return None
 
 
 def fit_and_report(store: Store, keys: list[str], provenance: dict) -> dict:
@@ -238,13 +273,18 @@ def prepare_datasets(store: Store, dataset_specs: str | None) -> tuple[list[Data
 
 
 def evaluate_all(
-    store: Store, work: list[tuple[dict, str, list[DatasetRef], list[str]]], progress: bool
+    store: Store,
+    work: list[tuple[dict, str, list[DatasetRef], list[str]]],
+    progress: bool,
+    calibration: CalibrationRef | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Submit each (checkpoint, spec) with datasets to evaluate; returns what the completed ones
     computed and one failure line per failed one."""
+    cal = calibration.to_dict() if calibration else None
     with claim(task_resources()):
         futures = [
-            evaluate_spec.submit(store.uri, c, q, [d.__dict__ for d in todo]) for c, q, todo, _ in work
+            evaluate_spec.submit(store.uri, c, q, [d.__dict__ for d in todo], cal if is_gptq(q) else None)
+            for c, q, todo, _ in work
         ]
     update = progress_artifact(len(futures), "evaluations of this run")
     with progress_bar(len(futures), "evaluating", enabled=progress) as advance:
@@ -269,10 +309,12 @@ def sweep(
     workers: int,
     dataset_specs: str | None,
     only: str | None = None,
+    calibration: str = DEFAULT_CALIBRATION,
 ) -> dict | Any:
     """The body of the nightly and evaluate-checkpoint flows: evaluate what is missing for the
     checkpoints under `only` (default: the whole family under `family`) on `datasets` (default:
-    all), then refit over every current result of the family and report."""
+    all), then refit over every current result of the family and report. GPTQ specs are calibrated
+    on `calibration` (NAME[:N])."""
     logger = get_run_logger()
     started = time.perf_counter()
     record_process(runtime.flow_run.id)  # a later run can tell when this one was killed
@@ -284,24 +326,26 @@ def sweep(
     members = {c["fingerprint"]: c for c in found["checkpoints"] + targets["checkpoints"]}
     refs, bad_data, in_tasks = prepare_datasets(s, dataset_specs)
     wanted = [d for d in refs if datasets is None or d.name in datasets]
-    work = plan(s, targets["checkpoints"], specs, wanted, width=max(1, workers))
+    cal = resolve_calibration(calibration, dataset_specs, specs)
+    work = plan(s, targets["checkpoints"], specs, wanted, width=max(1, workers), calibration=cal)
     todo = [item for item in work if item[2]]  # all datasets already stored: nothing to run
     if len(todo) < len(work):
         logger.info(
             "%d of %d (checkpoint, spec) pairs already in the store", len(work) - len(todo), len(work)
         )
-    computed, failures = evaluate_all(s, todo, TERMINAL_PROGRESS and interactive())
+    computed, failures = evaluate_all(s, todo, TERMINAL_PROGRESS and interactive(), cal)
     failed_evaluations = len(failures)
     model_work = sum(r["seconds"] for r in computed)
     fitted: dict[str, Any] = {"fit": None, "fit_doc": {}, "report": None, "report_summary": None}
     with fit_lock(s.uri):  # the results are listed inside: the fit sees what others wrote before it
-        keys = current_results(s, set(members), refs)
+        keys = current_results(s, set(members), refs, cal)
         if keys:
             run = runtime.flow_run
             provenance = {
                 "flow run": f"{run.flow_name} {run.name} ({run.id})",
                 "grid": grid,
                 "workers": workers,
+                "calibration (GPTQ)": str(cal) if cal else "none",
             }
             fitted = fit_and_report(s, keys, provenance)
             failures += fitted["failures"]
@@ -376,6 +420,7 @@ def nightly(
     datasets: str = "",
     dataset_specs: str = "",
     workers: int = 1,
+    calibration: str = DEFAULT_CALIBRATION,
 ) -> dict:
     """Evaluate every missing (checkpoint, spec, dataset version), refit the laws over all current
     results and write the report.
@@ -388,8 +433,18 @@ def nightly(
         datasets: Comma-separated dataset names to evaluate (empty: every dataset spec).
         dataset_specs: Directory of dataset specs (empty: $KBITLAW_DATASET_SPECS, ./datasets, builtin).
         workers: Evaluations side by side (threads, or Dask processes with the Dask runner).
+        calibration: GPTQ specs' calibration data, NAME[:N]: N sequences (default 128) of
+            min(window, 256) tokens from the dataset spec NAME (builtin datasets: their training side).
     """
-    return sweep(store or None, checkpoints or None, grid, _names(datasets), workers, dataset_specs or None)
+    return sweep(
+        store or None,
+        checkpoints or None,
+        grid,
+        _names(datasets),
+        workers,
+        dataset_specs or None,
+        calibration=calibration or DEFAULT_CALIBRATION,
+    )
 
 
 @flow(name="evaluate-checkpoint", flow_run_name=evaluate_run_name, log_prints=True, persist_result=True)
@@ -401,6 +456,7 @@ def evaluate_checkpoint(
     datasets: str = "",
     dataset_specs: str = "",
     workers: int = 1,
+    calibration: str = DEFAULT_CALIBRATION,
 ) -> dict:
     """Evaluate one new checkpoint (announced by `kbitlaw emit-checkpoint URI`), then refit the laws
     over every current result of its family, as the nightly does.
@@ -414,6 +470,7 @@ def evaluate_checkpoint(
         datasets: Comma-separated dataset names to evaluate (empty: every dataset spec).
         dataset_specs: Directory of dataset specs (empty: $KBITLAW_DATASET_SPECS, ./datasets, builtin).
         workers: Evaluations side by side.
+        calibration: GPTQ specs' calibration data, NAME[:N] (as the nightly's).
     """
     return sweep(
         store or None,
@@ -423,4 +480,5 @@ def evaluate_checkpoint(
         workers,
         dataset_specs or None,
         only=checkpoint_uri,
+        calibration=calibration or DEFAULT_CALIBRATION,
     )

@@ -26,17 +26,22 @@ from kbitlaw.quant.spec import QuantSpec
 __all__ = ["evaluate", "fake_quantize", "fit_laws", "load_checkpoint", "quantize_", "quantized", "restore"]
 
 
-def quantize_(model: torch.nn.Module, spec: QuantSpec | str) -> QuantReport:
+def quantize_(
+    model: torch.nn.Module, spec: QuantSpec | str, *, calibration: torch.Tensor | None = None
+) -> QuantReport:
     """Fake-quantize `model`'s transformer linears in place (torchao's `quantize_` convention);
     `restore(model)` puts the original weights back, bit for bit. Applying another spec first
-    restores, so specs never compound. Returns the bit accounting and per-layer error."""
-    return quantize_model(model, spec)
+    restores, so specs never compound. Returns the bit accounting and per-layer error. A -gptq
+    spec needs `calibration`, token ids [n_seq, seq_len] (kbitlaw.eval.calibration makes them)."""
+    return quantize_model(model, spec, calibration=calibration)
 
 
 @contextmanager
-def quantized(model: torch.nn.Module, spec: QuantSpec | str) -> Iterator[QuantReport]:
+def quantized(
+    model: torch.nn.Module, spec: QuantSpec | str, *, calibration: torch.Tensor | None = None
+) -> Iterator[QuantReport]:
     """`quantize_` for the duration of a `with` block; the original weights are back afterwards."""
-    report = quantize_model(model, spec)
+    report = quantize_model(model, spec, calibration=calibration)
     try:
         yield report
     finally:
@@ -54,6 +59,7 @@ def evaluate(
     batch_size: int = 32,
     device: str | None = None,
     max_chars: int = 20_000,
+    calibration: str = "text:128",
 ) -> pl.DataFrame:
     """Results rows (the results schema) of one checkpoint on one dataset at each spec.
 
@@ -63,7 +69,8 @@ def evaluate(
     scored (longer than `max_chars`, empty ...) or repeat an earlier row are dropped and counted in
     one INFO line on the "kbitlaw" logger; a malformed row (bad gold or choices) raises
     EvaluationError naming it. `kind` is inferred for multiple-choice data; cloze and perplexity
-    data must say which they are."""
+    data must say which they are. GPTQ specs are calibrated on `calibration`, NAME[:N] (see
+    kbitlaw.eval.calibration)."""
     from kbitlaw.data.files import read_dataset_file, read_dataset_frame
 
     if isinstance(data, pl.DataFrame):
@@ -72,7 +79,16 @@ def evaluate(
     else:
         df, kind = read_dataset_file(str(data), kind, limit, max_chars=max_chars)
         name = dataset or Path(data).stem
-    rows = evaluate_specs(model_or_uri, df, kind, specs, dataset=name, batch_size=batch_size, device=device)
+    rows = evaluate_specs(
+        model_or_uri,
+        df,
+        kind,
+        specs,
+        dataset=name,
+        batch_size=batch_size,
+        device=device,
+        calibration=calibration,
+    )
     return results_frame(rows)
 
 

@@ -217,6 +217,17 @@ def suite(family: str, n: int, seed: int = 0, difficulty: int = 1) -> list[dict]
     return rows
 
 
+def calibration_texts(family: str, seed: int = 0, difficulty: int = 1) -> Iterator[str]:
+    """An endless, deterministic stream of solved instances of one family from the TRAINING side of
+    the split (never an evaluation row), e.g. calibration data for GPTQ: the same distribution as
+    the family's evaluation suite without calibrating on it. Its own stream (seed + 2000), distinct
+    from the training corpus' (seed + 1000)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown builtin generator {family!r} (known: {', '.join(FAMILIES)})")
+    for context, answer, _ in _instances(family, seed + 2000, difficulty, False):
+        yield f"{context} {answer} ."
+
+
 # Share of the corpus' TOKENS per family. Instances are drawn in inverse proportion to their
 # length, so a long family (causal at 4 hops is ~150 words of random rules) cannot crowd out the
 # short ones: drawn by count, causal alone would be half of the corpus and mostly noise.

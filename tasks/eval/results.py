@@ -24,6 +24,7 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "outlier_pct": pl.Float64,
     "bits_per_param": pl.Float64,
     "total_bits": pl.Float64,
+    "calibration": pl.String,  # beyond DESIGN.md: GPTQ's calibration data, NAME:N (null: round-to-nearest)
     "dataset": pl.String,
     "dataset_sha": pl.String,
     "kind": pl.String,

@@ -3,6 +3,7 @@
 loaded = load_checkpoint("runs/my-model/step-4000")          # safetensors only, no remote code
 rows = evaluate_specs(loaded, df, "multiple_choice", "fp16,int4-b64,nf4-b64")
 rows, samples = evaluate_specs(loaded, df, "multiple_choice", "fp16,int4", samples=True)  # + per example
+rows = evaluate_specs(loaded, df, "perplexity", "int3-b64,int3-b64-gptq", calibration="text:128")  # GPTQ
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from kbitlaw.checkpoints import Checkpoint, default_device, load_model, load_tokenizer, resolve
 from kbitlaw.data.specs import frame_sha
+from kbitlaw.eval.calibration import DEFAULT_CALIBRATION, CalibrationRef, calibration_ref, calibration_tokens
 from kbitlaw.eval.engine import evaluate_prepared, max_length, prepare
 from kbitlaw.eval.results import result_rows
 from kbitlaw.eval.scoring import Scorer
@@ -54,16 +56,30 @@ def evaluate_specs(
     device: str | None = None,
     allow_pickle: bool = False,
     samples: bool = False,
+    calibration: str | CalibrationRef | None = DEFAULT_CALIBRATION,
+    dataset_specs: str | None = None,
 ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], pl.DataFrame]:
     """Results rows for every (spec, metric) of one checkpoint on one dataset. The model's weights
     are the original ones again when this returns. With samples=True, returns (rows, samples): the
     per-example scores of every spec (SAMPLE_SCHEMAS[kind] after checkpoint_id, quant, dataset
-    columns), each spec's rows in the dataset's order, so specs pair up on `id`."""
+    columns), each spec's rows in the dataset's order, so specs pair up on `id`.
+    GPTQ specs are calibrated on `calibration` (`NAME[:N]`, a dataset of `dataset_specs`: see
+    eval/calibration.py), recorded in the rows' `calibration` column (null for the others)."""
     quant_specs = (  # parse first: a typo fails before the model loads
         resolve_grid(specs)
         if isinstance(specs, str)
         else [QuantSpec.parse(s) if isinstance(s, str) else s for s in specs]
     )
+    gptq = [s for s in quant_specs if s.method == "gptq"]
+    if gptq and calibration is None:
+        raise ValueError(f"{gptq[0]}: GPTQ needs calibration data (a calibration NAME[:N])")
+    ref = None
+    if gptq:
+        ref = (
+            calibration
+            if isinstance(calibration, CalibrationRef)
+            else calibration_ref(calibration, dataset_specs)
+        )
     loaded = (
         checkpoint
         if isinstance(checkpoint, LoadedCheckpoint)
@@ -72,13 +88,15 @@ def evaluate_specs(
     ckpt, model = loaded.checkpoint, loaded.model
     window = max_length(model, loaded.tokenizer)
     prepared = prepare(df, kind, loaded.tokenizer, window, name=dataset, delimiter=delimiter)
+    tokens = calibration_tokens(ref, loaded.tokenizer, window) if ref else None
     sha, scorer, rows, frames = frame_sha(df), Scorer(model, batch_size=batch_size), [], []
     try:
         for spec in quant_specs:
-            report = quantize_model(model, spec)
+            report = quantize_model(model, spec, calibration=tokens if spec.method == "gptq" else None)
+            columns = report.columns() | {"calibration": str(ref) if spec.method == "gptq" else None}
             metric_rows, frame = evaluate_prepared(model, prepared, scorer=scorer, samples=True)
             log.info("%s %s %s", ckpt.id, spec, {r["metric"]: round(r["value"], 4) for r in metric_rows})
-            rows += result_rows(ckpt, report.columns(), metric_rows, sha)
+            rows += result_rows(ckpt, columns, metric_rows, sha)
             if samples:
                 identity = {"checkpoint_id": ckpt.id, "quant": report.columns()["quant"], "dataset": dataset}
                 frames.append(frame.select(*(pl.lit(v).alias(k) for k, v in identity.items()), pl.all()))

@@ -2,8 +2,11 @@
 
 Incremental by construction: each (checkpoint, spec, dataset version) has its own output key,
     results/<checkpoint_fp>/<quant>/<eval_key>.parquet,  eval_key = hash(dataset name + sha,
-                                                          kind, delimiter, evaluator version)
-and only datasets whose key is missing are evaluated. A key is written atomically and never
+                                                          kind, delimiter, evaluator version
+                                                          [, calibration data: GPTQ specs only])
+and only datasets whose key is missing are evaluated. A GPTQ spec's key also names its calibration
+data (eval/calibration.py), so a new calibration set re-evaluates GPTQ specs only: round-to-nearest
+keys do not change. A key is written atomically and never
 changes, so a crashed run leaves nothing torn and the next run does exactly the missing work.
 Beside each result, samples/<checkpoint_fp>/<quant>/<eval_key>.parquet keeps the per-example
 scores; it is written first, so an existing result implies its samples exist.
@@ -15,6 +18,7 @@ cost one load and one tokenization. quantize_model always starts from the pristi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -24,10 +28,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kbitlaw.checkpoints import TOKENIZER_FILES, Checkpoint, default_device, load_model, load_tokenizer
+from kbitlaw.eval.calibration import CalibrationRef, calibration_tokens
 from kbitlaw.eval.engine import EVALUATOR_VERSION, evaluate_prepared, max_length, prepare
 from kbitlaw.eval.results import result_rows, results_frame
 from kbitlaw.eval.scoring import Scorer
 from kbitlaw.quant.fake import quantize_model
+from kbitlaw.quant.spec import QuantSpec
 from kbitlaw.store import Store, sha256_bytes
 from kbitlaw.store import result_key as store_result_key
 from kbitlaw.store import samples_key as store_samples_key
@@ -44,7 +50,7 @@ class DatasetRef:
     delimiter: str = " "
 
 
-def eval_key(ds: DatasetRef) -> str:
+def eval_key(ds: DatasetRef, calibration: CalibrationRef | None = None) -> str:
     recipe = {
         "dataset": ds.name,
         "sha": ds.sha,
@@ -52,21 +58,45 @@ def eval_key(ds: DatasetRef) -> str:
         "delimiter": ds.delimiter,
         "evaluator": EVALUATOR_VERSION,
     }
+    if calibration is not None:  # GPTQ specs only: round-to-nearest keys stay as they were
+        recipe["calibration"] = calibration.identity()
     return sha256_bytes(json.dumps(recipe, sort_keys=True).encode())[:24]
 
 
-def result_key(fingerprint: str, quant: str, ds: DatasetRef) -> str:
-    return store_result_key(fingerprint, quant, eval_key(ds))
+@functools.lru_cache(maxsize=1024)
+def is_gptq(quant: str) -> bool:
+    return QuantSpec.parse(quant).method == "gptq"
 
 
-def samples_key(fingerprint: str, quant: str, ds: DatasetRef) -> str:
-    return store_samples_key(fingerprint, quant, eval_key(ds))
+def spec_calibration(quant: str, calibration: CalibrationRef | None) -> CalibrationRef | None:
+    """The calibration data a spec's results are keyed by: `calibration` for GPTQ, else None."""
+    if not is_gptq(quant):
+        return None
+    if calibration is None:
+        raise ValueError(f"{quant}: GPTQ needs calibration data (a calibration NAME[:N])")
+    return calibration
+
+
+def result_key(
+    fingerprint: str, quant: str, ds: DatasetRef, calibration: CalibrationRef | None = None
+) -> str:
+    return store_result_key(fingerprint, quant, eval_key(ds, spec_calibration(quant, calibration)))
+
+
+def samples_key(
+    fingerprint: str, quant: str, ds: DatasetRef, calibration: CalibrationRef | None = None
+) -> str:
+    return store_samples_key(fingerprint, quant, eval_key(ds, spec_calibration(quant, calibration)))
 
 
 def missing(
-    store_keys: set[str], fingerprint: str, quant: str, datasets: list[DatasetRef]
+    store_keys: set[str],
+    fingerprint: str,
+    quant: str,
+    datasets: list[DatasetRef],
+    calibration: CalibrationRef | None = None,
 ) -> list[DatasetRef]:
-    return [d for d in datasets if result_key(fingerprint, quant, d) not in store_keys]
+    return [d for d in datasets if result_key(fingerprint, quant, d, calibration) not in store_keys]
 
 
 # -- per-process caches --------------------------------------------------------------------------
@@ -126,6 +156,7 @@ class ModelPool:
 POOL = ModelPool(int(os.environ.get("KBITLAW_MAX_MODELS", "1")))
 _PREPARED: OrderedDict[tuple, Any] = OrderedDict()
 _PREPARED_LOCK = threading.Lock()
+_CALIBRATION: OrderedDict[tuple, Any] = OrderedDict()
 
 
 def _tokenizer_sha(ckpt: Checkpoint) -> str:
@@ -148,18 +179,39 @@ def _prepared(store: Store, ds: DatasetRef, ckpt: Checkpoint, tokenizer: Any, wi
     return prepared
 
 
+def _calibration(ref: CalibrationRef, ckpt: Checkpoint, tokenizer: Any, window: int):
+    """Calibration token ids, once per tokenizer and window in this process."""
+    key = (_tokenizer_sha(ckpt), ref.sha, ref.n, window)
+    with _PREPARED_LOCK:
+        if key in _CALIBRATION:
+            _CALIBRATION.move_to_end(key)
+            return _CALIBRATION[key]
+    tokens = calibration_tokens(ref, tokenizer, window)
+    with _PREPARED_LOCK:
+        _CALIBRATION[key] = tokens
+        while len(_CALIBRATION) > 8:
+            _CALIBRATION.popitem(last=False)
+    return tokens
+
+
 def plan(
-    store: Store, checkpoints: list[dict], specs: list[str], datasets: list[DatasetRef], width: int
+    store: Store,
+    checkpoints: list[dict],
+    specs: list[str],
+    datasets: list[DatasetRef],
+    width: int,
+    calibration: CalibrationRef | None = None,
 ) -> list[tuple[dict, str, list[DatasetRef], list[str]]]:
     """Every (checkpoint, spec) with its missing datasets, ordered for model reuse: checkpoints in
-    groups of `width` (one per worker), specs interleaved within a group."""
+    groups of `width` (one per worker), specs interleaved within a group. GPTQ specs' results are
+    looked up under their `calibration` data."""
     have = set(store.list("results"))
     work = []
     for start in range(0, len(checkpoints), width):
         group = checkpoints[start : start + width]
         for spec in specs:
             for ckpt in group:
-                todo = missing(have, ckpt["fingerprint"], spec, datasets)
+                todo = missing(have, ckpt["fingerprint"], spec, datasets, calibration)
                 work.append((ckpt, spec, todo, [d.name for d in datasets if d not in todo]))
     return work
 
@@ -175,10 +227,13 @@ def evaluate_checkpoint_spec(
     *,
     batch_size: int = 32,
     device: str | None = None,
+    calibration: CalibrationRef | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the datasets whose results are missing; returns {"computed": [...], "cached": [...]}."""
+    """Evaluate the datasets whose results are missing; returns {"computed": [...], "cached": [...]}.
+    A GPTQ spec is calibrated on `calibration` (required for it, ignored otherwise)."""
     started = time.perf_counter()
-    todo = [d for d in datasets if not store.exists(result_key(ckpt.fingerprint, spec, d))]
+    calibration = spec_calibration(spec, calibration)
+    todo = [d for d in datasets if not store.exists(result_key(ckpt.fingerprint, spec, d, calibration))]
     done = [d.name for d in datasets if d not in todo]
     if not todo:
         return {"checkpoint": ckpt.id, "quant": spec, "computed": [], "cached": done, "seconds": 0.0}
@@ -187,13 +242,15 @@ def evaluate_checkpoint_spec(
         model, tokenizer = entry["model"], entry["tokenizer"]
         window = max_length(model, tokenizer)
         prepared = [_prepared(store, d, ckpt, tokenizer, window) for d in todo]
-        report = quantize_model(model, spec)
+        tokens = _calibration(calibration, ckpt, tokenizer, window) if calibration else None
+        report = quantize_model(model, spec, calibration=tokens)
+        columns = report.columns() | {"calibration": str(calibration) if calibration else None}
         scorer = Scorer(model, batch_size=batch_size)
         for ds, prep in zip(todo, prepared, strict=True):
             metric_rows, samples = evaluate_prepared(model, prep, scorer=scorer, samples=True)
-            rows = result_rows(ckpt, report.columns(), metric_rows, ds.sha)
-            store.write_parquet(samples_key(ckpt.fingerprint, spec, ds), samples)  # first: see above
-            store.write_parquet(result_key(ckpt.fingerprint, spec, ds), results_frame(rows))
+            rows = result_rows(ckpt, columns, metric_rows, ds.sha)
+            store.write_parquet(samples_key(ckpt.fingerprint, spec, ds, calibration), samples)  # first
+            store.write_parquet(result_key(ckpt.fingerprint, spec, ds, calibration), results_frame(rows))
     finally:
         POOL.release(ckpt)
     seconds = time.perf_counter() - started  # the model work: load, quantize, evaluate, write

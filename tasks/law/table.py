@@ -66,7 +66,7 @@ FLOAT_COLUMNS = (
     "outlier_pct",
     "step",
 )
-STRING_COLUMNS = ("checkpoint_id", "family", "quant", "dtype", "dataset", "kind", "metric")
+STRING_COLUMNS = ("checkpoint_id", "family", "quant", "dtype", "dataset", "kind", "metric", "calibration")
 ACCURACY_KINDS = ("multiple_choice", "cloze")
 POINT_KEYS = ("family", "checkpoint_id", "quant")
 
@@ -253,11 +253,15 @@ def results_sha(df: pl.DataFrame) -> str:
     """sha256 of the canonical result rows: independent of row and column order and of file format.
 
     Every schema column except the volatile ones (timing, device, version, timestamp) is rendered
-    as text after normalise(), so a Parquet and a CSV of the same rows hash alike.
+    as text after normalise(), so a Parquet and a CSV of the same rows hash alike. `calibration`
+    (GPTQ's calibration data, added later) counts only where some row has one, so result sets
+    without GPTQ keep the sha they had before the column existed.
     """
     import hashlib
 
     cols = [c for c in RESULT_COLUMNS if c not in VOLATILE_COLUMNS]
+    if "calibration" in df.columns and df["calibration"].is_not_null().any():
+        cols.append("calibration")
     table = df.select(
         [
             (pl.col(c) if c in df.columns else pl.lit(None)).cast(pl.String).fill_null("\x00").alias(c)
