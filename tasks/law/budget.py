@@ -237,14 +237,22 @@ def recommend_by_budget(
         contenders = sorted(k for k, v in by_width.items() if v > 0)
         clear = False
     else:
-        contenders = sorted(k for k, p in p_width.items() if p >= CONTENDER or k == width)
         clear = p_clear >= CLEAR  # wins, and by a margin that matters, in 90% of re-runs
+        likeliest = max(p_width, key=lambda k: (p_width[k], by_width.get(k, 0.0), -k))
+        if not clear and p_width[likeliest] > p_width.get(width, 0.0):
+            # A near tie: the measured curves favour one width, re-runs under the noise another.
+            # Name the likelier one (a headline must not recommend 3-bit beside "4-bit: P(best) 0.66").
+            width = likeliest
+            in_width = [q for i, q in enumerate(curves.quants) if curves.bits[i] == width]
+            quant = min(in_width, key=lambda q: (-(p_quant or {}).get(q, 0.0), -by_spec.get(q, 0.0), q))
+            margin = memory_margin(curves, winners, scores, budgets, width)
+        contenders = sorted(k for k, p in p_width.items() if p >= CONTENDER or k == width)
     attrs = points.filter(pl.col("quant") == quant).row(0, named=True)
     return {
         "quant": quant,
         "bits": int(width),
-        "budget_share": by_width[width],
-        "frontier_share": by_width[width],  # the name earlier fits used; the same share
+        "budget_share": by_width.get(width, 0.0),
+        "frontier_share": by_width.get(width, 0.0),  # the name earlier fits used; the same share
         "dtype": attrs.get("dtype"),
         "block_size": None if attrs.get("block_size") is None else int(attrs["block_size"]),
         "outlier_pct": attrs.get("outlier_pct"),

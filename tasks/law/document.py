@@ -35,7 +35,7 @@ from kbitlaw.law.table import (
 
 __all__ = ["LAW_VERSION", "FitConfig", "FitResult", "fit_laws", "warm_starts"]
 
-LAW_VERSION = "2"  # bump when a change alters fitted numbers: stored fits are then not reused
+LAW_VERSION = "3"  # bump when a change alters fitted numbers: stored fits are then not reused
 
 
 @dataclass(frozen=True)
