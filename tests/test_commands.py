@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import write_specs
+from tests.conftest import free_port, write_specs
 from tests.test_cli import kbitlaw
 
 
@@ -70,10 +70,16 @@ def test_report_after_a_fit_prints_the_page(tmp_path):
 
 
 def test_serve_starts_and_serves_the_deployments(prefect_api, tmp_path):
-    """`kbitlaw serve` from an empty directory: it registers the four deployments and keeps polling."""
+    """`kbitlaw serve --store S` from an empty directory: it registers the four deployments, keeps
+    polling, and serves the store's reports over HTTP beside them."""
+    import httpx
+
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    env.pop("KBITLAW_REPORT_URL", None)
+    port = free_port()
+    store = tmp_path / "store"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kbitlaw", "serve"],
+        [sys.executable, "-m", "kbitlaw", "serve", "--store", str(store), "--reports-port", str(port)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -85,6 +91,8 @@ def test_serve_starts_and_serves_the_deployments(prefect_api, tmp_path):
         served = _served_deployments(prefect_api, deadline=time.monotonic() + 120, proc=proc)
         assert {"nightly", "evaluate-checkpoint", "fit", "clean-datasets"} <= served
         assert proc.poll() is None  # still serving
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)  # the report server of this store
+        assert page.status_code == 200 and "No report yet" in page.text
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -93,6 +101,7 @@ def test_serve_starts_and_serves_the_deployments(prefect_api, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
     assert "Traceback" not in output, output[-3000:]
+    assert f"reports served at http://127.0.0.1:{port} (the runs' links point there)" in output
 
 
 def _served_deployments(api: str, deadline: float, proc: subprocess.Popen) -> set[str]:

@@ -335,7 +335,15 @@ def quantize_model(
         mse[name] = _mse(param, original)
         bits += spec.tensor_bits(original.numel(), original.shape[in_dim])
         n_quantized += original.numel()
-    n_other = sum(p.numel() for p in model.parameters() if id(p) not in wanted)
+    return model_report(model, spec, wanted, bits, n_quantized, mse)
+
+
+def model_report(
+    model: nn.Module, spec: QuantSpec, quantized: set[int], bits: float, n_quantized: int, mse: dict
+) -> QuantReport:
+    """The report of a model whose parameters `quantized` (ids) hold `bits` bits in all: every
+    other parameter counts at 16 bits. Shared by round-to-nearest and GPTQ."""
+    n_other = sum(p.numel() for p in model.parameters() if id(p) not in quantized)
     return QuantReport(
         spec=spec,
         n_params_quantized=n_quantized,

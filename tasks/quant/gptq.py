@@ -41,6 +41,7 @@ from kbitlaw.quant.fake import (
     _is_conv1d,
     _mse,
     _scales,
+    model_report,
     quant_targets,
     spec_codebook,
 )
@@ -411,13 +412,4 @@ def gptq_quantize_model(
                 del wanted[id(module)]
     finally:
         model.train(was_training)
-    quantized = {id(p) for _, _, p in targets}
-    n_other = sum(p.numel() for p in model.parameters() if id(p) not in quantized)
-    return QuantReport(
-        spec=spec,
-        n_params_quantized=n_quantized,
-        n_params_other=n_other,
-        bits_per_param=bits / max(1, n_quantized),
-        total_bits=bits + 16.0 * n_other,
-        layer_mse=mse,
-    )
+    return model_report(model, spec, {id(p) for _, _, p in targets}, bits, n_quantized, mse)
