@@ -282,6 +282,30 @@ def fit(
 
 
 @app.command()
+def predict(
+    n_params: Annotated[float, typer.Option("--n-params", help="Planned model size (parameters)")],
+    tokens: Annotated[float, typer.Option("--tokens", help="Planned training tokens")],
+    memory_gb: Annotated[
+        float | None,
+        typer.Option("--memory-gb", help="Memory budget for the weights (GB): the best size and spec"),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Damage (nats) whose token count to predict per spec")
+    ] = 0.1,
+    family: Annotated[
+        str | None, typer.Option("--family", help="The family to fit (when there are several)")
+    ] = None,
+    store: StoreOpt = None,
+    results: Annotated[str | None, typer.Option("--results", help="A Parquet or CSV file of results")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict the loss of a planned model at 16 bits and every spec, from the joint law L(N, D, k)."""
+    from kbitlaw.flows.console import predict_command
+
+    raise typer.Exit(predict_command(store, results, n_params, tokens, memory_gb, threshold, family, as_json))
+
+
+@app.command()
 def report(store: StoreOpt = None) -> None:
     """Write the HTML report for the newest fit (if missing) and print where it is."""
     _quiet_libraries()

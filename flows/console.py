@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from kbitlaw.law.common import json_safe
 from kbitlaw.status import NO_DATA
 
 
@@ -18,6 +19,7 @@ def fit_command(store_uri: str | None, results_file: str | None, as_json: bool) 
     from kbitlaw.law.table import ResultsError
     from kbitlaw.store import Store, StoreError
 
+    _log_to_stderr()
     if store_uri and results_file:
         return _error("use --store or --results, not both")
     try:
@@ -35,6 +37,122 @@ def fit_command(store_uri: str | None, results_file: str | None, as_json: bool) 
     else:
         _summary(doc, where)
     return 0
+
+
+def _log_to_stderr() -> None:
+    """kbitlaw's own log lines (e.g. runs left out of a fit) on stderr; stdout stays for results."""
+    import logging
+
+    logger = logging.getLogger("kbitlaw")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def _read_results(store_uri: str | None, results_file: str | None):
+    """The results of --results FILE, else of the store (every stored result)."""
+    from kbitlaw.law.io import read_results_file, read_results_store
+    from kbitlaw.store import Store
+
+    if results_file:
+        return read_results_file(results_file)
+    return read_results_store(Store(store_uri))
+
+
+def predict_command(
+    store_uri: str | None,
+    results_file: str | None,
+    n_params: float,
+    tokens: float,
+    memory_gb: float | None,
+    threshold: float,
+    family: str | None,
+    as_json: bool,
+) -> int:
+    """`kbitlaw predict`: the joint law's predictions for a planned (N, D). Exit 1 on bad input."""
+    from kbitlaw.law.common import FitConfig
+    from kbitlaw.law.io import default_chance
+    from kbitlaw.law.predict import PredictError, fit_for_prediction, predict
+    from kbitlaw.law.table import ResultsError
+    from kbitlaw.store import StoreError
+
+    _log_to_stderr()
+    if store_uri and results_file:
+        return _error("use --store or --results, not both")
+    if memory_gb is not None and not memory_gb > 0:
+        return _error(f"--memory-gb must be > 0, got {memory_gb:g}")
+    if not threshold > 0:
+        return _error(f"--threshold must be > 0 nats, got {threshold:g}")
+    try:
+        results = _read_results(store_uri, results_file)
+        config = FitConfig(chance=default_chance(results))
+        law, points, entry = fit_for_prediction(results, config, family)
+        doc = predict(
+            law, points, entry, n_params, tokens, memory_gb=memory_gb, threshold=threshold, level=config.level
+        )
+    except (ResultsError, StoreError, PredictError, ValueError) as exc:
+        return _error(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(json_safe(doc), allow_nan=False, sort_keys=True) + "\n")
+    else:
+        _prediction_summary(doc)
+    return 0
+
+
+def _prediction_summary(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    pct = f"{doc['level']:.0%}"
+    law = doc["law"]
+    console.print(
+        f"family {doc['family']}: L(N, D) = {_fmt(law['E'])} + {_fmt(law['A'])}/N^{_fmt(law['alpha'])} "
+        f"+ {_fmt(law['B'])}/D^{_fmt(law['beta'])} + damage(N, D, k)"
+    )
+    lo, hi = doc["fitted_range"]["n_params"], doc["fitted_range"]["tokens"]
+    where = "outside" if doc["extrapolated"] else "inside"
+    console.print(
+        f"N = {doc['n_params']:.3g} params, D = {doc['tokens']:.3g} tokens ({where} the fitted range: "
+        f"N {_fmt(lo[0])}..{_fmt(lo[1])}, D {_fmt(hi[0])}..{_fmt(hi[1])})"
+    )
+    table = Table("spec", "bits/param", "memory GB", "loss", f"{pct} interval", "damage", f"{pct} interval")
+    for p in doc["predictions"]:
+        table.add_row(
+            p["quant"],
+            _fmt(p["bits_per_param"], ".3f"),
+            _fmt(p["memory_gb"], ".3g"),
+            _fmt(p["loss"], ".4f"),
+            f"{_fmt(p['ci'][0], '.4f')}..{_fmt(p['ci'][1], '.4f')}",
+            _fmt(p["damage"], "+.4f"),
+            f"{_fmt(p['damage_ci'][0], '+.4f')}..{_fmt(p['damage_ci'][1], '+.4f')}",
+        )
+    console.print(table)
+    b = doc["budget"]
+    if b and b["status"] == "ok":
+        best = b["best"]
+        console.print(
+            f"within {b['memory_gb']:g} GB at D = {b['tokens']:.3g}: best {best['quant']} at N = "
+            f"{best['n_params']:.3g} (loss {_fmt(best['loss'], '.4f')}, "
+            f"P(best) {_fmt(best['p_best'], '.2f')}); "
+            f"the planned N fits at: {', '.join(b['planned']['fits_at']) or 'no spec'}"
+            + (f" (best of those: {b['planned']['best_quant']})" if b["planned"]["best_quant"] else "")
+        )
+    elif b:
+        console.print(f"memory budget: {NO_DATA}")
+    t = doc["damage_threshold"]
+    reach = [f"{x['quant']} {_fmt(x['tokens'])}" for x in t["tokens"] if x["tokens"] is not None]
+    if reach:
+        head = f"tokens until the damage reaches {t['nats']:g} nats at N = {t['n_params']:.3g}: "
+        console.print(head + ", ".join(reach))
+    for run in doc["runs_in_progress"]:
+        preds = ", ".join(f"{p['quant']} {_fmt(p['loss'], '.4f')}" for p in run["predictions"][:6])
+        console.print(
+            f"run in progress {run['checkpoint_id']}: {run['tokens_seen']:.3g} of "
+            f"{run['tokens_planned']:.3g} tokens; predicted at the end: {preds}"
+        )
 
 
 def _error(message: str) -> int:
@@ -106,6 +224,19 @@ def _summary(doc: dict[str, Any], where: tuple[str, bool] | None) -> None:
     console.print(table)
     flagged = [c for c in doc["extrapolation"] if c["flagged"]]
     console.print(f"extrapolation checks: {len(doc['extrapolation'])}, flagged: {len(flagged)}")
+    joint = doc.get("joint_law")
+    for e in joint if isinstance(joint, list) else [joint] if joint else []:
+        if e["status"] != "ok":
+            console.print(f"joint law {e['family']}: {NO_DATA}")
+            continue
+        ci = e["ci"]
+        console.print(
+            f"joint law {e['family']}: L = {_fmt(e['E'])} + {_fmt(e['A'])}/N^{_fmt(e['alpha'])} "
+            f"[{_fmt(ci['alpha'][0])}, {_fmt(ci['alpha'][1])}] + {_fmt(e['B'])}/D^{_fmt(e['beta'])} "
+            f"[{_fmt(ci['beta'][0])}, {_fmt(ci['beta'][1])}] + damage "
+            f"({e['damage']['form'] or 'none fitted'}); "
+            f"held-out error {_fmt(e['heldout_error'])} nats"
+        )
 
 
 def report_command(store_uri: str | None) -> int:

@@ -74,10 +74,11 @@ def check_file(store: Store, key: str, where: str, boundary: str) -> None:
 
 
 def check_sidecar(sidecar: Any, where: str) -> None:
-    """kbitlaw.json: a JSON object whose step and tokens_seen (if given) are whole numbers >= 0."""
+    """kbitlaw.json: a JSON object whose step, tokens_seen and tokens_planned (each optional) are
+    whole numbers >= 0."""
     if not isinstance(sidecar, dict):
         raise CheckpointError(f"{where}: must be a JSON object, got {type(sidecar).__name__}")
-    for name in ("step", "tokens_seen"):
+    for name in ("step", "tokens_seen", "tokens_planned"):
         value = sidecar.get(name)
         if value is None:
             continue

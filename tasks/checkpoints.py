@@ -9,6 +9,10 @@ and the tokenizer files, plus the sidecar's identity fields (family, size, step,
 it has any. Results are keyed by the fingerprint and carry those fields, so a corrected
 tokens_seen means a fresh evaluation whose rows say the right thing, and identical weights at two
 steps stay two checkpoints. Other sidecar fields and the checkpoint's location do not change it.
+`tokens_planned` (the run's planned length) is read but is not identity: it says nothing about the
+weights, and leaving it out keeps every existing fingerprint (and cached result) as it was. The
+cost: results cached under a fingerprint keep the tokens_planned they were evaluated with, so a
+plan changed later shows in the rows of new checkpoints only.
 
 Folder names: a folder that is not a store key (`step 977 ü`) is read through a store rooted at
 its real path, so its name never becomes a key (results are keyed by fingerprint; the id, the
@@ -50,7 +54,8 @@ from kbitlaw.checkpoint_files import (
 from kbitlaw.store import Store, StoreError, sha256_bytes
 
 SIDECAR = "kbitlaw.json"
-IDENTITY_FIELDS = ("family", "size", "step", "tokens_seen")  # sidecar fields in the fingerprint
+# Sidecar fields in the fingerprint; tokens_planned is deliberately not one (module docstring).
+IDENTITY_FIELDS = ("family", "size", "step", "tokens_seen")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -80,6 +85,8 @@ class Checkpoint:
     fingerprint: str  # sha256 over config, weights, tokenizer (name, size, tag) + sidecar identity
     n_params: int  # from the safetensors headers (every stored tensor once)
     files: tuple[tuple[str, int, str], ...] = field(repr=False)
+    # The training run's planned total tokens, for predicting its end; not in the fingerprint.
+    tokens_planned: int | None = None
     sidecar: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -262,12 +269,18 @@ def _checkpoint(uri: str, rel: str, files: list, n_params: int, sidecar: dict[st
         id=ckpt_id,
         family=str(family),
         step=int(step) if step is not None else None,
-        tokens_seen=int(sidecar["tokens_seen"]) if sidecar.get("tokens_seen") is not None else None,
+        tokens_seen=_whole(sidecar.get("tokens_seen")),
+        tokens_planned=_whole(sidecar.get("tokens_planned")),
         fingerprint=fingerprint_of(files, sidecar),
         n_params=n_params,
         files=tuple(files),
         sidecar=sidecar,
     )
+
+
+def _whole(value: Any) -> int | None:
+    """A sidecar count (check_sidecar made sure it is whole) as an int; None when absent."""
+    return int(value) if value is not None else None
 
 
 def fingerprint_of(files: list, sidecar: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ COMMANDS = [
     "nightly",
     "evaluate",
     "fit",
+    "predict",
     "report",
     "datasets",
     "serve",

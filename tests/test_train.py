@@ -86,6 +86,7 @@ def test_checkpoints_land_in_the_store_and_are_discovered(built):
         assert ckpt.family == "tiny" and ckpt.id == f"tiny/{ckpt.sidecar['size']}/step-{ckpt.step}"
         assert {"family", "size", "step", "tokens_seen", "n_params"} <= set(ckpt.sidecar)
         assert ckpt.sidecar["n_params"] == ckpt.n_params  # what the safetensors header says
+        assert ckpt.tokens_planned == CONFIG.steps * 8 * 64  # every checkpoint knows the run's end
     assert sorted(report.trained) == sorted(c.id for c in found) and report.cached == []
     assert report.steps_trained == len(TINY) * CONFIG.steps
 

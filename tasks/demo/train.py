@@ -113,6 +113,11 @@ class TrainConfig:
     def steps(self) -> int:
         return max(1, round(self.budget_tokens / (self.batch_size * self.seq_len)))
 
+    @property
+    def planned_tokens(self) -> int:
+        """Tokens seen after the last step: the budget rounded to whole batches."""
+        return self.steps * self.batch_size * self.seq_len
+
     def save_steps(self) -> list[int]:
         return sorted({max(1, round(f * self.steps)) for f in self.save_fracs})
 
@@ -300,6 +305,8 @@ def train_size(
             "size": size.name,
             "step": done,
             "tokens_seen": done * config.batch_size * config.seq_len,
+            # the whole run's length, so an unfinished run's end can be predicted from its checkpoints
+            "tokens_planned": config.planned_tokens,
             "n_params": n_params,
             "non_embedding_params": size.non_embedding_params,
             "recipe": recipe,

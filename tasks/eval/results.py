@@ -15,6 +15,7 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "family": pl.String,
     "step": pl.Int64,
     "tokens_seen": pl.Int64,
+    "tokens_planned": pl.Int64,  # beyond DESIGN.md: the run's planned total tokens (null: not given)
     "n_params": pl.Int64,
     "n_params_quantized": pl.Int64,
     "quant": pl.String,
@@ -84,6 +85,7 @@ def result_rows(
         "family": checkpoint.family,
         "step": checkpoint.step,
         "tokens_seen": checkpoint.tokens_seen,
+        "tokens_planned": checkpoint.tokens_planned,
         "dataset_sha": dataset_sha,
         "kbitlaw_version": kbitlaw_version(),
         "created_at": now,

@@ -42,7 +42,9 @@ class FitConfig:
 # - "fit": a sample of a fitted curve (`law` linear_log2 | threshold | power_law): `fitted`, with
 #   the pointwise bootstrap band in `lo`/`hi` for the nonlinear laws;
 # - "frontier": a Pareto-frontier point; "budget": at budget `total_bits`, the best point within it;
-# - "damage": an observed dL (`value`) with the form's fit (`fitted`), law damage_power | _exponential.
+# - "damage": an observed dL (`value`) with the form's fit (`fitted`), law damage_power | _exponential;
+# - "observed" (law joint): every checkpoint's loss at every spec; the joint law's predictions are
+#   "fit" rows of law joint, over tokens_seen per size and spec, with their band in `lo`/`hi`.
 TABLE_SCHEMA = {
     "section": pl.String,
     "law": pl.String,

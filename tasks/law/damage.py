@@ -258,6 +258,49 @@ def next_checkpoint(data: SchemeData, all_rows: pl.DataFrame, form: str, cols, f
     return {"n_params": int(latest["n_params"]), "tokens_seen": num(d_next), "predictions": predictions}
 
 
+@dataclass(frozen=True)
+class DamageModel:
+    """One form fitted to one scheme's damage: predicts dL at any (N, D, k)."""
+
+    scheme: str
+    form: str
+    cols: np.ndarray  # the free design columns
+    fit: DamageFit
+
+    def predict(self, n: np.ndarray, d: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """dL: the estimate [m] and the bootstrap predictions [n_boot, m]."""
+        n, d, k = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (n, d, k)))
+        return predict(design(d.ravel(), n.ravel(), k.ravel(), self.form)[:, self.cols], self.fit)
+
+    def damage_at(self, n: np.ndarray, d: np.ndarray, k: float) -> tuple[np.ndarray, np.ndarray]:
+        """predict() at one bit width k."""
+        return self.predict(n, d, np.full(np.shape(n), k))
+
+
+def fit_damage_model(data: SchemeData, form: str, n_boot: int, seed: int) -> DamageModel | None:
+    """One form on one scheme's points; None when the data do not identify it."""
+    if data.rows.height == 0:
+        return None
+    x = data.design(form)
+    cols = free_columns(x)
+    if not identifiable(x, data.checkpoints, cols):
+        return None
+    rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}")
+    fit = fit_damage_law(x[:, cols], data.y, data.noise(), n_boot, rng)
+    if fit is None or not np.isfinite(fit.theta).all():  # e.g. D proportional to N: not identifiable
+        return None
+    return DamageModel(data.scheme, form, cols, fit)
+
+
+def scheme_data(points: pl.DataFrame) -> list[SchemeData]:
+    """Each (family, scheme)'s damage points, negative dL included."""
+    dp = damage_points(points)
+    return [
+        SchemeData(family, scheme, g.filter(pl.col("delta").is_finite()))
+        for (family, scheme), g in dp.group_by(["family", "scheme"], maintain_order=True)
+    ]
+
+
 def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, seed: int, level: float):
     """One damage form on one scheme: (doc entry, extrapolation checks, long-table rows)."""
     base = {
@@ -271,15 +314,10 @@ def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, s
     }
     if data.rows.height == 0:
         return insufficient(base), [], [], None
-    x = data.design(form)
-    cols = free_columns(x)
-    if not identifiable(x, data.checkpoints, cols):
+    model = fit_damage_model(data, form, n_boot, seed)
+    if model is None:
         return insufficient(base), [], [], None
-    noise = data.noise()
-    rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}")
-    fit = fit_damage_law(x[:, cols], data.y, noise, n_boot, rng)
-    if fit is None or not np.isfinite(fit.theta).all():  # e.g. D proportional to N: not identifiable
-        return insufficient(base), [], [], None
+    x, cols, fit, noise = data.design(form), model.cols, model.fit, data.noise()
     est, samples = to_params(fit.theta, cols, form), to_params(fit.boot, cols, form)
     held, checks = held_out_check(data, form, cols, n_boot, seed, level)
     by_width = width_holdout(data, form, cols, seed)
@@ -340,8 +378,7 @@ def fit_damage(points: pl.DataFrame, n_boot: int, seed: int, level: float) -> tu
     """Both damage forms per (family, scheme): doc entries, extrapolation checks, table rows."""
     dp = damage_points(points)
     entries, checks, rows = [], [], []
-    for (family, scheme), g in dp.group_by(["family", "scheme"], maintain_order=True):
-        data = SchemeData(family, scheme, g.filter(pl.col("delta").is_finite()))
+    for data in scheme_data(points):
         both = [fit_form(data, form, dp, n_boot, seed, level) for form in FORMS]
         helds = [h for *_, h in both]
         errors = heldout_errors([h and h[0] for h in helds])

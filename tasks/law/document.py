@@ -4,6 +4,8 @@ fit_laws() prepares the points (law_table.py), then computes, each in its own mo
 - the Pareto frontier of (total bits, quality) and the recommended precision (law_frontier.py);
 - the critical size S* and the loss power law over model sizes, per spec (law_scaling.py);
 - the quantization-damage laws across training (law_damage.py);
+- the joint law L(N, D, spec) over every checkpoint (law/joint.py): one entry, or a list when the
+  results hold several families;
 - the per-spec linear curves in log2 total bits (law_table.py),
 and assembles the `fit --json` document (DESIGN.md) and the long table stored as fit.parquet.
 
@@ -23,6 +25,7 @@ import polars as pl
 from kbitlaw.law.common import OK, FitConfig, json_safe, table_rows
 from kbitlaw.law.damage import fit_damage
 from kbitlaw.law.frontier import fit_frontiers
+from kbitlaw.law.joint import fit_joint_laws
 from kbitlaw.law.scaling import fit_power_laws_by_spec, fit_thresholds, linear_curves
 from kbitlaw.law.table import (
     components,
@@ -35,7 +38,7 @@ from kbitlaw.law.table import (
 
 __all__ = ["LAW_VERSION", "FitConfig", "FitResult", "fit_laws", "warm_starts"]
 
-LAW_VERSION = "3"  # bump when a change alters fitted numbers: stored fits are then not reused
+LAW_VERSION = "4"  # bump when a change alters fitted numbers: stored fits are then not reused
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ def fit_laws(
     thresholds, t_checks, t_rows = fit_thresholds(latest, comp_latest, config, warm)
     power, p_checks, p_rows = fit_power_laws_by_spec(latest, config, warm)
     damage, d_checks, d_rows = fit_damage(points, config.n_boot, config.seed, config.level)
+    joint, _, j_rows, _ = fit_joint_laws(points, damage, config, previous)
     curves = linear_curves(latest, config.min_sizes)
     point_rows = table_rows(
         "point",
@@ -129,7 +133,15 @@ def fit_laws(
         value=latest["value"],
     )
     table = pl.concat(
-        [point_rows, *frontier_rows, *linear_rows(curves, config.grid_points), *t_rows, *p_rows, *d_rows],
+        [
+            point_rows,
+            *frontier_rows,
+            *linear_rows(curves, config.grid_points),
+            *t_rows,
+            *p_rows,
+            *d_rows,
+            *j_rows,
+        ],
         how="vertical",
     )
     doc = {
@@ -139,6 +151,7 @@ def fit_laws(
         "threshold": thresholds,
         "power_law": power,
         "damage": damage,
+        "joint_law": joint[0] if len(joint) == 1 else joint,
         "extrapolation": t_checks + p_checks + d_checks,
         "recommendations": recs,
         "matching": matching,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,12 @@ import polars as pl
 
 from kbitlaw.law.document import LAW_VERSION, FitConfig, fit_laws
 from kbitlaw.law.paired import read_samples_store
-from kbitlaw.law.table import ResultsError, normalise, require_usable, results_sha
+from kbitlaw.law.runs import looks_like_runs, runs_to_results
+from kbitlaw.law.table import REQUIRED_COLUMNS, ResultsError, normalise, require_usable, results_sha
 from kbitlaw.store import LATEST_FIT, Store, StoreError, clean_keys, fit_keys
 
 LATEST = LATEST_FIT
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ class StoredFit:
 
 
 def read_results_file(path: str | Path) -> pl.DataFrame:
-    """A Parquet or CSV results file, normalised; ResultsError('<path>: <cause>') if unusable."""
+    """A Parquet or CSV results file, normalised; ResultsError('<path>: <cause>') if unusable.
+    A table of published runs (size, tokens or compute, loss: law/runs.py) is read as results."""
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"{path}: no such file")
@@ -53,6 +57,10 @@ def read_results_file(path: str | Path) -> pl.DataFrame:
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ResultsError(f"{path}: cannot read as {suffix.lstrip('.')}: {cause}") from exc
     try:
+        if looks_like_runs(df.columns) and not set(REQUIRED_COLUMNS) <= set(df.columns):
+            df, excluded = runs_to_results(df, path.stem)
+            if excluded:
+                log.info("%s: %d runs marked excluded are left out of the fit", path, excluded)
         df = normalise(df)
     except ResultsError as exc:
         raise ResultsError(f"{path}: {exc}") from exc

@@ -8,6 +8,8 @@ A point is one checkpoint at one quant spec and one metric:
 - `loss`: mean `loss` (nats/token) over the family's perplexity datasets, same completeness rule.
 Model size is n_params; the laws over size use each size's latest checkpoint (max tokens_seen,
 then max step). Duplicate rows for the same (checkpoint, spec, dataset, metric) are averaged.
+A point also carries its checkpoint's planned training length, `tokens_planned` (null when not
+given), so a law can predict where a training run in progress will end.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ FLOAT_COLUMNS = (
     "block_size",
     "outlier_pct",
     "step",
+    "tokens_planned",  # optional, not in RESULT_COLUMNS: counted in results_sha like `calibration`
 )
 STRING_COLUMNS = ("checkpoint_id", "family", "quant", "dtype", "dataset", "kind", "metric", "calibration")
 ACCURACY_KINDS = ("multiple_choice", "cloze")
@@ -132,6 +135,7 @@ def _point_attrs() -> list[pl.Expr]:
     return [
         pl.col("n_params").max(),
         pl.col("tokens_seen").max(),
+        pl.col("tokens_planned").max(),
         pl.col("step").max(),
         pl.col("bits").max(),
         pl.col("dtype").min(),
@@ -143,14 +147,18 @@ def _point_attrs() -> list[pl.Expr]:
 
 
 def components(df: pl.DataFrame) -> pl.DataFrame:
-    """Per (checkpoint, spec, dataset): the accuracy (`acc`) or perplexity `loss` the metrics average."""
+    """Per (checkpoint, spec, dataset): the accuracy (`acc`) or perplexity `loss` the metrics average.
+
+    tokens_planned is the checkpoint's across all its rows: results cached under its fingerprint
+    before the sidecar gave a plan have none, and would otherwise leave some points without it."""
     wanted = (pl.col("kind").is_in(ACCURACY_KINDS) & (pl.col("metric") == "acc")) | (
         (pl.col("kind") == "perplexity") & (pl.col("metric") == "loss")
     )
     return (
         df.filter(wanted)
         .with_columns(
-            component=pl.when(pl.col("metric") == "acc").then(pl.lit("acc")).otherwise(pl.lit("loss"))
+            component=pl.when(pl.col("metric") == "acc").then(pl.lit("acc")).otherwise(pl.lit("loss")),
+            tokens_planned=pl.col("tokens_planned").max().over(["family", "checkpoint_id"]),
         )
         .group_by([*POINT_KEYS, "component", "dataset"])
         .agg(*_point_attrs(), pl.col("value").mean(), pl.col("stderr").mean(), pl.col("n_examples").mean())
@@ -189,6 +197,7 @@ def metric_points(comp: pl.DataFrame) -> tuple[pl.DataFrame, int]:
         "metric",
         "n_params",
         "tokens_seen",
+        "tokens_planned",
         "step",
         "bits",
         "dtype",
@@ -247,21 +256,23 @@ def matched_per_size(points: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, str]
 
 
 VOLATILE_COLUMNS = ("seconds", "created_at", "device", "kbitlaw_version")
+# Columns added after results were first hashed: each counts only where some row has a value.
+LATER_COLUMNS = ("calibration", "tokens_planned")
 
 
 def results_sha(df: pl.DataFrame) -> str:
     """sha256 of the canonical result rows: independent of row and column order and of file format.
 
     Every schema column except the volatile ones (timing, device, version, timestamp) is rendered
-    as text after normalise(), so a Parquet and a CSV of the same rows hash alike. `calibration`
-    (GPTQ's calibration data, added later) counts only where some row has one, so result sets
-    without GPTQ keep the sha they had before the column existed.
+    as text after normalise(), so a Parquet and a CSV of the same rows hash alike. The LATER_COLUMNS,
+    `calibration` (GPTQ's calibration data) and `tokens_planned` (the run's planned length), count
+    only where some row has one, so result sets without them keep the sha they had before the
+    columns existed.
     """
     import hashlib
 
     cols = [c for c in RESULT_COLUMNS if c not in VOLATILE_COLUMNS]
-    if "calibration" in df.columns and df["calibration"].is_not_null().any():
-        cols.append("calibration")
+    cols += [c for c in LATER_COLUMNS if c in df.columns and df[c].is_not_null().any()]
     table = df.select(
         [
             (pl.col(c) if c in df.columns else pl.lit(None)).cast(pl.String).fill_null("\x00").alias(c)

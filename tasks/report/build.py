@@ -33,6 +33,7 @@ from kbitlaw.law.table import (
 )
 from kbitlaw.law.table import results_sha as compute_results_sha
 from kbitlaw.report.figures import block_plot, dtype_plot, scaling_plot
+from kbitlaw.report.figures_joint import joint_entry, joint_figures, level_of
 from kbitlaw.report.figures_laws import law_figures
 from kbitlaw.report.headline import changes_since, datasets_from_store, headline
 from kbitlaw.report.html import (
@@ -41,10 +42,12 @@ from kbitlaw.report.html import (
     datasets_html,
     extrapolation_table,
     figure,
+    joint_law_html,
     link,
     metrics_html,
     page,
     provenance_html,
+    running_check_table,
     threshold_table,
 )
 from kbitlaw.store import LATEST_REPORT, Store, StoreError, fit_keys, report_key, sha256_bytes
@@ -173,6 +176,7 @@ def sections(
         dtype_plot(inp.latest, fam),
         block_plot(inp.latest, fam),
         *law_figures(inp.latest, inp.table, doc, fam),
+        *joint_figures(inp.table, doc, fam),
     ]
     by_id = {f.id: figure(f) for f in figs}
     thresholds = [e for e in doc.get("threshold", []) if e.get("family") == fam]
@@ -191,11 +195,29 @@ def sections(
         + "<h3>Extrapolation checks</h3>"
         + by_id["extrapolation"]
         + extrapolation_table([c for c in doc.get("extrapolation", []) if c.get("family") == fam]),
+        "heading": heading_html(doc, fam, by_id),
         "metrics": metrics_html(inp.points),
         "datasets": datasets_html([relative_pages(store, d) for d in datasets]),
         "provenance": provenance_html(provenance_rows(store, fit_key, inp, provenance), inp.keys),
     }
     return parts, figs
+
+
+def heading_html(doc: dict, family: str, by_id: dict[str, str]) -> str:
+    """Where the family is heading: the joint law's forecast, its numbers, and its running check."""
+    entry, level = joint_entry(doc, family), level_of(doc)
+    text = joint_law_html(entry, "joint_law" in doc, family, level)
+    if entry is None:
+        return text
+    running = [c for c in entry.get("running_check") or [] if c.get("family", family) == family]
+    check_fig = by_id["running_check"] if running and "<img" in by_id["running_check"] else ""
+    return (
+        by_id["heading"]
+        + text
+        + "<h3>Past predictions against what came in</h3>"
+        + running_check_table(running, level)
+        + check_fig
+    )
 
 
 def previous_summary(store: Store, results_sha: str) -> dict | None:

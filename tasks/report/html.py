@@ -55,6 +55,7 @@ SECTIONS = (
     ("claims", "Known claims"),
     ("types", "Data types & blocks"),
     ("laws", "Laws"),
+    ("heading", "Where this family is heading"),
     ("metrics", "Metrics"),
     ("datasets", "Datasets"),
     ("provenance", "Provenance"),
@@ -249,6 +250,150 @@ def extrapolation_table(checks: list[dict]) -> str:
     return f"<p>{len(checks)} extrapolation checks, {len(flagged)} flagged:</p>" + table(
         ["law", "spec", "metric", "held out", "predicted", "90% interval", "observed"], rows, {4, 5, 6}
     )
+
+
+# -- the joint law --------------------------------------------------------------------------------
+
+RUNNING_CHECK_ROWS = 30  # the newest running-check entries shown
+DAMAGE_LAWS = {
+    "power": "power form (Ouyang et al.: C D^beta / (N^alpha k^gamma))",
+    "exponential": "exponential form (Kumar et al.: C D^beta / N^alpha e^(-k/gamma))",
+}
+NO_RUNNING_CHECK = (
+    "No checkpoint has arrived since the first fit of the joint law; the next one will be checked "
+    "against this fit's prediction."
+)
+
+
+def with_interval(value: Any, ci: Any, spec: str = ".3g") -> str:
+    """A number and its interval, '1.92 [1.90, 1.93]' (the number alone when the interval is unknown)."""
+    lo, hi = (list(ci) + [None, None])[:2] if isinstance(ci, (list, tuple)) else (None, None)
+    unknown = any(v is None or (isinstance(v, float) and not math.isfinite(v)) for v in (lo, hi))
+    return fmt(value, spec) + ("" if unknown else f" [{fmt(lo, spec)}, {fmt(hi, spec)}]")
+
+
+def held_out_text(name: str, h: dict | None) -> str:
+    if not h or h.get("status") != "ok":
+        return f"{name}: {NO_DATA}"
+    return (
+        f"{name}: RMS error {fmt(h.get('rms_error'), '.2g')} nats, "
+        f"{esc(h.get('flagged'))} of {esc(h.get('points'))} points outside the tolerance"
+    )
+
+
+def joint_law_html(entry: dict | None, has_key: bool, family: str, level: float) -> str:
+    """The fitted joint law in a few lines: parameters with intervals, the damage forms chosen and
+    the held-out errors. `has_key`: whether the document has a joint law at all."""
+    if entry is None:
+        if not has_key:
+            return (
+                "<p>This fit predates the joint law (its document has no <code>joint_law</code>): "
+                "refit to see where the family is heading.</p>"
+            )
+        return f"<p>The fit has no joint law for family <code>{esc(family)}</code>.</p>"
+    if entry.get("status") != "ok":
+        return (
+            f"<p>The joint law of <code>{esc(family)}</code> could not be fitted ({NO_DATA}: "
+            f"{esc(entry.get('n_points'))} 16-bit checkpoint losses).</p>"
+        )
+    ci = entry.get("ci") or {}
+    params = ", ".join(
+        f"{name} = {esc(with_interval(entry.get(p), ci.get(p)))}"
+        for p, name in (("E", "E"), ("A", "A"), ("alpha", "α"), ("B", "B"), ("beta", "β"))
+    )
+    fit = entry.get("fit") or {}
+    about = f" on {esc(fit.get('n_points'))} checkpoints of {esc(fit.get('n_sizes'))} sizes" if fit else ""
+    warm = " (warm-started from the previous fit)" if fit.get("warm_started") else ""
+    law = (
+        f"<p class='law'><b>16-bit law</b> L(N, D) = E + A/N<sup>α</sup> + B/D<sup>β</sup>{about}{warm}: "
+        f"{params} ({level:.0%} intervals).</p>"
+    )
+    schemes = (entry.get("damage") or {}).get("schemes") or []
+    damage = "; ".join(
+        f"<code>{esc(d.get('scheme'))}</code>: "
+        + (
+            f"{esc(DAMAGE_LAWS.get(d.get('form'), d.get('form')))}, held-out error "
+            f"{fmt(d.get('heldout_error'), '.2g')} noise SDs, chosen by {esc(d.get('chosen_by'))}"
+            if d.get("status") == "ok"
+            else NO_DATA
+        )
+        for d in schemes
+    )
+    damage_html = f"<p><b>Damage dL</b> per scheme: {damage or NO_DATA}.</p>"
+    held = entry.get("held_out") or {}
+    top = held.get("largest_size") or {}
+    size = f" (N = {fmt(top.get('n_params'))})" if top.get("n_params") is not None else ""
+    held_html = (
+        "<p><b>Held out and predicted</b> (RMS error over every spec, in nats): "
+        + esc(held_out_text(f"the largest size{size}", top))
+        + "; "
+        + esc(held_out_text("every size's latest checkpoint", held.get("latest_checkpoint")))
+        + ".</p>"
+    )
+    return law + damage_html + held_html
+
+
+def newest_first(entries: list[dict]) -> list[dict]:
+    """The newest RUNNING_CHECK_ROWS running-check entries, newest fit first; within a fit the
+    latest checkpoint first, the largest size first, the 16-bit spec first."""
+    batches = {b: i for i, b in enumerate(dict.fromkeys(e.get("predicted_by") for e in entries))}
+
+    def key(e: dict) -> tuple:
+        return (
+            -batches[e.get("predicted_by")],
+            -(e.get("tokens_seen") or 0.0),
+            -(e.get("n_params") or 0.0),
+            e.get("quant") not in ("fp16", "bf16"),
+            str(e.get("quant")),
+        )
+
+    return sorted(entries[-RUNNING_CHECK_ROWS:], key=key)
+
+
+def running_check_table(entries: list[dict], level: float) -> str:
+    """Past predictions against what came in: the newest RUNNING_CHECK_ROWS entries, newest first."""
+    if not entries:
+        return f"<p>{esc(NO_RUNNING_CHECK)}</p>"
+    flagged = sum(bool(e.get("flagged")) for e in entries)
+    shown = newest_first(entries)[:RUNNING_CHECK_ROWS]
+    rows = [
+        [
+            f"<code>{esc(e.get('held_out'))}</code>",
+            esc(e.get("quant")),
+            fmt(e.get("n_params")),
+            fmt(e.get("tokens_seen")),
+            esc(with_interval(e.get("predicted"), e.get("ci"), ".4g")),
+            fmt(e.get("observed"), ".4g"),
+            fmt(e.get("error"), "+.2g"),
+            (
+                '<span class="verdict v-contradicted">outside</span>'
+                if e.get("flagged")
+                else '<span class="verdict v-supported">inside</span>'
+                if e.get("status") == "ok"
+                else f'<span class="verdict v-other">{esc(e.get("status"))}</span>'
+            ),
+            f"<code>{esc(str(e.get('predicted_by') or '-')[:12])}</code>",
+        ]
+        for e in shown
+    ]
+    intro = (
+        f"<p>{len(entries)} predictions checked so far, {flagged} outside the tolerance "
+        f"(the {level:.0%} interval widened by the observation's own noise)"
+        + (f"; the newest {len(shown)} shown" if len(shown) < len(entries) else "")
+        + ", newest first.</p>"
+    )
+    headers = [
+        "checkpoint",
+        "spec",
+        "params",
+        "tokens",
+        f"predicted [{level:.0%} interval]",
+        "observed",
+        "predicted − observed (nats)",
+        "tolerance",
+        "predicted by (fit)",
+    ]
+    return intro + table(headers, rows, {2, 3, 4, 5, 6}, cls="running")
 
 
 def metrics_html(points: pl.DataFrame) -> str:

@@ -1,0 +1,107 @@
+"""Published scaling runs as results: a table of (model size, training tokens, loss) per run.
+
+Papers publish their training runs as a few columns, not as kbitlaw's results schema: the
+Besiroglu et al. (2024) extraction of the Chinchilla runs has `Model Size`, `Training FLOP` and
+`loss`. Such a table becomes 16-bit loss results (one checkpoint per row, quant bf16, dataset
+"published"), so `kbitlaw fit --results runs.csv` fits the joint law's 16-bit part to it.
+
+Columns are matched ignoring case, spaces, dashes and underscores:
+- size:   n_params | n | params | parameters | model_size
+- tokens: tokens | d | tokens_seen | training_tokens | data; or compute: flop | flops | c |
+          training_flop | compute, with D = C / (6 N) (as the replication derived its tokens);
+- loss:   loss | final_loss | eval_loss | l;
+- optional: family (default: the file's stem), quant (a spec; rows below 16 bits are quantized
+  losses of the run with the same size and tokens), stderr, excluded (true: kept in the file, left
+  out of the fit, e.g. the replication's 5 highest-loss runs).
+"""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+from kbitlaw.law.table import ResultsError
+from kbitlaw.quant.spec import QuantSpec
+
+ALIASES = {
+    "n_params": ("nparams", "n", "params", "parameters", "modelsize"),
+    "tokens": ("tokens", "d", "tokensseen", "trainingtokens", "data"),
+    "flop": ("flop", "flops", "c", "trainingflop", "compute"),
+    "loss": ("loss", "finalloss", "evalloss", "l"),
+    "family": ("family",),
+    "quant": ("quant",),
+    "stderr": ("stderr",),
+    "excluded": ("excluded", "exclude", "outlier"),
+}
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name).lower()
+
+
+def find_columns(columns: list[str]) -> dict[str, str]:
+    """role -> the table's column for it (the first alias found)."""
+    by_key = {_key(c): c for c in columns}
+    return {role: by_key[a] for role, aliases in ALIASES.items() for a in aliases if a in by_key}
+
+
+def looks_like_runs(columns: list[str]) -> bool:
+    found = find_columns(columns)
+    return "n_params" in found and "loss" in found and ("tokens" in found or "flop" in found)
+
+
+def runs_to_results(df: pl.DataFrame, name: str) -> tuple[pl.DataFrame, int]:
+    """(results rows, number of rows marked excluded). ResultsError names the column at fault."""
+    found = find_columns(df.columns)
+    numeric = [r for r in ("n_params", "tokens", "flop", "loss", "stderr") if r in found]
+    try:
+        runs = df.select(
+            *(pl.col(found[r]).cast(pl.Float64, strict=True).alias(r) for r in numeric),
+            *(pl.col(found[r]).cast(pl.String).alias(r) for r in ("family", "quant") if r in found),
+            *(
+                [pl.col(found["excluded"]).cast(pl.Boolean, strict=True).alias("excluded")]
+                if "excluded" in found
+                else []
+            ),
+        )
+    except pl.exceptions.PolarsError as exc:
+        raise ResultsError(f"a size, token, loss or excluded column is not numeric/boolean: {exc}") from None
+    if "tokens" not in runs.columns:
+        runs = runs.with_columns(tokens=pl.col("flop") / (6.0 * pl.col("n_params")))
+    excluded = int(runs["excluded"].fill_null(False).sum()) if "excluded" in runs.columns else 0
+    if excluded:
+        runs = runs.filter(~pl.col("excluded").fill_null(False))
+    runs = runs.with_columns(
+        family=pl.col("family").fill_null(name) if "family" in runs.columns else pl.lit(name),
+        quant=pl.col("quant").fill_null("bf16") if "quant" in runs.columns else pl.lit("bf16"),
+        stderr=pl.col("stderr") if "stderr" in runs.columns else pl.lit(None, dtype=pl.Float64),
+    )
+    specs = {}
+    for q in runs["quant"].unique().to_list():
+        try:
+            specs[q] = QuantSpec.parse(q)
+        except ValueError as exc:
+            raise ResultsError(f"column 'quant': {exc}") from None
+    bits = {q: float(s.bits) for q, s in specs.items()}
+    bpp = {q: float(s.bits_per_param) for q, s in specs.items()}
+    # One checkpoint per (family, size, tokens): a run's quantized losses share its checkpoint.
+    run_id = (
+        pl.col("family")
+        + "/n"
+        + pl.col("n_params").round(0).cast(pl.Int64).cast(pl.String)
+        + "/d"
+        + pl.col("tokens").round(0).cast(pl.Int64).cast(pl.String)
+    )
+    out = runs.with_columns(
+        checkpoint_id=run_id,
+        checkpoint_uri=pl.lit(None, dtype=pl.String),
+        tokens_seen=pl.col("tokens"),
+        bits=pl.col("quant").replace_strict(bits, return_dtype=pl.Float64),
+        bits_per_param=pl.col("quant").replace_strict(bpp, return_dtype=pl.Float64),
+        dataset=pl.lit("published"),
+        kind=pl.lit("perplexity"),
+        metric=pl.lit("loss"),
+        value=pl.col("loss"),
+    ).with_columns(total_bits=pl.col("n_params") * pl.col("bits_per_param"))
+    return out.drop("loss", "tokens", "flop", "excluded", strict=False), excluded
