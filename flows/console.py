@@ -118,6 +118,20 @@ def _prediction_summary(doc: dict[str, Any]) -> None:
         f"N = {doc['n_params']:.3g} params, D = {doc['tokens']:.3g} tokens ({where} the fitted range: "
         f"N {_fmt(lo[0])}..{_fmt(lo[1])}, D {_fmt(hi[0])}..{_fmt(hi[1])})"
     )
+    beyond = doc["beyond_range"]
+    if beyond["n_params"] > 1 or beyond["tokens"] > 1:
+        console.print(
+            f"[yellow]extrapolating {beyond['n_params']:.3g}x past the largest size and "
+            f"{beyond['tokens']:.3g}x past the most tokens measured[/]"
+        )
+    for name, h in law["held_out"].items():
+        if h.get("status") == "ok":
+            miss = h["flagged"] / h["points"]
+            console.print(
+                f"{'[red]' if miss > 0.25 else ''}held-out check ({name.replace('_', ' ')}): "
+                f"{h['flagged']} of {h['points']} points outside their intervals, RMS error "
+                f"{_fmt(h['rms_error'])} nats{'[/]' if miss > 0.25 else ''}"
+            )
     table = Table("spec", "bits/param", "memory GB", "loss", f"{pct} interval", "damage", f"{pct} interval")
     for p in doc["predictions"]:
         table.add_row(

@@ -17,7 +17,7 @@ from kbitlaw.law.document import FitConfig
 from kbitlaw.law.io import LATEST, fit_store
 from kbitlaw.law.sim import World, simulate_results
 from kbitlaw.report.build import build_report
-from kbitlaw.report.html import NO_RUNNING_CHECK, RUNNING_CHECK_ROWS, fmt
+from kbitlaw.report.html import NO_RUNNING_CHECK, RUNNING_CHECK_ROWS, sig
 from kbitlaw.store import Store, fit_keys
 from tests.test_report import CHANCE, put_results
 
@@ -81,15 +81,15 @@ def test_law_line_shows_the_fitted_numbers(two_fits):
     part = section(page(two_fits["store"], two_fits["report"]), "heading")
     for p, name in (("E", "E"), ("A", "A"), ("alpha", "α"), ("B", "B"), ("beta", "β")):
         lo, hi = entry["ci"][p]
-        assert f"{name} = {fmt(entry[p])} [{fmt(lo)}, {fmt(hi)}]" in part
+        assert f"{name} = {sig(entry[p])} [{sig(lo)}, {sig(hi)}]" in part
     assert "(90% intervals)" in part
     for scheme in entry["damage"]["schemes"]:
         code = scheme["scheme"].replace("<", "&lt;").replace(">", "&gt;")
         assert f"<code>{code}</code>: {scheme['form']} form" in part
-        assert f"held-out error {fmt(scheme['heldout_error'], '.2g')} noise SDs" in part
+        assert f"held-out error {sig(scheme['heldout_error'], 2)} noise SDs" in part
     for h in (entry["held_out"]["largest_size"], entry["held_out"]["latest_checkpoint"]):
         assert h["status"] == "ok"
-        assert f"RMS error {fmt(h['rms_error'], '.2g')} nats, {h['flagged']} of {h['points']} points" in part
+        assert f"RMS error {sig(h['rms_error'], 2)} nats, {h['flagged']} of {h['points']} points" in part
 
 
 def test_running_check_table_lists_past_predictions_newest_first(two_fits):
@@ -109,8 +109,8 @@ def test_running_check_table_lists_past_predictions_newest_first(two_fits):
         c for c in running if (c["tokens_seen"], c["n_params"], c["quant"]) == (newest, top, "fp16")
     )
     assert f"<code>{first_row['held_out']}</code>" in rows[0] and "<td>fp16</td>" in rows[0]
-    assert f"{fmt(first_row['predicted'], '.4g')} [" in rows[0]
-    assert fmt(first_row["observed"], ".4g") in rows[0]
+    assert f"{sig(first_row['predicted'], 4)} [" in rows[0]
+    assert sig(first_row["observed"], 4) in rows[0]
     assert first.doc["results_sha"][:12] in rows[0]
     assert all(("v-contradicted" in r) != ("v-supported" in r) for r in rows)  # inside or outside
 
@@ -162,7 +162,7 @@ def test_a_list_of_joint_laws_picks_the_reports_family(two_fits, tmp_path):
 
     _, part, _ = rewritten(two_fits, tmp_path, as_list)
     lo, hi = entry["ci"]["E"]
-    assert f"E = {fmt(entry['E'])} [{fmt(lo)}, {fmt(hi)}]" in part and "9.88" not in part
+    assert f"E = {sig(entry['E'])} [{sig(lo)}, {sig(hi)}]" in part and "9.88" not in part
     assert '<figure id="fig-heading"><img' in part and '<table class="running">' in part
 
 

@@ -129,6 +129,7 @@ class Surface:
     objective: float
     n_points: int
     warm: bool  # started from a previous fit
+    log_scale: float = float("nan")  # robust SD of the log residuals (1.4826 MAD): a point's noise
 
     @staticmethod
     def named(theta: np.ndarray) -> np.ndarray:
@@ -180,7 +181,9 @@ def fit_surface(
     value, theta = best_of(found[order], args)
     if not np.isfinite(value):
         return None
-    return Surface(theta, bootstrap(theta, args, n_boot, rng), value, len(n), bool(is_warm))
+    resid = args[2] - log_loss(theta, args[0], args[1])
+    scale = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    return Surface(theta, bootstrap(theta, args, n_boot, rng), value, len(n), bool(is_warm), scale)
 
 
 def refit(args: tuple[np.ndarray, ...], theta0: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

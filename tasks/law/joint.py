@@ -211,6 +211,8 @@ def predict_points(law: JointLaw, held: pl.DataFrame, name: str, level: float) -
         if pred is None:
             continue
         est, boot = pred
+        known = r["stderr"] is not None and np.isfinite(r["stderr"]) and r["stderr"] > 0
+        se = r["stderr"] if known else None  # metric_points gives 0 where no row had one
         entry = extrapolation_entry(
             name,
             law.family,
@@ -220,8 +222,10 @@ def predict_points(law: JointLaw, held: pl.DataFrame, name: str, level: float) -
             float(est[0]),
             boot[:, 0],
             float(r["value"]),
-            r["stderr"] if r["stderr"] is not None else float("nan"),
+            se if se is not None else float(est[0]) * law.surface.log_scale,
             level,
+            # without stderrs, a point's noise is the training fit's residual scale
+            noise_dof=None if se is not None else max(law.surface.n_points - 5, 1),
         )
         checks.append({**entry, "n_params": num(r["n_params"]), "tokens_seen": num(r["tokens_seen"])})
     return checks

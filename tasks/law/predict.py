@@ -6,7 +6,9 @@ every spec the family was measured at, each with its interval; for a memory budg
 each spec's damage exceeds a threshold (Ouyang et al.'s "tokens until 4-bit costs 0.1 nats"); and
 for each run in progress (its latest checkpoint's `tokens_planned` beyond its `tokens_seen`), the
 losses predicted at the end of the run. Intervals are the bootstrap's (law/joint.py); a budget's
-choice carries P(best), the share of replicates in which that spec predicts the lowest loss.
+choice carries P(best), the share of replicates in which that spec predicts the lowest loss. How far
+to trust it: `law.held_out` (how well the law predicted the family's largest size and latest
+checkpoints when fitted without them) and `beyond_range` (how far N and D lie past the data).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from kbitlaw.law.joint import JointLaw, loss_points
 from kbitlaw.law.solve import interval
 
 DEFAULT_THRESHOLD = 0.1  # nats
+TRUST = ("status", "points", "flagged", "rms_error", "n_params")  # what predict shows of a hold-out
 GB_BITS = 8e9
 
 
@@ -45,7 +48,7 @@ def fit_for_prediction(results: pl.DataFrame, config: FitConfig, family: str | N
         raise PredictError(f"no family {family!r} in the results (families: {', '.join(families) or 'none'})")
     family_points = points.filter(pl.col("family") == family)
     damage, _, _ = fit_damage(family_points, config.n_boot, config.seed, config.level)
-    entries, _, _, laws = fit_joint_laws(family_points, damage, config, checks=False)
+    entries, _, _, laws = fit_joint_laws(family_points, damage, config)
     if family not in laws:
         raise PredictError(
             f"family {family!r}: {NO_DATA} for the joint law (it needs 16-bit losses at 3 sizes and 3 token "
@@ -193,18 +196,27 @@ def predict(
     if not (n_params > 0 and tokens > 0):
         raise PredictError(f"--n-params and --tokens must be > 0, got {n_params:g} and {tokens:g}")
     sizes, seen = points["n_params"], points["tokens_seen"]
+    held = entry.get("held_out") or {}
     return {
         "family": law.family,
         "n_params": n_params,
         "tokens": tokens,
         "level": level,
         "law": {k: entry.get(k) for k in ("status", "E", "A", "alpha", "B", "beta", "ci")}
-        | {"damage_forms": {s["scheme"]: s["form"] for s in entry["damage"]["schemes"]}},
+        | {
+            "damage_forms": {s["scheme"]: s["form"] for s in entry["damage"]["schemes"]},
+            "heldout_error": entry.get("heldout_error"),
+            "held_out": {k: {f: v.get(f) for f in TRUST} for k, v in held.items()},
+        },
         "fitted_range": {
             "n_params": [num(sizes.min()), num(sizes.max())],
             "tokens": [num(seen.min()), num(seen.max())],
         },
         "extrapolated": bool(n_params > sizes.max() or n_params < sizes.min() or tokens > seen.max()),
+        "beyond_range": {
+            "n_params": num(max(n_params / sizes.max(), 1.0)),
+            "tokens": num(max(tokens / seen.max(), 1.0)),
+        },
         "predictions": loss_at(law, n_params, tokens, level),
         "budget": None if memory_gb is None else budget(law, memory_gb, n_params, tokens, level),
         "damage_threshold": {
