@@ -44,7 +44,8 @@ class FitConfig:
 # - "frontier": a Pareto-frontier point; "budget": at budget `total_bits`, the best point within it;
 # - "damage": an observed dL (`value`) with the form's fit (`fitted`), law damage_power | _exponential;
 # - "observed" (law joint): every checkpoint's loss at every spec; the joint law's predictions are
-#   "fit" rows of law joint, over tokens_seen per size and spec, with their band in `lo`/`hi`.
+#   "fit" rows of law joint, over tokens_seen per size and spec, with their band in `lo`/`hi`, and
+#   law joint_damage (metric delta_loss) the predicted damage of each quantized spec with its band.
 TABLE_SCHEMA = {
     "section": pl.String,
     "law": pl.String,

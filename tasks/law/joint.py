@@ -354,6 +354,12 @@ def insufficient_entry(family: str, n_points: int) -> dict:
     }
 
 
+def bands(boot: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise intervals of replicates [n_boot, m]: (lo [m], hi [m])."""
+    pairs = [interval(boot[:, j], level) for j in range(boot.shape[1])]
+    return tuple(np.array([p[i] if p[i] is not None else np.nan for p in pairs], dtype=float) for i in (0, 1))
+
+
 def heading_rows(law: JointLaw, df: pl.DataFrame, level: float, n_grid: int) -> list[pl.DataFrame]:
     """Where the family is heading: each size's predicted loss per spec over tokens, out to its
     planned tokens or HORIZON times its latest (band: the prediction interval), and the observed
@@ -389,14 +395,30 @@ def heading_rows(law: JointLaw, df: pl.DataFrame, level: float, n_grid: int) -> 
     for r in ends.sort("size").iter_rows(named=True):
         end = max(r["planned"] or 0.0, HORIZON * r["d1"])
         grid = np.geomspace(r["d0"], end, n_grid)
+        base_est, base_boot = law.surface.loss(np.full(n_grid, r["n_params"]), grid)
         for quant, info in sorted(law.specs.items()):
             pred = law.loss(np.full(n_grid, r["n_params"]), grid, quant)
             if pred is None:
                 continue
             est, boot = pred
-            lo, hi = (
-                np.array(v) for v in zip(*(interval(boot[:, j], level) for j in range(n_grid)), strict=True)
-            )
+            lo, hi = bands(boot, level)
+            if info.bits < 16:  # the damage on its own, from the same replicates (paired)
+                d_lo, d_hi = bands(boot - base_boot[: len(boot)], level)
+                rows.append(
+                    table_rows(
+                        "fit",
+                        "joint_damage",
+                        family=law.family,
+                        metric="delta_loss",
+                        quant=quant,
+                        bits=int(info.bits),
+                        n_params=r["n_params"],
+                        tokens_seen=grid,
+                        fitted=est - base_est,
+                        lo=d_lo,
+                        hi=d_hi,
+                    )
+                )
             rows.append(
                 table_rows(
                     "fit",

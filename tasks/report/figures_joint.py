@@ -106,8 +106,8 @@ def heading_plot(table: pl.DataFrame, doc: dict, family: str) -> Figure:
         f"checkpoint, dashed beyond it (to its planned tokens or 4x its latest); bands: the {pct} "
         "prediction interval; points: the observed 16-bit losses. Right, at the largest size: the "
         "predicted damage dL (quantized minus 16-bit predicted loss) of the recommended spec and the "
-        "best 4- and 3-bit specs; bands: the quantized prediction's "
-        f"{pct} interval less the 16-bit estimate (it also carries the 16-bit part's uncertainty); "
+        f"best 4- and 3-bit specs; bands: its {pct} interval (from the same bootstrap replicates of "
+        "both parts); "
         "points: observed quantized minus observed 16-bit loss at the same checkpoint."
     )
     entry = joint_entry(doc, family)
@@ -117,6 +117,11 @@ def heading_plot(table: pl.DataFrame, doc: dict, family: str) -> Figure:
     if entry.get("status") != "ok":
         return Figure("heading", title, caption, note=f"{NO_DATA} (the joint law could not be fitted)")
     fit, obs = joint_rows(table, family)
+    damage = (
+        table.filter(pl.col("law") == "joint_damage", pl.col("family") == family)
+        if "law" in table.columns and table.height
+        else table.clear()
+    )
     base = sixteen_bit_quant(fit["quant"].unique().to_list()) if fit.height else None
     if base is None:
         return Figure("heading", title, caption, note=f"{NO_DATA} (the fit has no 16-bit predictions)")
@@ -148,9 +153,8 @@ def heading_plot(table: pl.DataFrame, doc: dict, family: str) -> Figure:
     lo, hi = ax.get_xlim()
     ax.set_xlim(lo, hi * (hi / lo) ** 0.18)  # room for the size labels at the lines' ends
     top = sizes[-1]
-    specs = quantized_specs(
-        fit, top, base, last.get(top, 0.0) or 1.0, (doc.get("recommendation") or {}).get("quant")
-    )
+    recommended = (doc.get("recommendation") or {}).get("quant")
+    specs = quantized_specs(fit, top, base, last.get(top, 0.0) or 1.0, recommended)
     if not specs:
         empty_note(ax_dmg, f"no quantized spec: {NO_DATA}")
     else:
@@ -169,8 +173,12 @@ def heading_plot(table: pl.DataFrame, doc: dict, family: str) -> Figure:
             color = bit_color(int(joined["bits"][0]))
             seen, ahead = split_at(x, last.get(top, x.max()))
             lo, hi = joined["lo"].to_numpy() - ref_y, joined["hi"].to_numpy() - ref_y
+            own = damage.filter(pl.col("n_params") == top, pl.col("quant") == q).sort("tokens_seen")
+            if own.height == len(x):  # the damage's own band (paired replicates), where the fit has it
+                lo, hi = own["lo"].to_numpy(), own["hi"].to_numpy()
             ax_dmg.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
-            ax_dmg.plot(x[seen], y[seen], "-", color=color, lw=2, label=f"{q} ({int(joined['bits'][0])}-bit)")
+            name = f"{q} ({int(joined['bits'][0])}-bit{', recommended' if q == recommended else ''})"
+            ax_dmg.plot(x[seen], y[seen], "-", color=color, lw=2, label=name)
             ax_dmg.plot(x[ahead], y[ahead], "--", color=color, lw=2)
             pts = obs.filter(pl.col("n_params") == top, pl.col("quant") == q).join(ref_obs, on="tokens_seen")
             ax_dmg.scatter(

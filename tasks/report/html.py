@@ -1,6 +1,7 @@
 """The report page: one self-contained HTML file (inline CSS, figures as base64 PNG, no script and
 no network). Every string from the data is escaped; sections appear in the order a reader asks:
-what to deploy, why (the scaling plot and the claims), the laws, then the tables."""
+what to deploy, why (the scaling plot and the claims), the laws, where the family is heading (the
+joint law's forecast and its running check), then the tables."""
 
 from __future__ import annotations
 
@@ -265,18 +266,24 @@ NO_RUNNING_CHECK = (
 )
 
 
-def with_interval(value: Any, ci: Any, spec: str = ".3g") -> str:
+def sig(x: Any, digits: int = 3) -> str:
+    """A number to `digits` significant digits, trailing zeros kept (2.00, 0.320, 420, 1.60e+08)."""
+    out = fmt(x, f"#.{digits}g")
+    return out[:-1] if out.endswith(".") else out
+
+
+def with_interval(value: Any, ci: Any, digits: int = 3) -> str:
     """A number and its interval, '1.92 [1.90, 1.93]' (the number alone when the interval is unknown)."""
     lo, hi = (list(ci) + [None, None])[:2] if isinstance(ci, (list, tuple)) else (None, None)
     unknown = any(v is None or (isinstance(v, float) and not math.isfinite(v)) for v in (lo, hi))
-    return fmt(value, spec) + ("" if unknown else f" [{fmt(lo, spec)}, {fmt(hi, spec)}]")
+    return sig(value, digits) + ("" if unknown else f" [{sig(lo, digits)}, {sig(hi, digits)}]")
 
 
 def held_out_text(name: str, h: dict | None) -> str:
     if not h or h.get("status") != "ok":
         return f"{name}: {NO_DATA}"
     return (
-        f"{name}: RMS error {fmt(h.get('rms_error'), '.2g')} nats, "
+        f"{name}: RMS error {sig(h.get('rms_error'), 2)} nats, "
         f"{esc(h.get('flagged'))} of {esc(h.get('points'))} points outside the tolerance"
     )
 
@@ -313,7 +320,7 @@ def joint_law_html(entry: dict | None, has_key: bool, family: str, level: float)
         f"<code>{esc(d.get('scheme'))}</code>: "
         + (
             f"{esc(DAMAGE_LAWS.get(d.get('form'), d.get('form')))}, held-out error "
-            f"{fmt(d.get('heldout_error'), '.2g')} noise SDs, chosen by {esc(d.get('chosen_by'))}"
+            f"{sig(d.get('heldout_error'), 2)} noise SDs, chosen by {esc(d.get('chosen_by'))}"
             if d.get("status") == "ok"
             else NO_DATA
         )
@@ -362,8 +369,8 @@ def running_check_table(entries: list[dict], level: float) -> str:
             esc(e.get("quant")),
             fmt(e.get("n_params")),
             fmt(e.get("tokens_seen")),
-            esc(with_interval(e.get("predicted"), e.get("ci"), ".4g")),
-            fmt(e.get("observed"), ".4g"),
+            esc(with_interval(e.get("predicted"), e.get("ci"), 4)),
+            sig(e.get("observed"), 4),
             fmt(e.get("error"), "+.2g"),
             (
                 '<span class="verdict v-contradicted">outside</span>'
