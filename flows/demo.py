@@ -18,6 +18,7 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
+from kbitlaw.demo.family_store import publish_next, staged_rounds
 from kbitlaw.demo.story import story
 from kbitlaw.demo.train import BuildReport, Progress, TrainConfig, build_family, family_sizes
 from kbitlaw.store import Store
@@ -74,7 +75,11 @@ def run_demo(
     budget: int | None = None,
     show_progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Build the family (what is missing), run nightly once; returns {"build", "nightly", "story"}.
+    """Build the family (what is missing) and run nightly; returns {"build", "first_night",
+    "nightly", "story"}. New checkpoints are published in rounds: by default all but the last
+    round, a night (`first_night`), the last round and a night, so the second refit checks the
+    joint law's predictions of the last checkpoints (the report's running check); arrive=True
+    publishes one round and runs one night.
 
     show_progress: rich progress bars on stderr (default: when stderr is a terminal)."""
     s = Store(store)
@@ -85,19 +90,33 @@ def run_demo(
     config = TrainConfig(budget_tokens=budget) if budget else TrainConfig()
     began = time.perf_counter()
     with progress_bars(show_progress) as update:
+        # New checkpoints are staged and published in rounds, as a training run's would arrive.
         report: BuildReport = build_family(
             s,
             DEMO_FAMILY,
             sizes=family_sizes(sizes),
             config=config,
-            arrive=arrive,
+            arrive=True,
             workers=workers,
             progress=update,
         )
     built = time.perf_counter()
+    first_night = None
+    if not arrive:
+        # Everything but the last round, a night, then the last round and another night: the
+        # second night's refit checks what the first night's law predicted for the new checkpoints.
+        while staged_rounds(s, DEMO_FAMILY) > 1:
+            report.published += publish_next(s, DEMO_FAMILY)
+        if staged_rounds(s, DEMO_FAMILY) == 1:
+            if any(k.endswith("/config.json") for k in s.list(f"checkpoints/{DEMO_FAMILY}")):
+                first_night = run_nightly(s, grid, workers)
+                first_night["seconds"] = round(time.perf_counter() - built, 2)
+            report.published += publish_next(s, DEMO_FAMILY)
+    second = time.perf_counter()
     summary = run_nightly(s, grid, workers)
     night_done = time.perf_counter()
     return {
+        "first_night": first_night,
         "build": {
             "family": report.family,
             "trained": len(report.trained),
@@ -106,7 +125,7 @@ def run_demo(
             "steps_trained": report.steps_trained,
             "seconds": round(built - began, 2),
         },
-        "nightly": summary | {"seconds": round(night_done - built, 2)},
+        "nightly": summary | {"seconds": round(night_done - second, 2)},
         "story": _story_or_none(s),
     }
 
@@ -147,6 +166,13 @@ def describe(summary: dict[str, Any]) -> list[str]:
         + (f", {len(build['published'])} published" if build["published"] else "")
         + f" ({build['seconds']:.0f} s)"
     ]
+    if first := summary.get("first_night"):
+        ev = first.get("evaluations", {})
+        lines.append(
+            f"first night (all but the last round): {first.get('checkpoints')} checkpoints; evaluations: "
+            f"{ev.get('computed')} computed, {ev.get('cached')} cached, {ev.get('failed')} failed "
+            f"({first['seconds']:.0f} s); then the last round arrived"
+        )
     if "error" in night and "checkpoints" not in night:
         return [*lines, f"nightly failed: {night['error']}"]
     ev = night.get("evaluations", {})

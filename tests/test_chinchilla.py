@@ -165,3 +165,25 @@ def test_too_few_sizes_or_token_counts_is_no_fit():
     )
     assert fit_surface(n[:7], d[:7], loss[:7], n_boot=10, rng=np.random.default_rng(0)) is None
     assert Surface.named(np.zeros(5)).tolist() == [1.0, 1.0, 0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_term_the_data_do_not_show_has_no_interval(seed):
+    # No size term in the truth (a data-limited family, as the demo is): the fitted A N^-alpha stays
+    # under 0.1% of the loss, its parameters are reported unidentified and get no interval, while
+    # the terms the data do show keep theirs.
+    n, d, loss = truth_runs(
+        E=1.2, A=0.0, alpha=0.3, B=30.0, beta=0.3, size_step=4.0, token_step=2.0, noise=0.002, seed=seed
+    )
+    fit = fit_surface(n, d, loss, n_boot=100, rng=np.random.default_rng(0))
+    assert fit.unidentified == ("A", "alpha")
+    ci = fit.ci(0.9)
+    assert ci["A"] == [None, None] and ci["alpha"] == [None, None]
+    assert ci["E"][0] <= 1.2 <= ci["E"][1]
+    # and with no irreducible loss, E's interval reaches down to ~0 (or E is unidentified)
+    n, d, loss = truth_runs(
+        E=0.0, A=420.0, alpha=0.3, B=400.0, beta=0.3, size_step=4.0, token_step=2.0, noise=0.002, seed=seed
+    )
+    fit = fit_surface(n, d, loss, n_boot=100, rng=np.random.default_rng(0))
+    lo, _ = fit.ci(0.9)["E"]
+    assert "E" in fit.unidentified or lo < 1e-3

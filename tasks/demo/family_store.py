@@ -51,6 +51,16 @@ def upload_dir(store: Store, local: Path, prefix: str) -> None:
         store.put_file(local / name, f"{prefix}/{name}")
 
 
+def staged_rounds(store: Store, family: str = "demo") -> int:
+    """How many rounds (distinct steps) of checkpoints wait in staging/ to be published."""
+    steps = {
+        key.rsplit("/", 1)[0].rsplit("step-", 1)[1]
+        for key in store.list(f"staging/{family}")
+        if key.endswith("/config.json")
+    }
+    return len(steps)
+
+
 def publish_next(store: Store, family: str = "demo") -> list[str]:
     """Publish the next round of staged checkpoints (every size's earliest staged step) from
     staging/ to checkpoints/; returns their ids, [] when nothing is left to publish."""

@@ -130,6 +130,7 @@ class Surface:
     n_points: int
     warm: bool  # started from a previous fit
     log_scale: float = float("nan")  # robust SD of the log residuals (1.4826 MAD): a point's noise
+    unidentified: tuple[str, ...] = ()  # parameters of a term the data do not show (no interval)
 
     @staticmethod
     def named(theta: np.ndarray) -> np.ndarray:
@@ -143,7 +144,10 @@ class Surface:
 
     def ci(self, level: float) -> dict[str, list[float | None]]:
         named = self.named(self.boot)
-        return {p: list(interval(named[:, i], level)) for i, p in enumerate(PARAMS)}
+        return {
+            p: [None, None] if p in self.unidentified else list(interval(named[:, i], level))
+            for i, p in enumerate(PARAMS)
+        }
 
     def loss(self, n: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """L at (n, d): the estimate [m] and the replicates' [n_boot, m]."""
@@ -181,9 +185,26 @@ def fit_surface(
     value, theta = best_of(found[order], args)
     if not np.isfinite(value):
         return None
+    unidentified = negligible_terms(theta, args[0], args[1])
     resid = args[2] - log_loss(theta, args[0], args[1])
     scale = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
-    return Surface(theta, bootstrap(theta, args, n_boot, rng), value, len(n), bool(is_warm), scale)
+    boot = bootstrap(theta, args, n_boot, rng)
+    return Surface(theta, boot, value, len(n), bool(is_warm), scale, unidentified)
+
+
+NEGLIGIBLE = 1e-3  # a term below this share of the loss at every point is not seen in the data
+TERMS = {0: ("A", "alpha"), 1: ("B", "beta"), 2: ("E",)}  # LSE term -> its parameters
+
+
+def negligible_terms(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> tuple[str, ...]:
+    """Parameters of the terms that stay under NEGLIGIBLE of the loss at every point. Such a term
+    sits on a flat direction of the objective (E -> 0 with a steep A N^-alpha, for instance): its
+    value is arbitrary and bootstrap refits from the estimate do not move along it, so an interval
+    would claim a precision the data do not have."""
+    a, b, e, alpha, beta = theta
+    z = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    share = np.exp(z - np.logaddexp.reduce(z, axis=0))
+    return tuple(p for t, names in TERMS.items() if share[t].max() < NEGLIGIBLE for p in names)
 
 
 def refit(args: tuple[np.ndarray, ...], theta0: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -304,8 +304,10 @@ def joint_law_html(entry: dict | None, has_key: bool, family: str, level: float)
             f"{esc(entry.get('n_points'))} 16-bit checkpoint losses).</p>"
         )
     ci = entry.get("ci") or {}
+    unseen = set(entry.get("unidentified") or [])
     params = ", ".join(
         f"{name} = {esc(with_interval(entry.get(p), ci.get(p)))}"
+        + (" (not identified: its term stays under 0.1% of the loss)" if p in unseen else "")
         for p, name in (("E", "E"), ("A", "A"), ("alpha", "α"), ("B", "B"), ("beta", "β"))
     )
     fit = entry.get("fit") or {}
