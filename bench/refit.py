@@ -113,6 +113,9 @@ def gaps(warm: dict, cold: dict) -> tuple[dict[str, float | None], dict[str, str
             w = warm_by.get(key(c))
             for p in params:
                 name = f"{law}.{p}"
+                if p in (c.get("unidentified") or []):  # no interval: the data do not show its term
+                    where.setdefault(name, f"{key(c)}: not identified (no interval), skipped")
+                    continue
                 out.setdefault(name, None)
                 if w is None or w.get("status") != OK or w.get(p) is None or c.get(p) is None:
                     out[name] = float("inf")  # ok cold but no warm number: a disagreement

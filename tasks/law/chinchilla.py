@@ -16,9 +16,9 @@ best grid points.
 Intervals: the replication's bootstrap. Points are resampled with replacement and each replicate
 is refit from the point estimate (batched Gauss-Newton: ~100x faster than a loop of L-BFGS-B, same
 spread to 3 digits); an interval is the equal-tailed percentile interval of the replicates. On the
-Chinchilla data the replicates' SDs match the replication's standard errors. In simulation the
-90% intervals cover 85-100% and are 1.1-1.4x as wide as the estimates spread (resampling a
-designed grid loses some of its sizes and token counts): conservative, not overconfident.
+Chinchilla data the replicates' SDs match the replication's standard errors. In simulation (40
+repetitions of two truths, 0.2% loss noise) the 90% intervals cover 82-98% and are 0.9-1.2x as
+wide as the estimates spread.
 The law is identified only when sizes and token counts both vary (3 distinct values each) and at
 least 3 points are left beyond the 5 parameters; otherwise there is no fit.
 """

@@ -97,8 +97,10 @@ class JointLaw:
         n, d = np.broadcast_arrays(np.atleast_1d(np.asarray(n, float)), np.atleast_1d(np.asarray(d, float)))
         est, boot = self.surface.loss(n, d)
         info = self.specs.get(quant)
-        if info is None or info.bits >= 16:
-            return (est, boot) if info is not None or quant in ("fp16", "bf16") else None
+        if info is None:
+            return (est, boot) if quant in ("fp16", "bf16") else None
+        if info.bits >= 16:
+            return est, boot
         model = self.damage.get(info.scheme)
         if model is None:
             return None
@@ -257,7 +259,7 @@ def held_out_checks(df: pl.DataFrame, forms, config: FitConfig, warm) -> tuple[d
     """The largest size, then every size's latest checkpoint, left out and predicted."""
     largest = pl.col("size") == df["size"].max()
     latest_d = pl.col("tokens_seen") == pl.col("tokens_seen").max().over("size")
-    by_size = holdout(df, ~largest & pl.lit(True), "joint_largest_size", forms, config, warm)
+    by_size = holdout(df, ~largest, "joint_largest_size", forms, config, warm)
     by_step = holdout(df, ~latest_d, "joint_latest_checkpoint", forms, config, warm)
     top = df.filter(largest)
     out = {
