@@ -150,7 +150,9 @@ def _prediction_summary(doc: dict[str, Any]) -> None:
         console.print(
             f"within {b['memory_gb']:g} GB at D = {b['tokens']:.3g}: best {best['quant']} at N = "
             f"{best['n_params']:.3g} (loss {_fmt(best['loss'], '.4f')}, "
-            f"P(best) {_fmt(best['p_best'], '.2f')}); "
+            f"P(best) {_fmt(best['p_best'], '.2f')}"
+            + (f"; {best['beyond_range']:.3g}x the largest size measured" if best["beyond_range"] > 1 else "")
+            + "); "
             f"the planned N fits at: {', '.join(b['planned']['fits_at']) or 'no spec'}"
             + (f" (best of those: {b['planned']['best_quant']})" if b["planned"]["best_quant"] else "")
         )

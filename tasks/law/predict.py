@@ -91,8 +91,9 @@ def loss_at(law: JointLaw, n: float, d: float, level: float) -> list[dict]:
     return out
 
 
-def budget(law: JointLaw, memory_gb: float, n: float, d: float, level: float) -> dict:
-    """The best (size, spec) within memory_gb at d tokens, and where the planned n stands."""
+def budget(law: JointLaw, memory_gb: float, n: float, d: float, level: float, n_max: float = np.inf) -> dict:
+    """The best (size, spec) within memory_gb at d tokens, and where the planned n stands;
+    `beyond_range`: how many times the largest measured size (n_max) an option's size is."""
     options, draws = [], []
     for quant in spec_order(law):
         size = memory_gb * GB_BITS / float(law.memory_bits(1.0, quant))
@@ -101,7 +102,15 @@ def budget(law: JointLaw, memory_gb: float, n: float, d: float, level: float) ->
             continue
         est, boot = pred
         ci = _ci(boot[:, 0], level)
-        options.append({"quant": quant, "n_params": num(size), "loss": num(est[0]), "ci": ci})
+        options.append(
+            {
+                "quant": quant,
+                "n_params": num(size),
+                "loss": num(est[0]),
+                "ci": ci,
+                "beyond_range": num(max(size / n_max, 1.0)),
+            }
+        )
         draws.append(boot[:, 0])
     if not options:
         return {"memory_gb": memory_gb, "status": NO_DATA}
@@ -218,7 +227,9 @@ def predict(
             "tokens": num(max(tokens / seen.max(), 1.0)),
         },
         "predictions": loss_at(law, n_params, tokens, level),
-        "budget": None if memory_gb is None else budget(law, memory_gb, n_params, tokens, level),
+        "budget": None
+        if memory_gb is None
+        else budget(law, memory_gb, n_params, tokens, level, float(sizes.max())),
         "damage_threshold": {
             "nats": threshold,
             "n_params": n_params,
