@@ -6,10 +6,11 @@ Besiroglu et al. (2024) extraction of the Chinchilla runs has `Model Size`, `Tra
 "published"), so `kbitlaw fit --results runs.csv` fits the joint law's 16-bit part to it.
 
 Columns are matched ignoring case, spaces, dashes and underscores:
-- size:   n_params | n | params | parameters | model_size
-- tokens: tokens | d | tokens_seen | training_tokens | data; or compute: flop | flops | c |
-          training_flop | compute, with D = C / (6 N) (as the replication derived its tokens);
-- loss:   loss | final_loss | eval_loss | l;
+- size:   n_params | n | params | parameters | model_size | num_params | non_embedding_params | ...
+- tokens: tokens | d | tokens_seen | training_tokens | data | n_tokens | data_size; or compute:
+          flop | flops | c | training_flop(s) | compute, with D = C / (6 N) (as the replication
+          derived its tokens);
+- loss:   loss | final_loss | eval_loss | validation_loss | val_loss | test_loss | l;
 - optional: family (default: the file's stem), quant (a spec; rows below 16 bits are quantized
   losses of the run with the same size and tokens), stderr, excluded (true: kept in the file, left
   out of the fit, e.g. the replication's 5 highest-loss runs).
@@ -25,10 +26,19 @@ from kbitlaw.law.table import ResultsError
 from kbitlaw.quant.spec import QuantSpec
 
 ALIASES = {
-    "n_params": ("nparams", "n", "params", "parameters", "modelsize"),
-    "tokens": ("tokens", "d", "tokensseen", "trainingtokens", "data"),
-    "flop": ("flop", "flops", "c", "trainingflop", "compute"),
-    "loss": ("loss", "finalloss", "evalloss", "l"),
+    "n_params": (
+        "nparams",
+        "n",
+        "params",
+        "parameters",
+        "modelsize",
+        "numparams",
+        "nonembeddingparams",
+        "modelparams",
+    ),
+    "tokens": ("tokens", "d", "tokensseen", "trainingtokens", "data", "ntokens", "numtokens", "datasize"),
+    "flop": ("flop", "flops", "c", "trainingflop", "trainingflops", "compute"),
+    "loss": ("loss", "finalloss", "evalloss", "validationloss", "valloss", "testloss", "l"),
     "family": ("family",),
     "quant": ("quant",),
     "stderr": ("stderr",),

@@ -158,6 +158,7 @@ def heading_plot(table: pl.DataFrame, doc: dict, family: str) -> Figure:
     if not specs:
         empty_note(ax_dmg, f"no quantized spec: {NO_DATA}")
     else:
+        shown: list[float] = []  # the lines' and points' values: what the y axis must show
         ref = fit16.filter(pl.col("n_params") == top).sort("tokens_seen")
         ref_obs = obs16.filter(pl.col("n_params") == top).select("tokens_seen", ref=pl.col("value"))
         for q in specs:
@@ -178,9 +179,12 @@ def heading_plot(table: pl.DataFrame, doc: dict, family: str) -> Figure:
                 lo, hi = own["lo"].to_numpy(), own["hi"].to_numpy()
             ax_dmg.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
             name = f"{q} ({int(joined['bits'][0])}-bit{', recommended' if q == recommended else ''})"
+            shown += [float(v) for v in y if np.isfinite(v)]
             ax_dmg.plot(x[seen], y[seen], "-", color=color, lw=2, label=name)
             ax_dmg.plot(x[ahead], y[ahead], "--", color=color, lw=2)
             pts = obs.filter(pl.col("n_params") == top, pl.col("quant") == q).join(ref_obs, on="tokens_seen")
+            observed = (pts["value"] - pts["ref"]).to_list()
+            shown += [float(v) for v in observed if v is not None and np.isfinite(v)]
             ax_dmg.scatter(
                 pts["tokens_seen"],
                 pts["value"] - pts["ref"],
@@ -190,6 +194,10 @@ def heading_plot(table: pl.DataFrame, doc: dict, family: str) -> Figure:
                 edgecolor="white",
                 lw=0.5,
             )
+        if shown:  # a wild bootstrap band (e.g. a width or size far from the data) must not hide the lines
+            low, high = min(0.0, min(shown)), max(shown)
+            pad = 0.15 * (high - low or abs(high) or 1.0)
+            ax_dmg.set_ylim(low - pad, high + 2 * pad)
         ax_dmg.axhline(0, color="#888", lw=1)
         tokens_axis(ax_dmg)
         ax_dmg.set_ylabel("Damage dL (nats/token)", fontsize=11)

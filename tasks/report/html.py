@@ -339,6 +339,15 @@ def joint_law_html(entry: dict | None, has_key: bool, family: str, level: float)
         + esc(held_out_text("every size's latest checkpoint", held.get("latest_checkpoint")))
         + ".</p>"
     )
+    latest = held.get("latest_checkpoint") or {}
+    if latest.get("points") and (latest.get("flagged") or 0) > 0.25 * latest["points"]:
+        held_html += (
+            "<p class='note'>The law missed most of the latest checkpoints. Fitted on the checkpoints "
+            "of training runs, it treats each as a model trained to its token count; when the learning "
+            "rate decays to the end of a run (the demo's cosine schedule does), the last checkpoint "
+            "drops below the trend of the earlier ones, so predictions of a run's end are too high. "
+            "Read its predictions across sizes with more trust than its predictions along a run.</p>"
+        )
     return law + damage_html + held_html
 
 
