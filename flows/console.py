@@ -101,6 +101,17 @@ def predict_command(
     return 0
 
 
+UNBOUNDED_NATS = 100.0  # no language model's loss comes near it: a bound past it is no bound
+
+
+def _nats_interval(ci: list, spec: str) -> str:
+    """'lo..hi', with 'unbounded' for an upper end the data do not bound (bootstrap refits of a
+    noise-dominated damage law diverge when extrapolated; the JSON keeps the numbers)."""
+    lo, hi = ci
+    top = "unbounded" if hi is not None and hi > UNBOUNDED_NATS else _fmt(hi, spec)
+    return f"{_fmt(lo, spec)}..{top}"
+
+
 def _prediction_summary(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -139,9 +150,9 @@ def _prediction_summary(doc: dict[str, Any]) -> None:
             _fmt(p["bits_per_param"], ".3f"),
             _fmt(p["memory_gb"], ".3g"),
             _fmt(p["loss"], ".4f"),
-            f"{_fmt(p['ci'][0], '.4f')}..{_fmt(p['ci'][1], '.4f')}",
+            _nats_interval(p["ci"], ".4f"),
             _fmt(p["damage"], "+.4f"),
-            f"{_fmt(p['damage_ci'][0], '+.4f')}..{_fmt(p['damage_ci'][1], '+.4f')}",
+            _nats_interval(p["damage_ci"], "+.4f"),
         )
     console.print(table)
     b = doc["budget"]
