@@ -122,6 +122,7 @@ def _prediction_summary(doc: dict[str, Any]) -> None:
     console.print(
         f"family {doc['family']}: L(N, D) = {_fmt(law['E'])} + {_fmt(law['A'])}/N^{_fmt(law['alpha'])} "
         f"+ {_fmt(law['B'])}/D^{_fmt(law['beta'])} + damage(N, D, k)"
+        + (f"; not identified: {', '.join(law['unidentified'])}" if law.get("unidentified") else "")
     )
     lo, hi = doc["fitted_range"]["n_params"], doc["fitted_range"]["tokens"]
     where = "outside" if doc["extrapolated"] else "inside"

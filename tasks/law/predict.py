@@ -211,7 +211,7 @@ def predict(
         "n_params": n_params,
         "tokens": tokens,
         "level": level,
-        "law": {k: entry.get(k) for k in ("status", "E", "A", "alpha", "B", "beta", "ci")}
+        "law": {k: entry.get(k) for k in ("status", "E", "A", "alpha", "B", "beta", "ci", "unidentified")}
         | {
             "damage_forms": {s["scheme"]: s["form"] for s in entry["damage"]["schemes"]},
             "heldout_error": entry.get("heldout_error"),
