@@ -186,3 +186,32 @@ def test_a_term_the_data_do_not_show_has_no_interval(seed):
     fit = fit_surface(n, d, loss, n_boot=100, rng=np.random.default_rng(0))
     lo, _ = fit.ci(0.9)["E"]
     assert "E" in fit.unidentified or lo < 1e-3
+
+
+def test_a_runs_table_with_quantized_losses_fits_the_damage_too(tmp_path):
+    from kbitlaw.law.document import FitConfig, fit_laws
+    from kbitlaw.law.sim import World
+    from kbitlaw.quant.spec import QuantSpec
+
+    world, rng, rows = World(), np.random.default_rng(0), []
+    for n in 1e8 * 4.0 ** np.arange(4):
+        for d in 2e9 * 2.0 ** np.arange(5):
+            for q in ("bf16", "int3", "int4", "int5", "int6"):
+                loss = world.loss16(n, d) + world.damage(np.array(n), np.array(d), QuantSpec.parse(q))
+                rows.append(
+                    {
+                        "params": n,
+                        "tokens": d,
+                        "quant": q,
+                        "loss": float(loss) * np.exp(0.001 * rng.standard_normal()),
+                    }
+                )
+    path = tmp_path / "quantized_runs.csv"
+    pl.DataFrame(rows).write_csv(path)
+    doc = fit_laws(read_results_file(path), FitConfig(n_boot=100)).doc
+    law = doc["joint_law"]
+    assert law["status"] == "ok" and law["alpha"] == pytest.approx(world.alpha, abs=0.02)
+    (scheme,) = law["damage"]["schemes"]
+    assert scheme["scheme"] == "int<k>" and scheme["status"] == "ok"
+    assert scheme["beta"] == pytest.approx(world.damage_beta, abs=0.05)
+    assert scheme["gamma"] == pytest.approx(world.damage_gamma, rel=0.1)

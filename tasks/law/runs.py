@@ -95,6 +95,9 @@ def runs_to_results(df: pl.DataFrame, name: str) -> tuple[pl.DataFrame, int]:
             raise ResultsError(f"column 'quant': {exc}") from None
     bits = {q: float(s.bits) for q, s in specs.items()}
     bpp = {q: float(s.bits_per_param) for q, s in specs.items()}
+    dtype = {q: s.dtype for q, s in specs.items()}
+    block = {q: float(s.block_size) if s.block_size else None for q, s in specs.items()}
+    outliers = {q: float(s.outlier_pct) for q, s in specs.items()}
     # One checkpoint per (family, size, tokens): a run's quantized losses share its checkpoint.
     run_id = (
         pl.col("family")
@@ -109,6 +112,9 @@ def runs_to_results(df: pl.DataFrame, name: str) -> tuple[pl.DataFrame, int]:
         tokens_seen=pl.col("tokens"),
         bits=pl.col("quant").replace_strict(bits, return_dtype=pl.Float64),
         bits_per_param=pl.col("quant").replace_strict(bpp, return_dtype=pl.Float64),
+        dtype=pl.col("quant").replace_strict(dtype, return_dtype=pl.String),
+        block_size=pl.col("quant").replace_strict(block, return_dtype=pl.Float64),
+        outlier_pct=pl.col("quant").replace_strict(outliers, return_dtype=pl.Float64),
         dataset=pl.lit("published"),
         kind=pl.lit("perplexity"),
         metric=pl.lit("loss"),
