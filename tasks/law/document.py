@@ -25,7 +25,8 @@ import polars as pl
 from kbitlaw.law.common import OK, FitConfig, json_safe, table_rows
 from kbitlaw.law.damage import fit_damage
 from kbitlaw.law.frontier import fit_frontiers
-from kbitlaw.law.joint import fit_joint_laws
+from kbitlaw.law.joint import fit_joint_laws, loss_points
+from kbitlaw.law.predict import runs_in_progress
 from kbitlaw.law.scaling import fit_power_laws_by_spec, fit_thresholds, linear_curves
 from kbitlaw.law.table import (
     components,
@@ -118,7 +119,10 @@ def fit_laws(
     thresholds, t_checks, t_rows = fit_thresholds(latest, comp_latest, config, warm)
     power, p_checks, p_rows = fit_power_laws_by_spec(latest, config, warm)
     damage, d_checks, d_rows = fit_damage(points, config.n_boot, config.seed, config.level)
-    joint, _, j_rows, _ = fit_joint_laws(points, damage, config, previous)
+    joint, _, j_rows, laws = fit_joint_laws(points, damage, config, previous)
+    for entry in joint:  # where each run still training is predicted to end
+        if law := laws.get(entry["family"]):
+            entry["in_progress"] = runs_in_progress(law, loss_points(points, law.family), config.level)
     curves = linear_curves(latest, config.min_sizes)
     point_rows = table_rows(
         "point",

@@ -353,6 +353,7 @@ def insufficient_entry(family: str, n_points: int) -> dict:
         "held_out": None,
         "n_points": n_points,
         "running_check": [],
+        "in_progress": [],
         "checkpoint_ids": [],
     }
 

@@ -42,6 +42,7 @@ from kbitlaw.report.html import (
     datasets_html,
     extrapolation_table,
     figure,
+    in_progress_html,
     joint_law_html,
     link,
     metrics_html,
@@ -214,6 +215,7 @@ def heading_html(doc: dict, family: str, by_id: dict[str, str]) -> str:
     return (
         by_id["heading"]
         + text
+        + in_progress_html(entry.get("in_progress") or [], level)
         + "<h3>Past predictions against what came in</h3>"
         + running_check_table(running, level)
         + check_fig

@@ -351,6 +351,41 @@ def joint_law_html(entry: dict | None, has_key: bool, family: str, level: float)
     return law + damage_html + held_html
 
 
+def in_progress_html(runs: list[dict], level: float) -> str:
+    """The runs still training (their latest checkpoint's tokens_planned beyond tokens_seen) and
+    the loss the joint law predicts at each one's planned end, per spec; nothing when none."""
+    if not runs:
+        return ""
+    rows = []
+    for run in runs:
+        preds = sorted(run.get("predictions") or [], key=lambda p: p.get("loss") or math.inf)
+        best = preds[0]["quant"] if preds else None
+        for p in run.get("predictions") or []:
+            rows.append(
+                [
+                    f"<code>{esc(run.get('checkpoint_id'))}</code>",
+                    f"{sig(run.get('tokens_seen'))} of {sig(run.get('tokens_planned'))}",
+                    esc(p.get("quant")) + (" (lowest)" if p.get("quant") == best else ""),
+                    esc(with_interval(p.get("loss"), p.get("ci"), 4)),
+                    esc(with_interval(p.get("damage"), p.get("damage_ci"), 2)),
+                ]
+            )
+    ends = "; ".join(
+        f"<code>{esc(r.get('checkpoint_id'))}</code>: {esc(with_interval(p.get('loss'), p.get('ci'), 4))} "
+        f"at {esc(p.get('quant'))}"
+        for r in runs
+        for p in (r.get("predictions") or [])[:1]  # the widest spec first: 16-bit
+    )
+    return (
+        f"<h3>Runs in progress: predicted at their planned end</h3><p>{len(runs)} run(s) have not "
+        f"reached the tokens their <code>kbitlaw.json</code> plans; the joint law's loss at the end of "
+        f"each ({level:.0%} intervals): {ends}.</p>"
+        + "<details><summary>every run and spec</summary>"
+        + table(["latest checkpoint", "tokens seen", "spec", "loss at the end", "damage"], rows)
+        + "</details>"
+    )
+
+
 def newest_first(entries: list[dict]) -> list[dict]:
     """The newest RUNNING_CHECK_ROWS running-check entries, newest fit first; within a fit the
     latest checkpoint first, the largest size first, the 16-bit spec first."""
