@@ -108,7 +108,8 @@ def _nats_interval(ci: list, spec: str) -> str:
     """'lo..hi', with 'unbounded' for an upper end the data do not bound (bootstrap refits of a
     noise-dominated damage law diverge when extrapolated; the JSON keeps the numbers)."""
     lo, hi = ci
-    top = "unbounded" if hi is not None and hi > UNBOUNDED_NATS else _fmt(hi, spec)
+    unbounded = (hi is None and lo is not None) or (hi is not None and hi > UNBOUNDED_NATS)
+    top = "unbounded" if unbounded else _fmt(hi, spec)
     return f"{_fmt(lo, spec)}..{top}"
 
 

@@ -38,7 +38,7 @@ def simulate(seed: int, world: World = World(loss_noise=0.001), **kw) -> pl.Data
 def joint(df: pl.DataFrame, config: FitConfig = CONFIG, previous=None) -> list[dict]:
     points = metric_points(components(drop_unusable(normalise(df))[0]))[0]
     damage, _, _ = fit_damage(points, config.n_boot, config.seed, config.level)
-    entries, _, _, _ = fit_joint_laws(points, damage, config, previous)
+    entries, _, _ = fit_joint_laws(points, damage, config, previous)
     return entries
 
 
@@ -185,6 +185,7 @@ def test_heading_rows_reach_past_the_latest_checkpoint():
     rows = fit.table.filter(pl.col("law") == "joint", pl.col("section") == "fit")
     assert rows["tokens_seen"].max() == pytest.approx(4 * TOKENS[-1])
     assert set(rows["quant"]) == set(SPECS)
+    assert rows["lo"].null_count() == 0 and rows["hi"].null_count() == 0
     assert (rows["lo"] <= rows["fitted"]).all() and (rows["fitted"] <= rows["hi"]).all()
     observed = fit.table.filter(pl.col("law") == "joint", pl.col("section") == "observed")
     assert observed.height == len(SIZES) * len(TOKENS) * len(SPECS)

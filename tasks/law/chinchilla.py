@@ -71,12 +71,17 @@ def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
     return np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta)).sum(-1)
 
 
+def terms(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> np.ndarray:
+    """The log of each term of L at the points, [3, m]: log(A/N^alpha), log(B/D^beta), log E."""
+    a, b, e, alpha, beta = theta
+    return np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+
+
 def objective(
     theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray
 ) -> tuple[float, np.ndarray]:
     """The approach-3 objective and its gradient in (a, b, e, alpha, beta)."""
-    a, b, e, alpha, beta = theta
-    z = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    z = terms(theta, log_n, log_d)
     top = z.max(axis=0)
     w = np.exp(z - top)
     total = w.sum(axis=0)
@@ -201,8 +206,7 @@ def negligible_terms(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) ->
     sits on a flat direction of the objective (E -> 0 with a steep A N^-alpha, for instance): its
     value is arbitrary and bootstrap refits from the estimate do not move along it, so an interval
     would claim a precision the data do not have."""
-    a, b, e, alpha, beta = theta
-    z = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    z = terms(theta, log_n, log_d)
     share = np.exp(z - np.logaddexp.reduce(z, axis=0))
     return tuple(p for t, names in TERMS.items() if share[t].max() < NEGLIGIBLE for p in names)
 

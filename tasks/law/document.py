@@ -119,7 +119,7 @@ def fit_laws(
     thresholds, t_checks, t_rows = fit_thresholds(latest, comp_latest, config, warm)
     power, p_checks, p_rows = fit_power_laws_by_spec(latest, config, warm)
     damage, d_checks, d_rows = fit_damage(points, config.n_boot, config.seed, config.level)
-    joint, _, j_rows, laws = fit_joint_laws(points, damage, config, previous)
+    joint, j_rows, laws = fit_joint_laws(points, damage, config, previous)
     for entry in joint:  # where each run still training is predicted to end
         if law := laws.get(entry["family"]):
             entry["in_progress"] = runs_in_progress(law, loss_points(points, law.family), config.level)

@@ -8,8 +8,10 @@
   predicted held-out data better (law/damage.py): Ouyang et al.'s power form C D^beta/(N^alpha k^gamma)
   or Kumar et al.'s exponential C D^beta/N^alpha e^(-k/gamma), judged on bit widths left out
   (choose_forms); when the data cannot tell them apart, the power form.
-A prediction adds a replicate of each part (the two bootstraps are independent), so its interval
-carries both uncertainties.
+A prediction adds a replicate of each part, so its interval carries both uncertainties (the two
+bootstraps are drawn independently; both draw on the same 16-bit losses, so they are only nearly
+independent). The bootstrap resamples checkpoints as independent points; checkpoints of one run
+share its schedule, which the forward checks below expose when it matters.
 
 The law is checked as it will be used, forwards: refit without the family's largest size, then
 without every size's latest checkpoint, and predict what was left out (`held_out`; each point is
@@ -56,9 +58,14 @@ def loss_points(points: pl.DataFrame, family: str) -> pl.DataFrame:
 
 
 def size_groups(n: pl.Series) -> pl.Series:
-    """A model-size index per row: sizes within SIZE_TOLERANCE of the previous one share it."""
+    """A model-size index per row: sizes within SIZE_TOLERANCE of the smallest of a group share it
+    (measured from the group's start, so a chain of close sizes does not merge into one)."""
     values = np.sort(np.unique(n.to_numpy().astype(float)))
-    group = np.cumsum(np.r_[0, values[1:] / values[:-1] > SIZE_TOLERANCE])
+    group, start, index = np.zeros(len(values), dtype=np.int64), values[0] if len(values) else 0.0, 0
+    for i, v in enumerate(values):
+        if v > start * SIZE_TOLERANCE:
+            index, start = index + 1, v
+        group[i] = index
     return pl.Series("size", group[np.searchsorted(values, n.to_numpy().astype(float))], dtype=pl.Int64)
 
 
@@ -233,9 +240,15 @@ def predict_points(law: JointLaw, held: pl.DataFrame, name: str, level: float) -
     return checks
 
 
-def holdout(df: pl.DataFrame, train: pl.Expr, name: str, forms, config: FitConfig, warm) -> list[dict] | None:
-    """Refit on the `train` rows and predict the others; None when the rest cannot be fitted."""
-    law = fit_joint(df.filter(train), df["family"][0], forms, config, warm, salt=name)
+def holdout(df: pl.DataFrame, train: pl.Expr, name: str, config: FitConfig, warm=None) -> list[dict] | None:
+    """Refit on the `train` rows alone, damage forms chosen again from them too, and predict the
+    others; None when the rest cannot be fitted."""
+    from kbitlaw.law.damage import fit_damage
+
+    rows, family = df.filter(train), df["family"][0]
+    entries, _, _ = fit_damage(rows.drop("scheme", "size"), config.n_boot, config.seed, config.level)
+    forms = {scheme: f["form"] for scheme, f in choose_forms(entries, family).items()}
+    law = fit_joint(rows, family, forms, config, warm, salt=name)
     if law is None:
         return None
     return predict_points(law, df.filter(~train), name, config.level)
@@ -255,12 +268,13 @@ def summary(checks: list[dict] | None, **about) -> dict:
     }
 
 
-def held_out_checks(df: pl.DataFrame, forms, config: FitConfig, warm) -> tuple[dict, list[dict]]:
-    """The largest size, then every size's latest checkpoint, left out and predicted."""
+def held_out_checks(df: pl.DataFrame, config: FitConfig) -> tuple[dict, list[dict]]:
+    """The largest size, then every size's latest checkpoint, left out and predicted by a cold
+    refit on the rest (nothing of the left-out points reaches it, not even as a starting point)."""
     largest = pl.col("size") == df["size"].max()
     latest_d = pl.col("tokens_seen") == pl.col("tokens_seen").max().over("size")
-    by_size = holdout(df, ~largest, "joint_largest_size", forms, config, warm)
-    by_step = holdout(df, ~latest_d, "joint_latest_checkpoint", forms, config, warm)
+    by_size = holdout(df, ~largest, "joint_largest_size", config)
+    by_step = holdout(df, ~latest_d, "joint_latest_checkpoint", config)
     top = df.filter(largest)
     out = {
         "largest_size": {
@@ -273,10 +287,13 @@ def held_out_checks(df: pl.DataFrame, forms, config: FitConfig, warm) -> tuple[d
 
 
 def running_check(
-    df: pl.DataFrame, previous: dict | None, previous_sha: str | None, forms, config: FitConfig
+    df: pl.DataFrame, previous: dict | None, previous_sha: str | None, config: FitConfig
 ) -> list[dict]:
     """Past predictions against what came in: the previous entries, then for the checkpoints new
-    since the previous fit, what the law fitted without them predicted."""
+    since the previous fit, what the law predicts for them when refitted, from the previous fit's
+    parameters, on the checkpoints that fit had (`predicted_by` names that fit). It is a refit, not
+    the stored prediction: the old checkpoints' results are today's (a re-evaluation shows), and
+    the damage forms are chosen again on them."""
     if not previous or previous.get("status") != OK:
         return []
     past = list(previous.get("running_check") or [])
@@ -286,7 +303,7 @@ def running_check(
     if not seen or new.height == 0:
         return past[-RUNNING_CHECK_KEEP:]
     warm = warm_theta(previous)
-    checks = holdout(df, is_old, "joint_running_check", forms, config, warm) or []
+    checks = holdout(df, is_old, "joint_running_check", config, warm) or []
     fresh = [{**c, "predicted_by": previous_sha} for c in checks]
     return (past + fresh)[-RUNNING_CHECK_KEEP:]
 
@@ -446,11 +463,9 @@ def fit_joint_laws(
     damage_entries: list[dict],
     config: FitConfig,
     previous: Mapping | None = None,
-    checks: bool = True,
-) -> tuple[list[dict], list[dict], list[pl.DataFrame], dict[str, JointLaw]]:
-    """The joint law of every family: doc entries, extrapolation checks, table rows, the laws.
-    `checks=False` skips the held-out refits, the running check and the table (for predict)."""
-    entries, all_checks, rows, laws = [], [], [], {}
+) -> tuple[list[dict], list[pl.DataFrame], dict[str, JointLaw]]:
+    """The joint law of every family: doc entries, long-table rows, the fitted laws."""
+    entries, rows, laws = [], [], {}
     for family in sorted(points["family"].unique().to_list()):
         df = loss_points(points, family)
         before = previous_entry(previous, family)
@@ -461,10 +476,8 @@ def fit_joint_laws(
         if law is None:
             entries.append(insufficient_entry(family, sixteen_bit(df).height if df.height else 0))
             continue
-        held, held_checks, running = None, [], []
-        if checks:
-            held, held_checks = held_out_checks(df, form_of, config, warm)
-            running = running_check(df, before, (previous or {}).get("results_sha"), form_of, config)
+        held, held_checks = held_out_checks(df, config)
+        running = running_check(df, before, (previous or {}).get("results_sha"), config)
         errors = [c["error"] for c in held_checks if c["status"] == OK]
         entries.append(
             {
@@ -488,8 +501,6 @@ def fit_joint_laws(
                 "checkpoint_ids": law.checkpoint_ids,
             }
         )
-        all_checks.extend(held_checks)
-        if checks:
-            rows.extend(heading_rows(law, df, config.level, config.grid_points))
+        rows.extend(heading_rows(law, df, config.level, config.grid_points))
         laws[family] = law
-    return entries, all_checks, rows, laws
+    return entries, rows, laws

@@ -20,7 +20,6 @@ import polars as pl
 
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, num
 from kbitlaw.law.joint import JointLaw, loss_points
-from kbitlaw.law.solve import interval
 
 DEFAULT_THRESHOLD = 0.1  # nats
 TRUST = ("status", "points", "flagged", "rms_error", "n_params")  # what predict shows of a hold-out
@@ -48,7 +47,7 @@ def fit_for_prediction(results: pl.DataFrame, config: FitConfig, family: str | N
         raise PredictError(f"no family {family!r} in the results (families: {', '.join(families) or 'none'})")
     family_points = points.filter(pl.col("family") == family)
     damage, _, _ = fit_damage(family_points, config.n_boot, config.seed, config.level)
-    entries, _, _, laws = fit_joint_laws(family_points, damage, config)
+    entries, _, laws = fit_joint_laws(family_points, damage, config)
     if family not in laws:
         raise PredictError(
             f"family {family!r}: {NO_DATA} for the joint law (it needs 16-bit losses at 3 sizes and 3 token "
@@ -58,7 +57,16 @@ def fit_for_prediction(results: pl.DataFrame, config: FitConfig, family: str | N
 
 
 def _ci(boot: np.ndarray, level: float) -> list[float | None]:
-    return [num(v) for v in interval(boot, level)]
+    """The equal-tailed interval of the replicates, keeping those that diverged to +-inf (a
+    replicate whose law never reaches a value, or overflows, still counts): an end that lands on
+    one is None, i.e. unbounded. NaN replicates (failed refits) are left out."""
+    s = np.asarray(boot, dtype=float)
+    s = s[~np.isnan(s)]
+    if s.size < 2:
+        return [None, None]
+    tail = (1.0 - level) / 2
+    lo, hi = np.quantile(s, [tail, 1.0 - tail], method="inverted_cdf")
+    return [num(lo), num(hi)]
 
 
 def spec_order(law: JointLaw) -> list[str]:
@@ -116,7 +124,7 @@ def budget(law: JointLaw, memory_gb: float, n: float, d: float, level: float, n_
         return {"memory_gb": memory_gb, "status": NO_DATA}
     m = min(len(b) for b in draws)
     stacked = np.stack([b[:m] for b in draws])
-    finite = np.isfinite(stacked).all(axis=0)
+    finite = ~np.isnan(stacked).any(axis=0)  # a diverged (inf) spec simply does not win
     wins = np.bincount(np.argmin(stacked[:, finite], axis=0), minlength=len(options)) / max(finite.sum(), 1)
     for option, p in zip(options, wins, strict=True):
         option["p_best"] = num(p)
@@ -154,12 +162,13 @@ def tokens_until(law: JointLaw, n: float, threshold: float, level: float) -> lis
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             est = d_ref * (threshold / d_est[0]) ** (1.0 / beta) if beta > 0 else np.inf
             boot = np.where(beta_boot > 0, d_ref * (threshold / d_boot[:, 0]) ** (1.0 / beta_boot), np.inf)
+            boot[np.isnan(beta_boot)] = np.nan  # a failed refit, not one whose damage never grows
         finite = np.isfinite(est)
         out.append(
             {
                 "quant": quant,
                 "tokens": num(est),
-                "ci": _ci(np.where(np.isfinite(boot), boot, np.nan), level) if finite else [None, None],
+                "ci": _ci(boot, level) if finite else [None, None],
                 "note": None if np.isfinite(est) else "damage does not grow with tokens in this law",
             }
         )
@@ -175,7 +184,10 @@ def runs_in_progress(law: JointLaw, points: pl.DataFrame, level: float) -> list[
         points.sort("tokens_seen", descending=True)
         .group_by("size", maintain_order=True)
         .first()
-        .filter(pl.col("tokens_planned").is_not_null(), pl.col("tokens_planned") > pl.col("tokens_seen"))
+        # a plan within 1% of what was seen is a finished run (budgets are rounded to whole batches)
+        .filter(
+            pl.col("tokens_planned").is_not_null(), pl.col("tokens_planned") > 1.01 * pl.col("tokens_seen")
+        )
         .sort("n_params")
     )
     return [
@@ -221,7 +233,9 @@ def predict(
             "n_params": [num(sizes.min()), num(sizes.max())],
             "tokens": [num(seen.min()), num(seen.max())],
         },
-        "extrapolated": bool(n_params > sizes.max() or n_params < sizes.min() or tokens > seen.max()),
+        "extrapolated": bool(
+            n_params > sizes.max() or n_params < sizes.min() or tokens > seen.max() or tokens < seen.min()
+        ),
         "beyond_range": {
             "n_params": num(max(n_params / sizes.max(), 1.0)),
             "tokens": num(max(tokens / seen.max(), 1.0)),

@@ -18,12 +18,15 @@ Columns are matched ignoring case, spaces, dashes and underscores:
 
 from __future__ import annotations
 
+import logging
 import re
 
 import polars as pl
 
 from kbitlaw.law.table import ResultsError
 from kbitlaw.quant.spec import QuantSpec
+
+log = logging.getLogger(__name__)
 
 ALIASES = {
     "n_params": (
@@ -77,8 +80,26 @@ def runs_to_results(df: pl.DataFrame, name: str) -> tuple[pl.DataFrame, int]:
         )
     except pl.exceptions.PolarsError as exc:
         raise ResultsError(f"a size, token, loss or excluded column is not numeric/boolean: {exc}") from None
+    if runs.height == 0:
+        raise ResultsError("no runs (the table has a header and no rows)")
     if "tokens" not in runs.columns:
         runs = runs.with_columns(tokens=pl.col("flop") / (6.0 * pl.col("n_params")))
+    usable = pl.all_horizontal(
+        *(
+            pl.col(c).is_not_null() & pl.col(c).is_finite() & (pl.col(c) > 0)
+            for c in ("n_params", "tokens", "loss")
+        )
+    )
+    if not runs.select(usable.any()).item():
+        raise ResultsError(
+            "no usable runs: every row has a size, token count or loss that is missing, <= 0 or inf"
+        )
+    unusable = runs.height - runs.select(usable.sum()).item()
+    if unusable:
+        log.info(
+            "%s: %d runs with a missing, <= 0 or inf size, token count or loss are left out", name, unusable
+        )
+        runs = runs.filter(usable)
     excluded = int(runs["excluded"].fill_null(False).sum()) if "excluded" in runs.columns else 0
     if excluded:
         runs = runs.filter(~pl.col("excluded").fill_null(False))
@@ -98,13 +119,18 @@ def runs_to_results(df: pl.DataFrame, name: str) -> tuple[pl.DataFrame, int]:
     dtype = {q: s.dtype for q, s in specs.items()}
     block = {q: float(s.block_size) if s.block_size else None for q, s in specs.items()}
     outliers = {q: float(s.outlier_pct) for q, s in specs.items()}
-    # One checkpoint per (family, size, tokens): a run's quantized losses share its checkpoint.
+    # One checkpoint per (family, size, tokens): a run's quantized losses share its checkpoint. A
+    # table that repeats a run (same size, tokens and spec) keeps each repeat as its own checkpoint
+    # (-r1, -r2, .. in the order they come), so the bootstrap resamples every row the table has.
+    key = ["family", "n_params", "tokens", "quant"]
+    repeat = pl.int_range(pl.len()).over(key)
     run_id = (
         pl.col("family")
         + "/n"
-        + pl.col("n_params").round(0).cast(pl.Int64).cast(pl.String)
+        + pl.col("n_params").map_elements(lambda v: f"{v:.10g}", return_dtype=pl.String)
         + "/d"
-        + pl.col("tokens").round(0).cast(pl.Int64).cast(pl.String)
+        + pl.col("tokens").map_elements(lambda v: f"{v:.10g}", return_dtype=pl.String)
+        + pl.when(repeat > 0).then(pl.lit("-r") + repeat.cast(pl.String)).otherwise(pl.lit(""))
     )
     out = runs.with_columns(
         checkpoint_id=run_id,

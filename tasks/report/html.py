@@ -340,13 +340,13 @@ def joint_law_html(entry: dict | None, has_key: bool, family: str, level: float)
         + ".</p>"
     )
     latest = held.get("latest_checkpoint") or {}
-    if latest.get("points") and (latest.get("flagged") or 0) > 0.25 * latest["points"]:
+    if latest.get("points") and (latest.get("flagged") or 0) > 0.5 * latest["points"]:
         held_html += (
-            "<p class='note'>The law missed most of the latest checkpoints. Fitted on the checkpoints "
-            "of training runs, it treats each as a model trained to its token count; when the learning "
-            "rate decays to the end of a run (the demo's cosine schedule does), the last checkpoint "
-            "drops below the trend of the earlier ones, so predictions of a run's end are too high. "
-            "Read its predictions across sizes with more trust than its predictions along a run.</p>"
+            "<p class='note'>The law missed most of the latest checkpoints. A possible cause: fitted on "
+            "the checkpoints of training runs, it treats each as a model trained to its token count, "
+            "and when the learning rate decays to the end of a run (the demo's cosine schedule does) "
+            "the last checkpoint drops below the trend of the earlier ones. Until the running check "
+            "says otherwise, trust its predictions along a run less than across sizes.</p>"
         )
     return law + damage_html + held_html
 
@@ -444,7 +444,7 @@ def running_check_table(entries: list[dict], level: float) -> str:
         "observed",
         "predicted − observed (nats)",
         "tolerance",
-        "predicted by (fit)",
+        "refit on the checkpoints of (fit)",
     ]
     return intro + table(headers, rows, {2, 3, 4, 5, 6}, cls="running")
 
