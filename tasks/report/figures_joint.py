@@ -249,6 +249,10 @@ def running_check_plot(doc: dict, family: str) -> Figure:
     for i in range(1, len(batches)):
         if batches[i] != batches[i - 1]:
             ax.axvline(i + 0.5, color="#888", lw=1, ls=":")
+    errors = [c["predicted"] - c["observed"] for c in checks]
+    low, high = min(0.0, *errors), max(0.0, *errors)
+    pad = 0.5 * (high - low or 0.01)
+    ax.set_ylim(low - pad, high + pad)  # the errors decide the axis; an unbounded bar is clipped
     ax.axhline(0, color="#444", lw=1)
     ax.set_xlabel("Check, in the order the checkpoints came in", fontsize=11)
     ax.set_ylabel("Predicted minus observed loss (nats)", fontsize=11)

@@ -272,11 +272,18 @@ def sig(x: Any, digits: int = 3) -> str:
     return out[:-1] if out.endswith(".") else out
 
 
-def with_interval(value: Any, ci: Any, digits: int = 3) -> str:
-    """A number and its interval, '1.92 [1.90, 1.93]' (the number alone when the interval is unknown)."""
+UNBOUNDED_NATS = 100.0  # a loss interval reaching past this is not bounded by the data
+
+
+def with_interval(value: Any, ci: Any, digits: int = 3, nats: bool = False) -> str:
+    """A number and its interval, '1.92 [1.90, 1.93]' (the number alone when the interval is unknown).
+    nats=True: a loss, whose upper end past UNBOUNDED_NATS (a diverged bootstrap) reads 'unbounded'."""
     lo, hi = (list(ci) + [None, None])[:2] if isinstance(ci, (list, tuple)) else (None, None)
     unknown = any(v is None or (isinstance(v, float) and not math.isfinite(v)) for v in (lo, hi))
-    return sig(value, digits) + ("" if unknown else f" [{sig(lo, digits)}, {sig(hi, digits)}]")
+    if unknown:
+        return sig(value, digits)
+    top = "unbounded" if nats and hi > UNBOUNDED_NATS else sig(hi, digits)
+    return sig(value, digits) + f" [{sig(lo, digits)}, {top}]"
 
 
 def held_out_text(name: str, h: dict | None) -> str:
@@ -366,12 +373,13 @@ def in_progress_html(runs: list[dict], level: float) -> str:
                     f"<code>{esc(run.get('checkpoint_id'))}</code>",
                     f"{sig(run.get('tokens_seen'))} of {sig(run.get('tokens_planned'))}",
                     esc(p.get("quant")) + (" (lowest)" if p.get("quant") == best else ""),
-                    esc(with_interval(p.get("loss"), p.get("ci"), 4)),
-                    esc(with_interval(p.get("damage"), p.get("damage_ci"), 2)),
+                    esc(with_interval(p.get("loss"), p.get("ci"), 4, nats=True)),
+                    esc(with_interval(p.get("damage"), p.get("damage_ci"), 2, nats=True)),
                 ]
             )
     ends = "; ".join(
-        f"<code>{esc(r.get('checkpoint_id'))}</code>: {esc(with_interval(p.get('loss'), p.get('ci'), 4))} "
+        f"<code>{esc(r.get('checkpoint_id'))}</code>: "
+        f"{esc(with_interval(p.get('loss'), p.get('ci'), 4, nats=True))} "
         f"at {esc(p.get('quant'))}"
         for r in runs
         for p in (r.get("predictions") or [])[:1]  # the widest spec first: 16-bit
@@ -415,7 +423,7 @@ def running_check_table(entries: list[dict], level: float) -> str:
             esc(e.get("quant")),
             fmt(e.get("n_params")),
             fmt(e.get("tokens_seen")),
-            esc(with_interval(e.get("predicted"), e.get("ci"), 4)),
+            esc(with_interval(e.get("predicted"), e.get("ci"), 4, nats=True)),
             sig(e.get("observed"), 4),
             fmt(e.get("error"), "+.2g"),
             (
