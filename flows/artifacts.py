@@ -141,6 +141,7 @@ def summary_markdown(
     out = [f"# kbitlaw: {family}", "", *_recommendation_md(summary, fit_doc), ""]
     out += [f"- {line}" for line in (summary or {}).get("headline_lines", [])]
     out += ["", *frontier_markdown(summary), *figures_markdown(store, report)]
+    out += joint_law_markdown(fit_doc, family)
     ev = nightly_summary.get("evaluations") or {}
     n, new = nightly_summary.get("checkpoints", "-"), nightly_summary.get("new_checkpoints", 0)
     out += [
@@ -162,6 +163,45 @@ def summary_markdown(
         out.append(f"[Open the report]({link}) · `{report['url']}`")
     out.append(f"\nresults `{fit_doc.get('results_sha', '-')[:12]}`")
     return "\n".join(out)
+
+
+def joint_law_markdown(fit_doc: dict, family: str) -> list[str]:
+    """Where the family is heading, in two lines: the joint law's hold-out errors, and how the
+    checkpoints that arrived since the previous fit compare with what it predicted."""
+    found = fit_doc.get("joint_law")
+    entries = found if isinstance(found, list) else [found] if isinstance(found, dict) else []
+    entry = next((e for e in entries if e.get("family") == family), entries[0] if len(entries) == 1 else None)
+    if not entry or entry.get("status") != "ok":
+        return []
+    held = entry.get("held_out") or {}
+    parts = [
+        f"{name}: RMS {h['rms_error']:.3g} nats, {h['flagged']} of {h['points']} outside"
+        for name, h in (
+            ("largest size", held.get("largest_size")),
+            ("latest checkpoints", held.get("latest_checkpoint")),
+        )
+        if h and h.get("status") == "ok"
+    ]
+    out = [
+        "**Where this family is heading** (the joint law, predicting what it did not see): "
+        + "; ".join(parts)
+    ]
+    newest = entry.get("running_check") or []
+    batch = [c for c in newest if newest and c.get("predicted_by") == newest[-1].get("predicted_by")]
+    if batch:
+        missed = sum(bool(c.get("flagged")) for c in batch)
+        out.append(
+            f"- the {len(batch)} newest checkpoint-spec points against the previous fit's law: "
+            f"{len(batch) - missed} inside the tolerance, {missed} outside"
+        )
+    for run in entry.get("in_progress") or []:
+        p = (run.get("predictions") or [{}])[0]
+        if p.get("loss") is not None:
+            out.append(
+                f"- `{run['checkpoint_id']}` at {run['tokens_seen']:.3g} of {run['tokens_planned']:.3g} "
+                f"tokens: {p['quant']} loss {p['loss']:.4f} predicted at the end"
+            )
+    return [*out, ""]
 
 
 def frontier_table(report: dict | None) -> list[dict[str, Any]]:

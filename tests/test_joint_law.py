@@ -164,6 +164,17 @@ def test_running_check_and_warm_refit():
     # a refit with nothing new carries the record forward unchanged
     again = fit_laws(df, CONFIG, previous=after.doc)
     assert again.doc["joint_law"]["running_check"] == running
+    # and the Prefect UI's run summary says how the newest checkpoints compared
+    from kbitlaw.flows.artifacts import joint_law_markdown
+
+    lines = joint_law_markdown(after.doc, "sim")
+    inside = sum(not r["flagged"] for r in running)
+    assert lines[0].startswith("**Where this family is heading**") and "largest size: RMS" in lines[0]
+    assert (
+        f"the {len(running)} newest checkpoint-spec points against the previous fit's law: {inside} inside"
+        in lines[1]
+    )
+    assert joint_law_markdown({"joint_law": {"status": "insufficient data"}}, "sim") == []
 
 
 def test_one_entry_per_family_and_insufficient_data():
