@@ -137,6 +137,11 @@ def _prediction_summary(doc: dict[str, Any]) -> None:
             f"[yellow]extrapolating {beyond['n_params']:.3g}x past the largest size and "
             f"{beyond['tokens']:.3g}x past the most tokens measured[/]"
         )
+        if law.get("unidentified"):
+            console.print(
+                f"[yellow]{', '.join(law['unidentified'])} not identified by the data: the intervals "
+                "below do not carry its uncertainty, which grows with the extrapolation[/]"
+            )
     for name, h in law["held_out"].items():
         if h.get("status") == "ok":
             miss = h["flagged"] / h["points"]
