@@ -151,3 +151,26 @@ def test_the_command_prints_one_json_document_or_a_table(tmp_path):
     assert bad.stderr.strip().splitlines() == [
         "kbitlaw: error: --n-params and --tokens must be > 0, got 0 and 1e+10"
     ]
+
+
+def test_memory_follows_the_16_bit_parameters_as_sizes_grow():
+    # Embeddings stay 16-bit and grow slower than the model: their count is fitted over the sizes
+    # (here 5e6 (N/1e8)^0.5), so a budget at 10x the largest size does not assume their share stays.
+    from kbitlaw.law.joint import sixteen_bit_params
+
+    n = np.array([1e8, 4e8, 1.6e9])
+    kept = 5e6 * (n / 1e8) ** 0.5
+    bpp = 4.25
+    df = pl.DataFrame(
+        {"n_params": n, "total_bits": (n - kept) * bpp + kept * 16.0, "bits_per_param": [bpp] * 3}
+    )
+    share, (slope, intercept) = sixteen_bit_params(df)
+    assert slope == pytest.approx(0.5) and np.exp(intercept) * 1e8**0.5 == pytest.approx(5e6)
+    law, _, _ = fit_for_prediction(simulate(), CONFIG)
+    law = type(law)(**{**law.__dict__, "unquantized": (slope, intercept), "quantized_share": share})
+    big = 1.6e10
+    assert float(law.memory_bits(big, "int4-b64")) == pytest.approx(
+        (big - 5e6 * 160**0.5) * 4.25 + 5e6 * 160**0.5 * 16
+    )
+    one_size = df.head(1)
+    assert sixteen_bit_params(one_size)[1] is None  # one size: the share

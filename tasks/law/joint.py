@@ -95,8 +95,9 @@ class JointLaw:
     surface: Surface
     damage: dict[str, DamageModel]  # scheme -> the chosen form's fit
     specs: dict[str, SpecInfo]  # quant -> its scheme and bits
-    quantized_share: float  # share of the parameters that are quantized (the rest stay 16-bit)
+    quantized_share: float  # median share of the parameters that are quantized (the rest stay 16-bit)
     checkpoint_ids: list[str] = field(default_factory=list)
+    unquantized: tuple[float, float] | None = None  # log(16-bit params) = slope log N + intercept
 
     def loss(self, n: np.ndarray, d: np.ndarray, quant: str) -> tuple[np.ndarray, np.ndarray] | None:
         """Predicted loss at (n, d) for a spec: the estimate [m] and replicates [n_boot, m];
@@ -118,7 +119,17 @@ class JointLaw:
     def memory_bits(self, n: np.ndarray, quant: str) -> np.ndarray:
         """Weight memory of an n-parameter model at a spec (unquantized parameters stay 16-bit)."""
         bpp = self.specs[quant].bits_per_param if quant in self.specs else 16.0
-        return np.asarray(n, float) * (self.quantized_share * bpp + (1 - self.quantized_share) * 16.0)
+        n = np.asarray(n, float)
+        kept = self.sixteen_bit_params(n)
+        return (n - kept) * bpp + kept * 16.0
+
+    def sixteen_bit_params(self, n: np.ndarray) -> np.ndarray:
+        """How many of an n-parameter model's parameters a spec leaves at 16 bits."""
+        n = np.asarray(n, float)
+        if self.unquantized is None:
+            return n * (1.0 - self.quantized_share)
+        slope, intercept = self.unquantized
+        return np.clip(np.exp(intercept) * n**slope, 0.0, n)
 
 
 def fit_joint(
@@ -152,11 +163,37 @@ def fit_joint(
         r["quant"]: SpecInfo(r["scheme"], float(r["bits"]), float(r["bits_per_param"] or r["bits"]))
         for r in df.unique("quant", keep="first").iter_rows(named=True)
     }
-    share = df.select(
-        ((pl.col("total_bits") / pl.col("n_params") - 16.0) / (pl.col("bits_per_param") - 16.0)).alias("s")
-    ).filter(pl.col("s").is_finite(), pl.col("s") > 0, pl.col("s") <= 1)["s"]
-    quantized = float(share.median()) if share.len() else 1.0
-    return JointLaw(family, surface, damage, specs, quantized, sorted(df["checkpoint_id"].unique().to_list()))
+    quantized, unquantized = sixteen_bit_params(df)
+    ids = sorted(df["checkpoint_id"].unique().to_list())
+    return JointLaw(family, surface, damage, specs, quantized, ids, unquantized)
+
+
+def sixteen_bit_params(df: pl.DataFrame) -> tuple[float, tuple[float, float] | None]:
+    """(median share of the parameters that are quantized, (slope, intercept) of log(16-bit params)
+    against log N over the sizes, or None). The parameters a spec leaves at 16 bits (embeddings,
+    LM head) are a falling share as models grow, so a budget far from the measured sizes uses the
+    fitted count, not the median share; with one size (or none left at 16 bits) the share."""
+    shares = (
+        df.select(
+            "n_params",
+            ((pl.col("total_bits") / pl.col("n_params") - 16.0) / (pl.col("bits_per_param") - 16.0)).alias(
+                "s"
+            ),
+        )
+        .filter(pl.col("s").is_finite(), pl.col("s") > 0, pl.col("s") <= 1)
+        .group_by("n_params")
+        .agg(pl.col("s").median())
+        .sort("n_params")
+    )
+    if shares.height == 0:
+        return 1.0, None
+    quantized = float(shares["s"].median())
+    n = shares["n_params"].to_numpy().astype(float)
+    kept = n * (1.0 - shares["s"].to_numpy())
+    if len(n) < 2 or not (kept > 0.5).all():
+        return quantized, None
+    slope, intercept = np.polyfit(np.log(n), np.log(kept), 1)
+    return quantized, (float(slope), float(intercept))
 
 
 # -- choosing the damage form ------------------------------------------------------------------------

@@ -99,12 +99,25 @@ def loss_at(law: JointLaw, n: float, d: float, level: float) -> list[dict]:
     return out
 
 
+def size_for_memory(law: JointLaw, bits: float, quant: str) -> float:
+    """The largest size whose weights fit `bits` at a spec (memory grows with N: bisection)."""
+    from scipy.optimize import brentq
+
+    def excess(log_n: float) -> float:
+        return float(np.log(law.memory_bits(np.exp(log_n), quant))) - np.log(bits)
+
+    low, high = 0.0, np.log(bits)  # 1 parameter, and as many parameters as bits (>= 1 bit each)
+    if excess(low) > 0:
+        return 0.0
+    return float(np.exp(brentq(excess, low, high, xtol=1e-9)))
+
+
 def budget(law: JointLaw, memory_gb: float, n: float, d: float, level: float, n_max: float = np.inf) -> dict:
     """The best (size, spec) within memory_gb at d tokens, and where the planned n stands;
     `beyond_range`: how many times the largest measured size (n_max) an option's size is."""
     options, draws = [], []
     for quant in spec_order(law):
-        size = memory_gb * GB_BITS / float(law.memory_bits(1.0, quant))
+        size = size_for_memory(law, memory_gb * GB_BITS, quant)
         pred = law.loss(np.array([size]), np.array([d]), quant)
         if pred is None:
             continue
