@@ -174,3 +174,15 @@ def test_memory_follows_the_16_bit_parameters_as_sizes_grow():
     )
     one_size = df.head(1)
     assert sixteen_bit_params(one_size)[1] is None  # one size: the share
+
+
+def test_the_command_reads_a_store(tmp_path):
+    from kbitlaw.store import Store
+
+    store = Store(str(tmp_path / "store"))
+    store.write_parquet("results/sim/fp16/all.parquet", simulate())
+    out = kbitlaw("predict", "--store", store.uri, "--n-params", "6e8", "--tokens", "1.6e10", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["family"] == "sim"
+    both = kbitlaw("predict", "--store", store.uri, "--results", "x.csv", "--n-params", "1", "--tokens", "1")
+    assert both.returncode == 1 and "use --store or --results, not both" in both.stderr
