@@ -527,7 +527,8 @@ def fit_joint_laws(
                 "heldout_error": num(np.sqrt(np.mean(np.square(errors)))) if errors else None,
                 "held_out": held,
                 "fit": {
-                    "method": "Chinchilla approach 3: Huber(1e-3) on log L, L-BFGS-B from a grid of starts",
+                    "method": "Chinchilla approach 3: Huber(1e-3) on log L; grid of starts screened, "
+                    "Gauss-Newton, L-BFGS-B polish; case bootstrap",
                     "objective": num(law.surface.objective),
                     "n_points": law.surface.n_points,
                     "n_sizes": int(df["size"].n_unique()),
