@@ -1,4 +1,6 @@
-"""The `kbitlaw` command line: thin wrappers that call flows and tasks.
+"""The `kbitlaw` command line: thin wrappers that call flows and tasks. This file has the main
+commands; `datasets` is in cli_datasets.py, the deployment commands in cli_serve.py, what they share
+in cli_common.py.
 
 `--json` prints one JSON document on stdout and nothing else there; logs go to stderr.
 """
@@ -13,64 +15,17 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(
-    name="kbitlaw",
-    help="k-bit inference scaling laws for your own checkpoints, every night.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from kbitlaw.flows.cli_common import (
+    CalibrationOpt,
+    JsonOpt,
+    OldSpecDirOpt,
+    SpecDirOpt,
+    StoreOpt,
+    _fail,
+    _quiet_libraries,
+    app,
+    default_checkpoints,
 )
-datasets_app = typer.Typer(help="Clean and validate the evaluation datasets.", no_args_is_help=True)
-app.add_typer(datasets_app, name="datasets")
-
-StoreOpt = Annotated[
-    str | None, typer.Option("--store", help="Store URI (default: $KBITLAW_STORE or .kbitlaw/store)")
-]
-SpecDirOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dataset-specs",
-        help="Directory of dataset specs (*.yaml); default: $KBITLAW_DATASET_SPECS, ./datasets, builtin",
-    ),
-]
-OldSpecDirOpt = Annotated[str | None, typer.Option("--specs", hidden=True)]  # the name before 0.2
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-CalibrationOpt = Annotated[
-    str,
-    typer.Option(
-        "--calibration",
-        help="GPTQ specs' calibration data, NAME[:N]: N sequences (default 128) of min(window, 256) "
-        "tokens from the dataset spec NAME (builtin datasets: their training side, never the "
-        "evaluation rows)",
-    ),
-]
-
-
-def _quiet_libraries() -> None:
-    """Library progress bars and notices go nowhere: stdout is for results, stderr for our logs."""
-    import logging
-
-    # Our own loggers at INFO; libraries (httpx logs every API request at INFO) at WARNING.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    for name in ("kbitlaw",):
-        logging.getLogger(name).setLevel(logging.INFO)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"kbitlaw: error: {' '.join(message.split())}", err=True)  # always one line
-    raise typer.Exit(code)
-
-
-def default_checkpoints(store: str | None) -> str:
-    if os.environ.get("KBITLAW_CHECKPOINTS"):
-        return os.environ["KBITLAW_CHECKPOINTS"]
-    from kbitlaw.store import Store
-
-    return Store(store).url("checkpoints")
 
 
 @app.command()
@@ -85,7 +40,8 @@ def demo(
     budget: Annotated[int | None, typer.Option(help="Training tokens per size (default: the demo's)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build the embedded demo (datasets + checkpoint family) and run nightly once."""
+    """Build the embedded demo (datasets + checkpoint family) and run nightly (two nights when new
+    checkpoints arrive: all but the last round, then the last round)."""
     _quiet_libraries()
     from kbitlaw.flows.demo import DEMO_GRID, describe, run_demo
     from kbitlaw.flows.server import ensure_api
@@ -314,146 +270,6 @@ def report(store: StoreOpt = None) -> None:
     raise typer.Exit(report_command(store))
 
 
-@datasets_app.command("clean")
-def datasets_clean(
-    names: Annotated[list[str] | None, typer.Argument(help="Dataset names (default: all)")] = None,
-    store: StoreOpt = None,
-    specs: SpecDirOpt = None,
-    old_specs: OldSpecDirOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Clean the named datasets into canonical Parquet + quarantine (cached by content)."""
-    from kbitlaw.data.prepare import clean_datasets, select_dataset_specs
-    from kbitlaw.data.specs import DatasetError
-    from kbitlaw.store import Store, StoreError
-
-    invalid: list[str] = []
-    try:
-        s = Store(store)
-        done = clean_datasets(s, select_dataset_specs(names, specs or old_specs, invalid=invalid))
-    except (DatasetError, StoreError, ValueError) as exc:
-        _fail(str(exc))
-    for problem in invalid:
-        typer.echo(f"failed: {problem}", err=True)
-    if as_json:
-        doc = [
-            c.summary | {"key": s.url(c.key), "quarantine": s.url(c.quarantine_key), "cached": c.cached}
-            for c in done
-        ]
-        sys.stdout.write(json.dumps({"datasets": doc}) + "\n")
-        raise typer.Exit(1 if invalid else 0)
-    for c in done:
-        reasons = ", ".join(f"{k}: {v}" for k, v in c.summary["reasons"].items()) or "none"
-        typer.echo(
-            f"{c.name}\t{c.summary['rows_in']} in, {c.summary['rows_out']} clean, "
-            f"{c.summary['quarantined']} quarantined ({reasons})\t{'cached' if c.cached else 'cleaned'}"
-            f"\t{s.url(c.key)}"
-        )
-    raise typer.Exit(1 if invalid else 0)
-
-
-@datasets_app.command("validate")
-def datasets_validate(
-    names: Annotated[list[str] | None, typer.Argument(help="Dataset names (default: all)")] = None,
-    store: StoreOpt = None,
-    specs: SpecDirOpt = None,
-    old_specs: OldSpecDirOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Validate the cleaned datasets with Great Expectations; exit 1 if any fails."""
-    from kbitlaw.data.prepare import select_dataset_specs, validate_datasets
-    from kbitlaw.data.specs import DatasetError
-    from kbitlaw.store import Store, StoreError
-
-    invalid: list[str] = []
-    try:
-        picked = select_dataset_specs(names, specs or old_specs, invalid=invalid)
-        results = validate_datasets(Store(store), picked)
-    except (DatasetError, StoreError, ValueError) as exc:
-        _fail(str(exc))
-    for problem in invalid:
-        typer.echo(f"failed: {problem}", err=True)
-    if as_json:
-        doc = [
-            {"name": c.name, "sha": c.sha, "success": r.success, "message": r.message(), **urls}
-            for c, r, urls in results
-        ]
-        sys.stdout.write(json.dumps({"datasets": doc}) + "\n")
-    else:
-        for c, r, urls in results:
-            typer.echo(f"{c.name}\t{'ok' if r.success else 'FAILED'}\t{r.message()}\t{urls['html']}")
-    raise typer.Exit(0 if all(r.success for _, r, _ in results) and not invalid else 1)
-
-
-@app.command()
-def serve(
-    reports_port: Annotated[
-        int, typer.Option("--reports-port", help="Port to serve the reports on for the UI's links (0: off)")
-    ] = 8765,
-    store: StoreOpt = None,
-) -> None:
-    """Serve the deployments of prefect.yaml with their schedules and trigger (no work pool needed)."""
-    from prefect import serve as prefect_serve
-
-    from kbitlaw.flows.serve import runner_deployments, work_pool_collisions
-    from kbitlaw.flows.server import ensure_api
-
-    ensure_api()  # without PREFECT_API_URL: an ephemeral server that dies with this process
-    taken = work_pool_collisions()
-    if taken:
-        _fail(
-            f"deployments {', '.join(taken)} already run on a work pool (prefect deploy): start a worker "
-            "(`prefect worker start --pool kbitlaw`) instead of `kbitlaw serve`, or delete them first "
-            "(`prefect deployment delete NAME`)"
-        )
-    if store:  # the runs write where the report server reads
-        os.environ["KBITLAW_STORE"] = store
-    if reports_port:
-        _serve_reports_beside(store, reports_port)
-    prefect_serve(*runner_deployments())
-
-
-def _serve_reports_beside(store: str | None, port: int) -> None:
-    """Start the report server in a thread of this process and point the flow runs' links at it
-    (they run in subprocesses, which inherit the environment). A busy port is a warning, not a
-    failure: the deployments matter more than the links."""
-    from kbitlaw.report.web import REPORT_URL_ENV, start_report_server
-
-    try:
-        _, url = start_report_server(store, port=port)
-    except (OSError, ValueError) as exc:
-        typer.echo(
-            f"kbitlaw: warning: reports not served (port {port}: {exc}); links stay file:// or s3://",
-            err=True,
-        )
-        return
-    if os.environ.get(REPORT_URL_ENV):
-        typer.echo(
-            f"kbitlaw: reports served at {url}; links use {REPORT_URL_ENV}={os.environ[REPORT_URL_ENV]}"
-        )
-    else:
-        os.environ[REPORT_URL_ENV] = url
-        typer.echo(f"kbitlaw: reports served at {url} (the runs' links point there)")
-
-
-@app.command("emit-checkpoint")
-def emit_checkpoint(
-    uri: Annotated[str, typer.Argument(help="The new checkpoint's URI")],
-    grid: Annotated[
-        str, typer.Option(help="The specs to evaluate it at: a grid name or comma-separated specs")
-    ] = "default",
-) -> None:
-    """Announce a new checkpoint (a Prefect event that triggers its evaluation and a refit)."""
-    from kbitlaw.checkpoints import CheckpointError
-    from kbitlaw.flows.serve import emit_checkpoint as emit
-
-    try:
-        event_id = emit(uri, grid)
-    except (CheckpointError, RuntimeError, ValueError) as exc:
-        _fail(str(exc))
-    typer.echo(f"emitted kbitlaw.checkpoint.created for {uri}, grid {grid} (event {event_id})")
-
-
 @app.command("checkpoints")
 def list_checkpoints(
     uri: Annotated[str | None, typer.Argument(help="Where to look (default: <store>/checkpoints)")] = None,
@@ -493,25 +309,8 @@ def list_checkpoints(
     raise typer.Exit(1 if errors and not found else 0)
 
 
-@app.command("serve-reports")
-def serve_reports(
-    store: StoreOpt = None,
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port)")] = 8765,
-) -> None:
-    """Serve the reports (and dataset validation pages) of a store over HTTP, read-only, so the
-    links in the Prefect UI open in a browser."""
-    from kbitlaw.report.web import REPORT_URL_ENV, ReportServer, serve_reports_forever
-
-    def ready(server: ReportServer) -> None:
-        typer.echo(f"kbitlaw: serving the reports of {server.store.uri} at {server.base_url}")
-        typer.echo(f"for workers: export {REPORT_URL_ENV}={server.base_url}")
-        sys.stdout.flush()
-
-    try:
-        serve_reports_forever(store, host, port, ready=ready)
-    except (OSError, ValueError) as exc:
-        _fail(f"cannot serve reports on {host}:{port}: {exc}")
+# Registered after the commands above, so `kbitlaw --help` lists demo, nightly, .. first.
+from kbitlaw.flows import cli_datasets, cli_serve  # noqa: E402, F401
 
 
 def main() -> None:

@@ -1,0 +1,69 @@
+"""What the `kbitlaw` commands share: the Typer apps, the option types, the one-line failure and
+the library log settings. The commands live in cli.py, cli_datasets.py and cli_serve.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="kbitlaw",
+    help="k-bit inference scaling laws for your own checkpoints, every night.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+datasets_app = typer.Typer(help="Clean and validate the evaluation datasets.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="Store URI (default: $KBITLAW_STORE or .kbitlaw/store)")
+]
+SpecDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset-specs",
+        help="Directory of dataset specs (*.yaml); default: $KBITLAW_DATASET_SPECS, ./datasets, builtin",
+    ),
+]
+OldSpecDirOpt = Annotated[str | None, typer.Option("--specs", hidden=True)]  # the name before 0.2
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+CalibrationOpt = Annotated[
+    str,
+    typer.Option(
+        "--calibration",
+        help="GPTQ specs' calibration data, NAME[:N]: N sequences (default 128) of min(window, 256) "
+        "tokens from the dataset spec NAME (builtin datasets: their training side, never the "
+        "evaluation rows)",
+    ),
+]
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and notices go nowhere: stdout is for results, stderr for our logs."""
+    import logging
+
+    # Our own loggers at INFO; libraries (httpx logs every API request at INFO) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for name in ("kbitlaw",):
+        logging.getLogger(name).setLevel(logging.INFO)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"kbitlaw: error: {' '.join(message.split())}", err=True)  # always one line
+    raise typer.Exit(code)
+
+
+def default_checkpoints(store: str | None) -> str:
+    if os.environ.get("KBITLAW_CHECKPOINTS"):
+        return os.environ["KBITLAW_CHECKPOINTS"]
+    from kbitlaw.store import Store
+
+    return Store(store).url("checkpoints")
