@@ -10,7 +10,7 @@ import pytest
 
 from kbitlaw.law.damage import fit_damage
 from kbitlaw.law.document import FitConfig, fit_laws
-from kbitlaw.law.joint import fit_joint_laws
+from kbitlaw.law.joint_fit import fit_joint_laws
 from kbitlaw.law.sim import Dataset, World, simulate_results
 from kbitlaw.law.table import components, drop_unusable, metric_points, normalise
 from kbitlaw.quant.spec import QuantSpec

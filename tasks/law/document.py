@@ -4,8 +4,8 @@ fit_laws() prepares the points (law_table.py), then computes, each in its own mo
 - the Pareto frontier of (total bits, quality) and the recommended precision (law_frontier.py);
 - the critical size S* and the loss power law over model sizes, per spec (law_scaling.py);
 - the quantization-damage laws across training (law_damage.py);
-- the joint law L(N, D, spec) over every checkpoint (law/joint.py): one entry, or a list when the
-  results hold several families;
+- the joint law L(N, D, spec) over every checkpoint (law/joint.py, joint_fit.py): one entry, or a
+  list when the results hold several families;
 - the per-spec linear curves in log2 total bits (law_table.py),
 and assembles the `fit --json` document (DESIGN.md) and the long table stored as fit.parquet.
 
@@ -25,8 +25,7 @@ import polars as pl
 from kbitlaw.law.common import OK, FitConfig, json_safe, table_rows
 from kbitlaw.law.damage import fit_damage
 from kbitlaw.law.frontier import fit_frontiers
-from kbitlaw.law.joint import fit_joint_laws, loss_points
-from kbitlaw.law.predict import runs_in_progress
+from kbitlaw.law.joint_fit import fit_joint_laws
 from kbitlaw.law.scaling import fit_power_laws_by_spec, fit_thresholds, linear_curves
 from kbitlaw.law.table import (
     components,
@@ -119,10 +118,7 @@ def fit_laws(
     thresholds, t_checks, t_rows = fit_thresholds(latest, comp_latest, config, warm)
     power, p_checks, p_rows = fit_power_laws_by_spec(latest, config, warm)
     damage, d_checks, d_rows = fit_damage(points, config.n_boot, config.seed, config.level)
-    joint, j_rows, laws = fit_joint_laws(points, damage, config, previous)
-    for entry in joint:  # where each run still training is predicted to end
-        if law := laws.get(entry["family"]):
-            entry["in_progress"] = runs_in_progress(law, loss_points(points, law.family), config.level)
+    joint, j_rows, _ = fit_joint_laws(points, damage, config, previous)
     curves = linear_curves(latest, config.min_sizes)
     point_rows = table_rows(
         "point",

@@ -33,7 +33,7 @@ class PredictError(ValueError):
 def fit_for_prediction(results: pl.DataFrame, config: FitConfig, family: str | None = None):
     """(JointLaw, its loss points, its doc entry) for the family (the only one, or `family`)."""
     from kbitlaw.law.damage import fit_damage
-    from kbitlaw.law.joint import fit_joint_laws
+    from kbitlaw.law.joint_fit import fit_joint_laws
     from kbitlaw.law.table import components, drop_unusable, metric_points, normalise
 
     kept, _ = drop_unusable(normalise(results))

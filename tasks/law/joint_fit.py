@@ -1,0 +1,191 @@
+"""The joint law of every family as the fit document carries it (`joint_law`) and the long-table
+rows the report draws: law/joint.py fits it, law/joint_checks.py checks it forwards, and the runs
+still training are predicted at their planned end (law/predict.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import polars as pl
+
+from kbitlaw.law.chinchilla import PARAMS as SURFACE_PARAMS
+from kbitlaw.law.common import NO_DATA, OK, FitConfig, num, table_rows
+from kbitlaw.law.damage import PARAMS as DAMAGE_PARAMS
+from kbitlaw.law.joint import JointLaw, choose_forms, fit_joint, loss_points, sixteen_bit, warm_theta
+from kbitlaw.law.joint_checks import held_out_checks, running_check
+from kbitlaw.law.predict import runs_in_progress
+from kbitlaw.law.solve import interval
+
+HORIZON = 4.0  # the heading figure draws each size out to this many times its latest tokens
+
+
+def previous_entry(previous: Mapping | None, family: str) -> dict | None:
+    """The previous fit document's joint-law entry for a family (one entry or a list)."""
+    found = (previous or {}).get("joint_law")
+    entries = found if isinstance(found, list) else [found] if isinstance(found, dict) else []
+    return next((e for e in entries if isinstance(e, dict) and e.get("family") == family), None)
+
+
+def damage_entry(forms: dict[str, dict], law: JointLaw) -> dict:
+    """The chosen damage form per scheme, with its parameters and intervals (law/damage.py)."""
+    schemes = []
+    for scheme in sorted(forms):
+        chosen, e = forms[scheme], forms[scheme]["entry"]
+        fitted = scheme in law.damage
+        schemes.append(
+            {
+                "scheme": scheme,
+                "form": chosen["form"],
+                "law": "ouyang" if chosen["form"] == "power" else "kumar",
+                **{p: e.get(p) for p in DAMAGE_PARAMS},
+                "ci": e.get("ci"),
+                "heldout_error": num(chosen["heldout_error"]),
+                "chosen_by": chosen["chosen_by"],
+                "status": OK if fitted else NO_DATA,
+            }
+        )
+    chosen_forms = [s["form"] for s in schemes if s["status"] == OK]
+    form = max(set(chosen_forms), key=chosen_forms.count) if chosen_forms else None
+    return {
+        "form": form if len(set(chosen_forms)) <= 1 else "per scheme",
+        "schemes": schemes,
+        "status": OK if chosen_forms else NO_DATA,
+    }
+
+
+def insufficient_entry(family: str, n_points: int) -> dict:
+    return {
+        "family": family,
+        "status": NO_DATA,
+        **{p: None for p in SURFACE_PARAMS},
+        "ci": {p: [None, None] for p in SURFACE_PARAMS},
+        "unidentified": [],
+        "damage": {"form": None, "schemes": [], "status": NO_DATA},
+        "heldout_error": None,
+        "held_out": None,
+        "n_points": n_points,
+        "running_check": [],
+        "in_progress": [],
+        "checkpoint_ids": [],
+    }
+
+
+def bands(boot: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise intervals of replicates [n_boot, m]: (lo [m], hi [m])."""
+    pairs = [interval(boot[:, j], level) for j in range(boot.shape[1])]
+    return tuple(np.array([p[i] if p[i] is not None else np.nan for p in pairs], dtype=float) for i in (0, 1))
+
+
+def heading_rows(law: JointLaw, df: pl.DataFrame, level: float, n_grid: int) -> list[pl.DataFrame]:
+    """Where the family is heading: each size's predicted loss per spec over tokens, out to its
+    planned tokens or HORIZON times its latest (band: the prediction interval), and the observed
+    points."""
+    rows = [
+        table_rows(
+            "observed",
+            "joint",
+            family=law.family,
+            metric="loss",
+            quant=df["quant"],
+            bits=df["bits"],
+            n_params=df["n_params"],
+            tokens_seen=df["tokens_seen"],
+            value=df["value"],
+        )
+    ]
+    planned = (
+        df["tokens_planned"]
+        if "tokens_planned" in df.columns
+        else pl.Series([None] * df.height, dtype=pl.Float64)
+    )
+    ends = (
+        df.with_columns(planned=planned)
+        .group_by("size")
+        .agg(
+            pl.col("n_params").median(),
+            pl.col("tokens_seen").min().alias("d0"),
+            pl.col("tokens_seen").max().alias("d1"),
+            pl.col("planned").max(),
+        )
+    )
+    for r in ends.sort("size").iter_rows(named=True):
+        end = max(r["planned"] or 0.0, HORIZON * r["d1"])
+        grid = np.geomspace(r["d0"], end, n_grid)
+        base_est, base_boot = law.surface.loss(np.full(n_grid, r["n_params"]), grid)
+        for quant, info in sorted(law.specs.items()):
+            pred = law.loss(np.full(n_grid, r["n_params"]), grid, quant)
+            if pred is None:
+                continue
+            est, boot = pred
+            curves = [("joint", "loss", est, boot)]
+            if info.bits < 16:  # the damage on its own, from the same replicates (paired)
+                curves.append(("joint_damage", "delta_loss", est - base_est, boot - base_boot[: len(boot)]))
+            for name, metric, fitted, replicates in curves:
+                lo, hi = bands(replicates, level)
+                rows.append(
+                    table_rows(
+                        "fit",
+                        name,
+                        family=law.family,
+                        metric=metric,
+                        quant=quant,
+                        bits=int(info.bits),
+                        n_params=r["n_params"],
+                        tokens_seen=grid,
+                        fitted=fitted,
+                        lo=lo,
+                        hi=hi,
+                    )
+                )
+    return rows
+
+
+def fit_joint_laws(
+    points: pl.DataFrame,
+    damage_entries: list[dict],
+    config: FitConfig,
+    previous: Mapping | None = None,
+) -> tuple[list[dict], list[pl.DataFrame], dict[str, JointLaw]]:
+    """The joint law of every family: doc entries, long-table rows, the fitted laws."""
+    entries, rows, laws = [], [], {}
+    for family in sorted(points["family"].unique().to_list()):
+        df = loss_points(points, family)
+        before = previous_entry(previous, family)
+        warm = warm_theta(before)
+        forms = choose_forms(damage_entries, family)
+        form_of = {s: f["form"] for s, f in forms.items()}
+        law = fit_joint(df, family, form_of, config, warm) if df.height else None
+        if law is None:
+            entries.append(insufficient_entry(family, sixteen_bit(df).height if df.height else 0))
+            continue
+        held, held_checks = held_out_checks(df, config)
+        running = running_check(df, before, (previous or {}).get("results_sha"), config)
+        errors = [c["error"] for c in held_checks if c["status"] == OK]
+        entries.append(
+            {
+                "family": family,
+                "status": OK,
+                **law.surface.params(),
+                "ci": law.surface.ci(config.level),
+                "unidentified": list(law.surface.unidentified),
+                "damage": damage_entry(forms, law),
+                "heldout_error": num(np.sqrt(np.mean(np.square(errors)))) if errors else None,
+                "held_out": held,
+                "fit": {
+                    "method": "Chinchilla approach 3: Huber(1e-3) on log L; grid of starts screened, "
+                    "Gauss-Newton, L-BFGS-B polish; case bootstrap",
+                    "objective": num(law.surface.objective),
+                    "n_points": law.surface.n_points,
+                    "n_sizes": int(df["size"].n_unique()),
+                    "warm_started": law.surface.warm,
+                    "quantized_share": num(law.quantized_share),
+                },
+                "running_check": running,
+                "in_progress": runs_in_progress(law, df, config.level),
+                "checkpoint_ids": law.checkpoint_ids,
+            }
+        )
+        rows.extend(heading_rows(law, df, config.level, config.grid_points))
+        laws[family] = law
+    return entries, rows, laws
