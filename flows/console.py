@@ -101,12 +101,11 @@ def predict_command(
     return 0
 
 
-UNBOUNDED_NATS = 100.0  # no language model's loss comes near it: a bound past it is no bound
-
-
 def _nats_interval(ci: list, spec: str) -> str:
     """'lo..hi', with 'unbounded' for an upper end the data do not bound (bootstrap refits of a
     noise-dominated damage law diverge when extrapolated; the JSON keeps the numbers)."""
+    from kbitlaw.law.predict import UNBOUNDED_NATS
+
     lo, hi = ci
     unbounded = (hi is None and lo is not None) or (hi is not None and hi > UNBOUNDED_NATS)
     top = "unbounded" if unbounded else _fmt(hi, spec)

@@ -95,7 +95,7 @@ def test_a_run_in_progress_is_predicted_at_its_planned_end():
 
 def test_the_fit_document_and_the_report_carry_the_runs_in_progress():
     from kbitlaw.law.document import fit_laws
-    from kbitlaw.report.html import in_progress_html
+    from kbitlaw.report.html_joint import in_progress_html
 
     biggest, last = SIZES[-1], TOKENS[-1]
     df = simulate().filter(~((pl.col("n_params") == int(biggest)) & (pl.col("tokens_seen") > last / 4)))

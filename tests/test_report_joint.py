@@ -17,7 +17,7 @@ from kbitlaw.law.document import FitConfig
 from kbitlaw.law.io import LATEST, fit_store
 from kbitlaw.law.sim import World, simulate_results
 from kbitlaw.report.build import build_report
-from kbitlaw.report.html import NO_RUNNING_CHECK, RUNNING_CHECK_ROWS, sig
+from kbitlaw.report.html_joint import NO_RUNNING_CHECK, RUNNING_CHECK_ROWS, sig
 from kbitlaw.store import Store, fit_keys
 from tests.test_report import CHANCE, put_results
 

@@ -24,6 +24,7 @@ from kbitlaw.law.joint import JointLaw, loss_points
 DEFAULT_THRESHOLD = 0.1  # nats
 TRUST = ("status", "points", "flagged", "rms_error", "n_params")  # what predict shows of a hold-out
 GB_BITS = 8e9
+UNBOUNDED_NATS = 100.0  # no language model's loss comes near it: an interval end past it is no bound
 
 
 class PredictError(ValueError):

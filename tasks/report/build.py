@@ -42,15 +42,13 @@ from kbitlaw.report.html import (
     datasets_html,
     extrapolation_table,
     figure,
-    in_progress_html,
-    joint_law_html,
     link,
     metrics_html,
     page,
     provenance_html,
-    running_check_table,
     threshold_table,
 )
+from kbitlaw.report.html_joint import in_progress_html, joint_law_html, running_check_table
 from kbitlaw.store import LATEST_REPORT, Store, StoreError, fit_keys, report_key, sha256_bytes
 
 
