@@ -45,7 +45,7 @@ def chinchilla_fit() -> tuple[dict, str]:
 
 def test_fit_reproduces_the_replication_on_the_chinchilla_runs(chinchilla_fit):
     doc, stderr = chinchilla_fit
-    law = doc["joint_law"]
+    law = doc["joint_law"][0]
     assert law["status"] == "ok" and law["fit"]["n_points"] == 240
     assert "5 runs marked excluded are left out of the fit" in stderr
     for name, value in REPLICATION_OPTIMUM.items():
@@ -226,7 +226,7 @@ def test_a_runs_table_with_quantized_losses_fits_the_damage_too(tmp_path):
     path = tmp_path / "quantized_runs.csv"
     pl.DataFrame(rows).write_csv(path)
     doc = fit_laws(read_results_file(path), FitConfig(n_boot=100)).doc
-    law = doc["joint_law"]
+    law = doc["joint_law"][0]
     assert law["status"] == "ok" and law["alpha"] == pytest.approx(world.alpha, abs=0.02)
     (scheme,) = law["damage"]["schemes"]
     assert scheme["scheme"] == "int<k>" and scheme["status"] == "ok"

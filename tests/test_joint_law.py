@@ -147,7 +147,7 @@ def test_running_check_and_warm_refit():
     before = fit_laws(df.filter(pl.col("tokens_seen") < last), CONFIG)
     after = fit_laws(df, CONFIG, previous=before.doc)
     cold = fit_laws(df, CONFIG)
-    e, c = after.doc["joint_law"], cold.doc["joint_law"]
+    e, c = after.doc["joint_law"][0], cold.doc["joint_law"][0]
     # the checkpoints new since the first fit are checked against what a fit without them predicted
     running = e["running_check"]
     assert len(running) == len(SIZES) * len(SPECS)
@@ -163,7 +163,7 @@ def test_running_check_and_warm_refit():
         assert c["ci"][p][0] <= e[p] <= c["ci"][p][1]
     # a refit with nothing new carries the record forward unchanged
     again = fit_laws(df, CONFIG, previous=after.doc)
-    assert again.doc["joint_law"]["running_check"] == running
+    assert again.doc["joint_law"][0]["running_check"] == running
     # and the Prefect UI's run summary says how the newest checkpoints compared
     from kbitlaw.flows.artifacts import joint_law_markdown
 
@@ -188,7 +188,7 @@ def test_one_entry_per_family_and_insufficient_data():
     one_step = simulate(0, tokens=[2e10])
     assert joint(one_step)[0]["status"] == "insufficient data"
     doc = fit_laws(one_size, CONFIG).doc
-    assert doc["joint_law"]["status"] == "insufficient data"
+    assert doc["joint_law"][0]["status"] == "insufficient data"
 
 
 def test_heading_rows_reach_past_the_latest_checkpoint():

@@ -99,13 +99,13 @@ def test_the_fit_document_and_the_report_carry_the_runs_in_progress():
 
     biggest, last = SIZES[-1], TOKENS[-1]
     df = simulate().filter(~((pl.col("n_params") == int(biggest)) & (pl.col("tokens_seen") > last / 4)))
-    entry = fit_laws(df.with_columns(tokens_planned=pl.lit(last)), CONFIG).doc["joint_law"]
+    entry = fit_laws(df.with_columns(tokens_planned=pl.lit(last)), CONFIG).doc["joint_law"][0]
     (run,) = entry["in_progress"]
     assert run["tokens_planned"] == last and run["predictions"][0]["quant"] == "fp16"
     html = in_progress_html(entry["in_progress"], 0.9)
     assert "Runs in progress: predicted at their planned end" in html and run["checkpoint_id"] in html
     assert in_progress_html([], 0.9) == ""
-    assert fit_laws(simulate(), CONFIG).doc["joint_law"]["in_progress"] == []  # every run finished
+    assert fit_laws(simulate(), CONFIG).doc["joint_law"][0]["in_progress"] == []  # every run finished
 
 
 def test_bad_requests_say_why():

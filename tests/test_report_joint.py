@@ -76,7 +76,7 @@ def test_section_sits_after_the_laws_with_its_figures(two_fits):
 
 
 def test_law_line_shows_the_fitted_numbers(two_fits):
-    entry = two_fits["doc"]["joint_law"]
+    entry = two_fits["doc"]["joint_law"][0]
     assert isinstance(entry, dict) and entry["status"] == "ok"
     part = section(page(two_fits["store"], two_fits["report"]), "heading")
     for p, name in (("E", "E"), ("A", "A"), ("alpha", "α"), ("B", "B"), ("beta", "β")):
@@ -94,7 +94,7 @@ def test_law_line_shows_the_fitted_numbers(two_fits):
 
 def test_running_check_table_lists_past_predictions_newest_first(two_fits):
     doc, first = two_fits["doc"], two_fits["first"]
-    running = doc["joint_law"]["running_check"]
+    running = doc["joint_law"][0]["running_check"]
     assert running and all(c["predicted_by"] == first.doc["results_sha"] for c in running)
     part = section(page(two_fits["store"], two_fits["report"]), "heading")
     assert "<h3>Past predictions against what came in</h3>" in part
@@ -117,7 +117,7 @@ def test_running_check_table_lists_past_predictions_newest_first(two_fits):
 
 def test_first_fit_has_no_running_check_yet(two_fits):
     store, first = two_fits["store"], two_fits["first"]
-    assert first.doc["joint_law"]["running_check"] == []
+    assert first.doc["joint_law"][0]["running_check"] == []
     part = section(page(store, two_fits["first_report"]), "heading")
     assert NO_RUNNING_CHECK.replace("'", "&#x27;") in part
     assert '<table class="running">' not in part and "fig-running_check" not in part
@@ -154,7 +154,7 @@ def test_a_fit_from_before_the_joint_law_still_renders(two_fits, tmp_path):
 
 
 def test_a_list_of_joint_laws_picks_the_reports_family(two_fits, tmp_path):
-    entry = two_fits["doc"]["joint_law"]
+    entry = two_fits["doc"]["joint_law"][0]
 
     def as_list(doc, table):
         other = {**entry, "family": "other", "E": 9.87654}

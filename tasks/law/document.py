@@ -24,6 +24,7 @@ import polars as pl
 
 from kbitlaw.law.common import OK, FitConfig, json_safe, table_rows
 from kbitlaw.law.damage import fit_damage
+from kbitlaw.law.fitdoc import FIT_SCHEMA_VERSION
 from kbitlaw.law.frontier import fit_frontiers
 from kbitlaw.law.joint_fit import fit_joint_laws
 from kbitlaw.law.scaling import fit_power_laws_by_spec, fit_thresholds, linear_curves
@@ -38,7 +39,7 @@ from kbitlaw.law.table import (
 
 __all__ = ["LAW_VERSION", "FitConfig", "FitResult", "fit_laws", "warm_starts"]
 
-LAW_VERSION = "4"  # bump when a change alters fitted numbers: stored fits are then not reused
+LAW_VERSION = "5"  # bump when a change alters fitted numbers: stored fits are then not reused
 
 
 @dataclass(frozen=True)
@@ -147,11 +148,12 @@ def fit_laws(
     doc = {
         "results_sha": sha,
         "law_version": LAW_VERSION,
+        "schema_version": FIT_SCHEMA_VERSION,
         "recommendation": rec,
         "threshold": thresholds,
         "power_law": power,
         "damage": damage,
-        "joint_law": joint[0] if len(joint) == 1 else joint,
+        "joint_law": joint,
         "extrapolation": t_checks + p_checks + d_checks,
         "recommendations": recs,
         "matching": matching,

@@ -1,0 +1,102 @@
+"""Broken fit documents for the readers' fuzz tests: every field in turn missing, null, NaN, +-inf,
+1e300 or negative, and every status field set to every status.
+
+A field is a key path with list indices collapsed (`damage[].ci.C`): one mutation changes that
+field in every entry of the list at once, so the number of documents grows with the schema, not
+with the number of entries. `mutations(doc)` yields (label, document) pairs; `sample()` keeps a
+deterministic, evenly spread subset when a reader is too slow to render them all.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from kbitlaw.status import STATUSES
+
+MISSING = object()
+VALUES: tuple[tuple[str, Any], ...] = (
+    ("missing", MISSING),
+    ("null", None),
+    ("nan", math.nan),
+    ("+inf", math.inf),
+    ("-inf", -math.inf),
+    ("1e300", 1e300),
+    ("negative", -1.0),
+)
+Path = tuple  # of str keys and the marker [] for "every element"
+EVERY = "[]"
+
+
+def field_paths(obj: Any, prefix: Path = (), limit_depth: int = 7) -> list[Path]:
+    """Every field's path (dict keys; EVERY for list elements), parents before children."""
+    out: list[Path] = []
+    if len(prefix) >= limit_depth:
+        return out
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.append((*prefix, k))
+            out += field_paths(v, (*prefix, k), limit_depth)
+    elif isinstance(obj, list) and obj:
+        seen: set[Path] = set()
+        for item in obj[:4]:  # entries of one list share a layout: the first few show it
+            for p in field_paths(item, (*prefix, EVERY), limit_depth):
+                if p not in seen:
+                    seen.add(p)
+                    out.append(p)
+    return list(dict.fromkeys(out))
+
+
+def _apply(obj: Any, path: Path, value: Any) -> None:
+    head, rest = path[0], path[1:]
+    targets: list[tuple[Any, Any]]
+    if head == EVERY:
+        targets = list(enumerate(obj)) if isinstance(obj, list) else []
+        container = obj
+    else:
+        targets = [(head, obj[head])] if isinstance(obj, dict) and head in obj else []
+        container = obj
+    for key, child in targets:
+        if rest:
+            _apply(child, rest, value)
+        elif value is MISSING:
+            if isinstance(container, dict):
+                container.pop(key, None)
+            # a list element cannot go missing: it becomes null instead
+            elif isinstance(container, list):
+                container[key] = None
+        else:
+            container[key] = copy.deepcopy(value)
+
+
+def mutate(doc: dict, path: Path, value: Any) -> dict:
+    out = copy.deepcopy(doc)
+    _apply(out, path, value)
+    return out
+
+
+def label(path: Path) -> str:
+    return ".".join(path).replace(".[]", "[]")
+
+
+def mutations(doc: dict) -> Iterator[tuple[str, dict]]:
+    """(label, broken document) for every field x every bad value, and every status x every
+    status field."""
+    for path in field_paths(doc):
+        for name, value in VALUES:
+            yield f"{label(path)}={name}", mutate(doc, path, value)
+        if path[-1] == "status":
+            for s in STATUSES:
+                yield f"{label(path)}={s}", mutate(doc, path, s)
+    for name, value in (("empty", {}), ("list", []), ("string", "x")):
+        yield f"<document>={name}", value  # type: ignore[misc]
+
+
+def sample(items: list, n: int) -> list:
+    """n items evenly spread over the list (all of them when n >= len)."""
+    if n >= len(items):
+        return items
+    step = len(items) / n
+    return [items[int(i * step)] for i in range(n)]
