@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from kbitlaw.law.common import NO_DATA, OK, extrapolation_entry, num, table_rows
+from kbitlaw.law.common import NO_DATA, OK, extrapolation_entry, json_safe, num, table_rows
 from kbitlaw.law.damage_fit import DamageFit, Noise, fit_damage_law
 from kbitlaw.law.solve import child_rng, interval
 from kbitlaw.quant.spec import QuantSpec
@@ -155,6 +155,8 @@ def insufficient(base: dict) -> dict:
         "width_holdout_errors": None,
         "held_out": None,
         "unidentified": [],
+        "dropped": [],
+        "nested": None,
         "next_checkpoint": None,
         "status": NO_DATA,
     }
@@ -177,7 +179,7 @@ def held_out_check(data: SchemeData, form: str, cols: np.ndarray, n_boot: int, s
     x, y, ckpt, noise = data.design(form)[:, cols], data.y, data.checkpoints, data.noise()
     latest = data.latest["checkpoint_id"]
     train = ckpt != latest
-    if not np.array_equal(free_columns(data.design(form)[train]), cols) or not identifiable(
+    if not set(cols) <= set(free_columns(data.design(form)[train])) or not identifiable(
         x[train], ckpt[train], cols
     ):
         return None, []
@@ -277,12 +279,15 @@ class DamageModel:
         return self.predict(n, d, np.full(np.shape(n), k))
 
 
-def fit_damage_model(data: SchemeData, form: str, n_boot: int, seed: int) -> DamageModel | None:
-    """One form on one scheme's points; None when the data do not identify it."""
+def fit_damage_model(
+    data: SchemeData, form: str, n_boot: int, seed: int, cols: np.ndarray | None = None
+) -> DamageModel | None:
+    """One form on one scheme's points (on the design columns `cols`: by default every one whose
+    variable varies); None when the data do not identify it."""
     if data.rows.height == 0:
         return None
     x = data.design(form)
-    cols = free_columns(x)
+    cols = free_columns(x) if cols is None else cols
     if not identifiable(x, data.checkpoints, cols):
         return None
     rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}")
@@ -301,8 +306,51 @@ def scheme_data(points: pl.DataFrame) -> list[SchemeData]:
     ]
 
 
+def nested_columns(cols: np.ndarray) -> list[np.ndarray]:
+    """The full form's columns, then its nested forms: without the N term, without the k term,
+    without both. The D term (beta) stays: it is what the law is about."""
+    out = [cols]
+    for drop in ((2,), (3,), (2, 3)):
+        if all(d in cols for d in drop):
+            out.append(np.array([c for c in cols if c not in drop]))
+    return out
+
+
 def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, seed: int, level: float):
-    """One damage form on one scheme: (doc entry, extrapolation checks, long-table rows)."""
+    """One damage form on one scheme: (doc entry, extrapolation checks, long-table rows, held-out).
+
+    The full form first; when its parameters do not pass the gates (law/gates.py: a parameter the
+    data cannot pin down, or an implausible estimate), the nested forms in turn (nested_columns),
+    and the first that passes is kept, with `dropped` and `nested` saying what was left out and
+    why. When none passes, the full form is reported and the gates mark it."""
+    from kbitlaw.law.gates import DAMAGE, gate_params
+
+    full = fit_one_form(data, form, all_rows, n_boot, seed, level, None)
+    entry = full[0]
+    if entry["status"] != OK or gate_params(json_safe(entry), DAMAGE, level=level).status == OK:
+        return full
+    x = data.design(form)
+    for cols in nested_columns(free_columns(x))[1:]:
+        nested = fit_one_form(data, form, all_rows, n_boot, seed, level, cols)
+        e = nested[0]
+        if e["status"] == OK and gate_params(json_safe(e), DAMAGE, level=level).status == OK:
+            extra = [p for p in e["dropped"] if p not in entry["dropped"]]
+            why = gate_params(json_safe(entry), DAMAGE, level=level).reason
+            e["nested"] = f"{', '.join(extra)} dropped from the form: in the full form, {why}"
+            return nested
+    return full
+
+
+def fit_one_form(
+    data: SchemeData,
+    form: str,
+    all_rows: pl.DataFrame,
+    n_boot: int,
+    seed: int,
+    level: float,
+    cols: np.ndarray | None,
+):
+    """One damage form on one scheme's points, on the design columns `cols` (default: all free)."""
     base = {
         "family": data.family,
         "scheme": data.scheme,
@@ -311,14 +359,19 @@ def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, s
         "n_checkpoints": len(np.unique(data.checkpoints)),
         "nonpositive": int((data.y <= 0).sum()),  # kept in the fit
         "dropped_nonpositive": 0,
+        "level": level,  # of the intervals (the gates judge their widths at it)
     }
     if data.rows.height == 0:
         return insufficient(base), [], [], None
-    model = fit_damage_model(data, form, n_boot, seed)
+    model = fit_damage_model(data, form, n_boot, seed, cols)
     if model is None:
         return insufficient(base), [], [], None
     x, cols, fit, noise = data.design(form), model.cols, model.fit, data.noise()
     est, samples = to_params(fit.theta, cols, form), to_params(fit.boot, cols, form)
+    # C's scale where the data are: dL at the geometric centre of the points (gates.py)
+    centre = x[:, cols].mean(axis=0)
+    with np.errstate(over="ignore"):
+        at_centre = np.exp(fit.boot @ centre)
     held, checks = held_out_check(data, form, cols, n_boot, seed, level)
     by_width = width_holdout(data, form, cols, seed)
     entry = {
@@ -332,7 +385,12 @@ def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, s
         },
         "heldout_error": None,  # filled in by fit_damage (heldout_errors)
         "held_out": data.latest["checkpoint_id"],
-        "unidentified": [p for i, p in enumerate(PARAMS) if i not in cols],
+        "ci_centre": {"C": [num(v) for v in interval(at_centre, level)]},
+        "centre": {"delta_loss": num(np.exp(centre @ fit.theta))},
+        # a variable that takes one value in the data, or a term a nested form left out
+        "dropped": [p for i, p in enumerate(PARAMS) if i not in cols],
+        "unidentified": [],
+        "nested": None,
         "next_checkpoint": next_checkpoint(data, all_rows, form, cols, fit, level),
         "status": OK,
     }

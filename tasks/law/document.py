@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kbitlaw.law.common import OK, FitConfig, json_safe, table_rows
+from kbitlaw.law import gates
+from kbitlaw.law.common import OK, POINT_COLUMNS, FitConfig, json_safe, table_rows
 from kbitlaw.law.damage import fit_damage
 from kbitlaw.law.fitdoc import FIT_SCHEMA_VERSION
 from kbitlaw.law.frontier import fit_frontiers
@@ -96,6 +97,21 @@ def linear_rows(curves: pl.DataFrame, n: int) -> list[pl.DataFrame]:
     return rows
 
 
+def observed_rows(section: str, pts: pl.DataFrame) -> pl.DataFrame:
+    """Long-table rows of metric points (law/table.py), every POINT_COLUMNS column: the report
+    and the other readers take the points from the fit instead of re-reading the results."""
+    return table_rows(section, None, **{c: pts[c] for c in POINT_COLUMNS})
+
+
+def dataset_versions(df: pl.DataFrame) -> list[list[str]]:
+    """The (dataset, dataset_sha) pairs the fitted results used, sorted: the report links each
+    version's cleaning summary and validation pages."""
+    if "dataset_sha" not in df.columns:
+        return []
+    pairs = df.select("dataset", pl.col("dataset_sha").cast(pl.String)).unique().drop_nulls()
+    return [list(r) for r in pairs.sort("dataset", "dataset_sha").iter_rows()]
+
+
 def fit_laws(
     results: pl.DataFrame,
     config: FitConfig = FitConfig(),
@@ -119,23 +135,15 @@ def fit_laws(
     thresholds, t_checks, t_rows = fit_thresholds(latest, comp_latest, config, warm)
     power, p_checks, p_rows = fit_power_laws_by_spec(latest, config, warm)
     damage, d_checks, d_rows = fit_damage(points, config.n_boot, config.seed, config.level)
+    damage = [
+        gates.apply("damage", e, config.level) for e in json_safe(damage)
+    ]  # the joint law uses only ok forms
     joint, j_rows, _ = fit_joint_laws(points, damage, config, previous)
     curves = linear_curves(latest, config.min_sizes)
-    point_rows = table_rows(
-        "point",
-        None,
-        family=latest["family"],
-        metric=latest["metric"],
-        quant=latest["quant"],
-        bits=latest["bits"],
-        n_params=latest["n_params"],
-        tokens_seen=latest["tokens_seen"],
-        total_bits=latest["total_bits"],
-        value=latest["value"],
-    )
     table = pl.concat(
         [
-            point_rows,
+            observed_rows("point", latest),
+            observed_rows("checkpoint", points),
             *frontier_rows,
             *linear_rows(curves, config.grid_points),
             *t_rows,
@@ -164,7 +172,10 @@ def fit_laws(
         "incomplete_points": incomplete,
         "warm_started": len(warm),
         "config": config.describe(),
+        "datasets": dataset_versions(df),
     }
+    doc = gates.gate_document(json_safe(doc))
+    doc["gates"] = gates.describe()
     doc["claims"] = family_claims(latest, points, doc, samples)
     return FitResult(json_safe(doc), table)
 

@@ -27,7 +27,8 @@ import polars as pl
 
 from kbitlaw.law.chinchilla import Surface, fit_surface
 from kbitlaw.law.common import OK, FitConfig
-from kbitlaw.law.damage import DamageModel, fit_damage_model, scheme_column, scheme_data
+from kbitlaw.law.damage import PARAMS as DAMAGE_PARAMS
+from kbitlaw.law.damage import DamageModel, fit_damage_model, free_columns, scheme_column, scheme_data
 from kbitlaw.law.solve import child_rng
 
 DEFAULT_FORM = "power"
@@ -129,7 +130,7 @@ class JointLaw:
 def fit_joint(
     df: pl.DataFrame,
     family: str,
-    forms: Mapping[str, str],
+    forms: Mapping[str, str | tuple[str, list[str]]],
     config: FitConfig,
     warm: np.ndarray | None = None,
     salt: str = "",
@@ -150,7 +151,11 @@ def fit_joint(
         return None
     damage = {}
     for data in scheme_data(df.drop("scheme", "size")):
-        model = fit_damage_model(data, forms.get(data.scheme, DEFAULT_FORM), config.n_boot, config.seed)
+        if data.scheme not in forms:
+            continue  # no damage law of this scheme passed its gates: its specs get no prediction
+        form, dropped = chosen_form(forms[data.scheme])
+        cols = np.array([c for c in free_columns(data.design(form)) if DAMAGE_PARAMS[c] not in dropped])
+        model = fit_damage_model(data, form, config.n_boot, config.seed, cols)
         if model is not None:
             damage[data.scheme] = model
     specs = {
@@ -200,15 +205,25 @@ def choose_forms(damage_entries: list[dict], family: str) -> dict[str, dict]:
     width left out (damage.py width_holdout); the latest-checkpoint hold-out decides only where
     there are fewer than 3 widths. Errors within TIE of each other do not decide: then the default
     (power) form, and `chosen_by` says so."""
+    from kbitlaw.law.common import json_safe
+    from kbitlaw.law.gates import gate_entry
+
     by_scheme: dict[str, dict[str, dict]] = {}
     for e in damage_entries:
-        if e.get("family") == family and e.get("status") == OK:
+        usable = e.get("status") == OK and gate_entry("damage", json_safe(e)).status == OK
+        if e.get("family") == family and usable:
             by_scheme.setdefault(e["scheme"], {})[e["form"]] = e
     out = {}
     for scheme, forms in by_scheme.items():
         form, score, chosen_by = pick_form(forms)
         out[scheme] = {"form": form, "heldout_error": score, "chosen_by": chosen_by, "entry": forms[form]}
     return out
+
+
+def chosen_form(choice: str | tuple[str, list[str]]) -> tuple[str, list[str]]:
+    """(form, parameters dropped from it) of a scheme's chosen damage law: `forms` maps a scheme to
+    its form's name, or to (name, dropped) when a nested form was chosen (damage.py fit_form)."""
+    return (choice, []) if isinstance(choice, str) else (choice[0], list(choice[1]))
 
 
 TIE = 0.05  # relative difference of two held-out errors that decides nothing

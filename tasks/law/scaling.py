@@ -17,12 +17,14 @@ import polars as pl
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, ci_pair, extrapolation_entry, num, table_rows
 from kbitlaw.law.holdout import HeldOutNoise, PowerLawRefit, held_out_noise, power_law_prediction_boot
 from kbitlaw.law.nonlinear import (
+    POWER_LAW_HI,
+    POWER_LAW_LO,
     Bootstrapped,
     PowerLawProblem,
     bootstrap_power_laws,
     power_law_predict,
 )
-from kbitlaw.law.threshold import ThresholdProblem, bootstrap_thresholds, threshold_predict
+from kbitlaw.law.threshold import ThresholdProblem, bootstrap_thresholds, threshold_bounds, threshold_predict
 
 ACCURACY_METRIC = (pl.col("metric") == "mean_acc") | pl.col("metric").str.starts_with("acc:")
 
@@ -202,6 +204,7 @@ def _threshold_entry(group: SizeGroup, p: ThresholdProblem, f: Bootstrapped | No
             "status": NO_DATA,
         }
     m, log_w, h, c = f.theta
+    bounds = threshold_bounds(p.x, p.chance)
     ci = ci_pair(f.boot[:, 0], level, lambda v: 2.0**v)
     known = None not in ci
     return {
@@ -216,6 +219,10 @@ def _threshold_entry(group: SizeGroup, p: ThresholdProblem, f: Bootstrapped | No
         "r_chance_fixed": p.chance is not None,
         "r_max": num(c + h),
         "s_star_in_range": bool(p.x.min() <= m <= p.x.max()),
+        "bounds": {
+            "s_star_bits": [num(2.0 ** bounds.lo[0]), num(2.0 ** bounds.hi[0])],
+            "w": [num(np.exp(bounds.lo[1])), num(np.exp(bounds.hi[1]))],
+        },
         "status": OK,
     }
 
@@ -293,6 +300,10 @@ def _power_law_entry(group: SizeGroup, f: Bootstrapped | None, level: float) -> 
             "status": NO_DATA,
         }
     a, alpha, e = f.theta
+    # A's scale where the data are: A / S^alpha at the geometric centre of the sizes (gates.py)
+    log_s = float(np.log(group.points["total_bits"].to_numpy().astype(float)).mean())
+    with np.errstate(over="ignore", invalid="ignore"):
+        a_term = np.exp(f.boot[:, 0] - f.boot[:, 1] * log_s)
     ci = {
         "E": ci_pair(np.exp(f.boot[:, 2]), level),
         "A": ci_pair(np.exp(f.boot[:, 0]), level),
@@ -304,6 +315,12 @@ def _power_law_entry(group: SizeGroup, f: Bootstrapped | None, level: float) -> 
         "A": num(np.exp(a)),
         "alpha": num(alpha),
         "ci": ci,
+        "ci_centre": {"A": ci_pair(a_term, level)},
+        "centre": {"total_bits": num(np.exp(log_s)), "A_term": num(np.exp(a - alpha * log_s))},
+        "bounds": {
+            "alpha": [num(POWER_LAW_LO[1]), num(POWER_LAW_HI[1])],
+            "E": [num(np.exp(POWER_LAW_LO[2])), num(np.exp(POWER_LAW_HI[2]))],
+        },
         "status": OK,
     }
 
