@@ -175,7 +175,7 @@ def fit_laws(
         "datasets": dataset_versions(df),
     }
     doc = gates.gate_document(json_safe(doc))
-    doc["gates"] = gates.describe()
+    doc["gates"] = gates.describe_gates()
     doc["claims"] = family_claims(latest, points, doc, samples)
     return FitResult(json_safe(doc), table)
 
