@@ -1,7 +1,9 @@
-"""`kbitlaw predict`: the joint law's forward predictions, against simulated truths, and the command."""
+"""`kbitlaw predict`: the joint law's forward predictions, read from the fit document (never refit),
+against simulated truths; statuses honoured; and the command."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -10,8 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kbitlaw.law.common import FitConfig
-from kbitlaw.law.predict import PredictError, fit_for_prediction, predict
+from kbitlaw.law.common import FitConfig, json_safe
+from kbitlaw.law.document import fit_laws
+from kbitlaw.law.joint_model import JointModel
+from kbitlaw.law.predict import PredictError, predict, predict_from_document
 from kbitlaw.law.sim import Dataset, World, simulate_results
 from kbitlaw.quant.spec import QuantSpec
 
@@ -27,17 +31,34 @@ def simulate(seed: int = 0, **kw) -> pl.DataFrame:
     return simulate_results(SIZES, TOKENS, SPECS, [PPL], world=WORLD, seed=seed, **kw)
 
 
+def stored(doc: dict) -> dict:
+    """The document as fits/<sha>/fit.json holds it (a JSON round trip)."""
+    return json.loads(json.dumps(doc, allow_nan=False))
+
+
+def fit_document(df: pl.DataFrame) -> dict:
+    return stored(fit_laws(df, CONFIG).doc)
+
+
+def stored_law(doc: dict):
+    """The joint law the document stores (what predict rebuilds)."""
+    (entry,) = doc["joint_law"]
+    return JointModel.from_dict(entry["model"], entry["family"]).law
+
+
 @pytest.fixture(scope="module")
-def fitted():
-    return fit_for_prediction(simulate(), CONFIG)
+def doc() -> dict:
+    fitted = fit_document(simulate())
+    (entry,) = fitted["joint_law"]
+    assert entry["status"] == "ok", entry.get("reason")  # clean simulated data pass the gates
+    return fitted
 
 
-def test_predictions_cover_the_truth_inside_the_fitted_range(fitted):
-    law, points, entry = fitted
+def test_predictions_cover_the_truth_inside_the_fitted_range(doc):
     n, d = 6e8, 1.6e10  # between the measured sizes and token counts
-    doc = predict(law, points, entry, n, d)
-    assert not doc["extrapolated"]
-    by_quant = {p["quant"]: p for p in doc["predictions"]}
+    out = predict_from_document(doc, n, d)
+    assert out["status"] == "ok" and not out["extrapolated"] and out["left_out"] == []
+    by_quant = {p["quant"]: p for p in out["predictions"]}
     assert list(by_quant) == ["fp16", "int8-b64", "int6-b64", "int5-b64", "int4-b64", "int3-b64"]
     for quant, p in by_quant.items():
         spec = QuantSpec.parse(quant)
@@ -48,25 +69,23 @@ def test_predictions_cover_the_truth_inside_the_fitted_range(fitted):
     assert by_quant["int3-b64"]["damage"] > by_quant["int4-b64"]["damage"] > 0
 
 
-def test_budget_picks_the_best_size_and_spec(fitted):
-    law, points, entry = fitted
-    doc = predict(law, points, entry, 1e9, 3.2e10, memory_gb=0.7)
-    b = doc["budget"]
+def test_budget_picks_the_best_size_and_spec(doc):
+    b = predict_from_document(doc, 1e9, 3.2e10, memory_gb=0.7)["budget"]
     assert b["status"] == "ok"
     losses = {o["quant"]: o["loss"] for o in b["options"]}
     assert b["best"]["loss"] == min(losses.values())
     assert sum(o["p_best"] for o in b["options"]) == pytest.approx(1.0)
+    law = stored_law(doc)
     for o in b["options"]:  # each option is the largest model of its spec within the budget
         assert float(law.memory_bits(o["n_params"], o["quant"])) == pytest.approx(0.7 * 8e9)
     # 1e9 params, 15% of them 16-bit (embeddings): 0.75 GB at int4-b64, 0.65 GB at int3-b64
     assert b["planned"]["fits_at"] == ["int3-b64"] and b["planned"]["best_quant"] == "int3-b64"
 
 
-def test_tokens_until_the_damage_threshold_match_the_truth(fitted):
-    law, points, entry = fitted
+def test_tokens_until_the_damage_threshold_match_the_truth(doc):
     n, threshold = 1.6e8, 0.02
-    doc = predict(law, points, entry, n, 1e10, threshold=threshold)
-    (int4,) = [t for t in doc["damage_threshold"]["tokens"] if t["quant"] == "int4-b64"]
+    out = predict_from_document(doc, n, 1e10, threshold=threshold)
+    (int4,) = [t for t in out["damage_threshold"]["tokens"] if t["quant"] == "int4-b64"]
     spec = QuantSpec.parse("int4-b64")
     per_token = WORLD.damage(np.array(n), np.array(1.0), spec)
     true = (threshold / per_token) ** (1 / WORLD.damage_beta)
@@ -74,15 +93,15 @@ def test_tokens_until_the_damage_threshold_match_the_truth(fitted):
     assert int4["tokens"] == pytest.approx(true, rel=0.5)
 
 
-def test_a_run_in_progress_is_predicted_at_its_planned_end():
+def test_a_run_in_progress_is_predicted_at_its_planned_end_and_the_document_and_report_carry_it():
+    from kbitlaw.report.html_joint import in_progress_html
+
     full = simulate()
     biggest, last = SIZES[-1], TOKENS[-1]
     # the largest run has reached 1/4 of its plan; its last two checkpoints are still to come
     df = full.filter(~((pl.col("n_params") == int(biggest)) & (pl.col("tokens_seen") > last / 4)))
-    df = df.with_columns(tokens_planned=pl.lit(last))
-    law, points, entry = fit_for_prediction(df, CONFIG)
-    doc = predict(law, points, entry, biggest, last)
-    (run,) = doc["runs_in_progress"]
+    fitted = fit_document(df.with_columns(tokens_planned=pl.lit(last)))
+    (run,) = predict_from_document(fitted, biggest, last)["runs_in_progress"]
     assert run["n_params"] == biggest and run["tokens_seen"] == last / 4 and run["tokens_planned"] == last
     actual = full.filter(
         pl.col("n_params") == int(biggest), pl.col("tokens_seen") == last, pl.col("metric") == "loss"
@@ -91,32 +110,105 @@ def test_a_run_in_progress_is_predicted_at_its_planned_end():
         observed = actual.filter(pl.col("quant") == p["quant"])["value"][0]
         sd = 0.001 * observed
         assert p["ci"][0] - 2 * sd <= observed <= p["ci"][1] + 2 * sd, (p, observed)
-
-
-def test_the_fit_document_and_the_report_carry_the_runs_in_progress():
-    from kbitlaw.law.document import fit_laws
-    from kbitlaw.report.html_joint import in_progress_html
-
-    biggest, last = SIZES[-1], TOKENS[-1]
-    df = simulate().filter(~((pl.col("n_params") == int(biggest)) & (pl.col("tokens_seen") > last / 4)))
-    entry = fit_laws(df.with_columns(tokens_planned=pl.lit(last)), CONFIG).doc["joint_law"][0]
-    (run,) = entry["in_progress"]
-    assert run["tokens_planned"] == last and run["predictions"][0]["quant"] == "fp16"
+    entry = fitted["joint_law"][0]
+    (in_doc,) = entry["in_progress"]
+    assert in_doc == run  # the law stage's own prediction of the run, and predict's, are one
     html = in_progress_html(entry["in_progress"], 0.9)
     assert "Runs in progress: predicted at their planned end" in html and run["checkpoint_id"] in html
     assert in_progress_html([], 0.9) == ""
-    assert fit_laws(simulate(), CONFIG).doc["joint_law"][0]["in_progress"] == []  # every run finished
 
 
-def test_bad_requests_say_why():
-    two = pl.concat([simulate(0), simulate(1, family="other")])
+def test_every_run_finished_means_none_in_progress(doc):
+    assert doc["joint_law"][0]["in_progress"] == []
+    assert predict_from_document(doc, 1e8, 1e10)["runs_in_progress"] == []
+
+
+def test_predictions_read_from_the_document_equal_the_fitted_law():
+    """The stored model rebuilds the law the law stage fitted: the same predictions to 1e-9."""
+    from kbitlaw.law.damage import fit_damage
+    from kbitlaw.law.joint import loss_points
+    from kbitlaw.law.joint_fit import fit_joint_laws
+    from kbitlaw.law.table import components, drop_unusable, metric_points, normalise
+
+    biggest, last = SIZES[-1], TOKENS[-1]
+    df = simulate(3).filter(~((pl.col("n_params") == int(biggest)) & (pl.col("tokens_seen") > last / 4)))
+    kept, _ = drop_unusable(normalise(df.with_columns(tokens_planned=pl.lit(last))))
+    points, _ = metric_points(components(kept))
+    damage, _, _ = fit_damage(points, CONFIG.n_boot, CONFIG.seed, CONFIG.level)
+    entries, _, laws = fit_joint_laws(points, damage, CONFIG)
+    entry = stored(json_safe(entries[0]))
+    in_memory = JointModel.of(laws["sim"], loss_points(points, "sim"))
+    document = {"joint_law": [entry], "config": {"level": CONFIG.level}}
+    for n, d, gb in ((6e8, 1.6e10, 0.7), (1e11, 1e12, 50.0), (2e7, 3e9, 0.01)):
+        kw = {"memory_gb": gb, "threshold": 0.05}
+        want = predict(in_memory, entry, n, d, level=CONFIG.level, **kw)
+        got = predict_from_document(document, n, d, **kw)
+        assert_close(got, want)
+        assert len(got["predictions"]) == len(SPECS) and got["runs_in_progress"]
+
+
+def assert_close(got, want, where="") -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), where
+        for k in want:
+            assert_close(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float) and not isinstance(want, bool):
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-12), where
+    else:
+        assert got == want, where
+
+
+def test_a_joint_law_that_is_not_ok_gives_no_prediction(doc, capsys):
+    from kbitlaw.flows.console import _prediction_summary
+
+    broken = copy.deepcopy(doc)
+    broken["joint_law"][0] |= {"status": "failed", "reason": "alpha = 4.4 outside its plausible range"}
+    out = predict_from_document(broken, 6e8, 1.6e10, memory_gb=1.0)
+    assert out["status"] == "failed" and out["predictions"] == [] and out["budget"] is None
+    assert out["reason"] == "failed: alpha = 4.4 outside its plausible range"
+    assert "E" not in out["law"]  # none of its numbers
+    _prediction_summary(out)
+    assert capsys.readouterr().out.splitlines() == [
+        "joint law for sim: failed: alpha = 4.4 outside its plausible range; no prediction"
+    ]
+
+
+def test_a_scheme_whose_damage_law_is_not_ok_gives_no_prediction_for_its_specs(doc, capsys):
+    from kbitlaw.flows.console import _prediction_summary
+
+    broken = copy.deepcopy(doc)
+    (scheme,) = broken["joint_law"][0]["damage"]["schemes"]
+    scheme |= {"status": "unidentified", "unidentified": ["gamma"], "reason": ""}
+    out = predict_from_document(broken, 6e8, 1.6e10, memory_gb=1.0)
+    assert out["status"] == "ok" and [p["quant"] for p in out["predictions"]] == ["fp16"]
+    quantized = ["int3-b64", "int4-b64", "int5-b64", "int6-b64", "int8-b64"]
+    assert [x["quant"] for x in out["left_out"]] == quantized
+    assert {x["reason"] for x in out["left_out"]} == {"not identified: gamma"}
+    assert [o["quant"] for o in out["budget"]["options"]] == ["fp16"]
+    assert out["damage_threshold"]["tokens"] == []
+    _prediction_summary(out)
+    text = capsys.readouterr().out
+    assert f"no prediction for {', '.join(quantized)} (damage law int<k>-b64: not identified" in text
+    assert "int4-b64 " not in text.split("no prediction for")[0]  # not in the table
+
+
+def test_bad_requests_say_why(doc):
+    entry = doc["joint_law"][0]
+    two = {**doc, "joint_law": [entry, {**entry, "family": "other"}]}
     with pytest.raises(PredictError, match=r"2 families \(other, sim\); pick one with --family"):
-        fit_for_prediction(two, CONFIG)
+        predict_from_document(two, 1e8, 1e10)
     with pytest.raises(PredictError, match="no family 'nope'"):
-        fit_for_prediction(two, CONFIG, "nope")
-    one_size = simulate_results([1e8], TOKENS, SPECS, [PPL], world=WORLD)
-    with pytest.raises(PredictError, match="insufficient data for the joint law"):
-        fit_for_prediction(one_size, CONFIG)
+        predict_from_document(two, 1e8, 1e10, family="nope")
+    assert predict_from_document(two, 1e8, 1e10, family="other")["family"] == "other"
+    with pytest.raises(PredictError, match="the stored model cannot be read"):
+        predict_from_document({**doc, "joint_law": [{**entry, "model": None}]}, 1e8, 1e10)
+    one_size = fit_document(simulate_results([1e8], TOKENS, SPECS, [PPL], world=WORLD))
+    out = predict_from_document(one_size, 1e8, 1e10)
+    assert out["status"] == "insufficient data" and out["predictions"] == []
 
 
 def kbitlaw(*args: str) -> subprocess.CompletedProcess:
@@ -134,10 +226,13 @@ def test_the_command_prints_one_json_document_or_a_table(tmp_path):
     doc = json.loads(out.stdout)
     assert set(doc) >= {
         "family",
+        "status",
+        "reason",
         "n_params",
         "tokens",
         "law",
         "predictions",
+        "left_out",
         "budget",
         "damage_threshold",
         "runs_in_progress",
@@ -153,7 +248,7 @@ def test_the_command_prints_one_json_document_or_a_table(tmp_path):
     ]
 
 
-def test_memory_follows_the_16_bit_parameters_as_sizes_grow():
+def test_memory_follows_the_16_bit_parameters_as_sizes_grow(doc):
     # Embeddings stay 16-bit and grow slower than the model: their count is fitted over the sizes
     # (here 5e6 (N/1e8)^0.5), so a budget at 10x the largest size does not assume their share stays.
     from kbitlaw.law.joint import sixteen_bit_params
@@ -166,7 +261,7 @@ def test_memory_follows_the_16_bit_parameters_as_sizes_grow():
     )
     share, (slope, intercept) = sixteen_bit_params(df)
     assert slope == pytest.approx(0.5) and np.exp(intercept) * 1e8**0.5 == pytest.approx(5e6)
-    law, _, _ = fit_for_prediction(simulate(), CONFIG)
+    law = stored_law(doc)
     law = type(law)(**{**law.__dict__, "unquantized": (slope, intercept), "quantized_share": share})
     big = 1.6e10
     assert float(law.memory_bits(big, "int4-b64")) == pytest.approx(
@@ -176,13 +271,21 @@ def test_memory_follows_the_16_bit_parameters_as_sizes_grow():
     assert sixteen_bit_params(one_size)[1] is None  # one size: the share
 
 
-def test_the_command_reads_a_store(tmp_path):
+def test_the_command_reads_the_stored_fit_and_does_not_refit(tmp_path):
+    from kbitlaw.law.io import fit_store
     from kbitlaw.store import Store
 
     store = Store(str(tmp_path / "store"))
     store.write_parquet("results/sim/fp16/all.parquet", simulate())
-    out = kbitlaw("predict", "--store", store.uri, "--n-params", "6e8", "--tokens", "1.6e10", "--json")
+    fitted = fit_store(store)  # the law stage
+    fit_file = tmp_path / "store" / fitted.key
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "store" / "fits").rglob("*")}
+    args = ["predict", "--store", store.uri, "--n-params", "6e8", "--tokens", "1.6e10", "--memory-gb", "1"]
+    out = kbitlaw(*args, "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["family"] == "sim"
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "store" / "fits").rglob("*")}
+    assert after == before and fit_file in after  # nothing fitted, nothing written
+    want = predict_from_document(stored(fitted.doc), 6e8, 1.6e10, memory_gb=1.0)
+    assert json.loads(out.stdout) == stored(json_safe(want))
     both = kbitlaw("predict", "--store", store.uri, "--results", "x.csv", "--n-params", "1", "--tokens", "1")
     assert both.returncode == 1 and "use --store or --results, not both" in both.stderr

@@ -14,6 +14,7 @@ from kbitlaw.law.common import NO_DATA, OK, FitConfig, num, table_rows
 from kbitlaw.law.damage import PARAMS as DAMAGE_PARAMS
 from kbitlaw.law.joint import JointLaw, choose_forms, fit_joint, loss_points, sixteen_bit, warm_theta
 from kbitlaw.law.joint_checks import held_out_checks, running_check
+from kbitlaw.law.joint_model import JointModel
 from kbitlaw.law.predict import runs_in_progress
 from kbitlaw.law.solve import interval
 
@@ -40,6 +41,9 @@ def damage_entry(forms: dict[str, dict], law: JointLaw) -> dict:
                 "law": "ouyang" if chosen["form"] == "power" else "kumar",
                 **{p: e.get(p) for p in DAMAGE_PARAMS},
                 "ci": e.get("ci"),
+                "ci_centre": e.get("ci_centre"),
+                "dropped": e.get("dropped") or [],
+                "nested": e.get("nested"),
                 "heldout_error": num(chosen["heldout_error"]),
                 "chosen_by": chosen["chosen_by"],
                 "status": OK if fitted else NO_DATA,
@@ -51,6 +55,30 @@ def damage_entry(forms: dict[str, dict], law: JointLaw) -> dict:
         "form": form if len(set(chosen_forms)) <= 1 else "per scheme",
         "schemes": schemes,
         "status": OK if chosen_forms else NO_DATA,
+    }
+
+
+def centred_scales(law: JointLaw, df: pl.DataFrame, level: float) -> dict:
+    """A / N^alpha and B / D^beta at the geometric centre of the 16-bit points, with intervals:
+    where the data say how large each term is (law/gates.py judges the scales' widths there)."""
+    base = sixteen_bit(df)
+    log_n = float(np.log(base["n_params"].to_numpy().astype(float)).mean())
+    log_d = float(np.log(base["tokens_seen"].to_numpy().astype(float)).mean())
+    theta, boot = law.surface.theta, law.surface.boot
+    with np.errstate(over="ignore", invalid="ignore"):
+        a_term = np.exp(boot[:, 0] - boot[:, 3] * log_n)
+        b_term = np.exp(boot[:, 1] - boot[:, 4] * log_d)
+    return {
+        "centre": {
+            "n_params": num(np.exp(log_n)),
+            "tokens": num(np.exp(log_d)),
+            "A_term": num(np.exp(theta[0] - theta[3] * log_n)),
+            "B_term": num(np.exp(theta[1] - theta[4] * log_d)),
+        },
+        "ci_centre": {
+            "A": [num(v) for v in interval(a_term, level)],
+            "B": [num(v) for v in interval(b_term, level)],
+        },
     }
 
 
@@ -68,6 +96,7 @@ def insufficient_entry(family: str, n_points: int) -> dict:
         "running_check": [],
         "in_progress": [],
         "checkpoint_ids": [],
+        "model": None,
     }
 
 
@@ -154,7 +183,7 @@ def fit_joint_laws(
         before = previous_entry(previous, family)
         warm = warm_theta(before)
         forms = choose_forms(damage_entries, family)
-        form_of = {s: f["form"] for s, f in forms.items()}
+        form_of = {s: (f["form"], f["entry"].get("dropped") or []) for s, f in forms.items()}
         law = fit_joint(df, family, form_of, config, warm) if df.height else None
         if law is None:
             entries.append(insufficient_entry(family, sixteen_bit(df).height if df.height else 0))
@@ -168,6 +197,7 @@ def fit_joint_laws(
                 "status": OK,
                 **law.surface.params(),
                 "ci": law.surface.ci(config.level),
+                **centred_scales(law, df, config.level),
                 "unidentified": list(law.surface.unidentified),
                 "damage": damage_entry(forms, law),
                 "heldout_error": num(np.sqrt(np.mean(np.square(errors)))) if errors else None,
@@ -184,6 +214,8 @@ def fit_joint_laws(
                 "running_check": running,
                 "in_progress": runs_in_progress(law, df, config.level),
                 "checkpoint_ids": law.checkpoint_ids,
+                # what `kbitlaw predict` rebuilds the law from (law/joint_model.py)
+                "model": JointModel.of(law, df).to_dict(),
             }
         )
         rows.extend(heading_rows(law, df, config.level, config.grid_points))

@@ -1,5 +1,12 @@
 """Forward predictions from the joint law (law/joint.py): `kbitlaw predict`.
 
+Predict reads the fit document; it never fits. Each joint-law entry of the document stores its law
+as `model` (law/joint_model.py), and `predict_from_document` rebuilds it and predicts, honouring
+every status on the way (law/fitdoc.py): a joint law that is not ok gives no prediction (the output
+says why, `status` and `reason`, and `predictions` is empty), and a quantized spec whose scheme's
+damage law is not ok is left out (`left_out` names it and why). A document too broken to read
+raises PredictError with a one-line message, never anything else.
+
 For a planned model (N parameters trained on D tokens) it gives the 16-bit loss and the loss at
 every spec the family was measured at, each with its interval; for a memory budget, the best
 (size, spec) that fits it at D tokens and whether the planned model fits; the tokens past which
@@ -13,48 +20,31 @@ checkpoints when fitted without them) and `beyond_range` (how far N and D lie pa
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from kbitlaw.law.common import NO_DATA, OK, FitConfig, num
-from kbitlaw.law.joint import JointLaw, loss_points
+from kbitlaw.law import fitdoc
+from kbitlaw.law.common import num
+from kbitlaw.law.joint import JointLaw
+from kbitlaw.law.joint_model import JointModel, ModelError, Run, usable_part
+from kbitlaw.law.joint_model import in_progress as in_progress_runs
+from kbitlaw.status import NO_DATA, OK
 
 DEFAULT_THRESHOLD = 0.1  # nats
 TRUST = ("status", "points", "flagged", "rms_error", "n_params")  # what predict shows of a hold-out
 GB_BITS = 8e9
 UNBOUNDED_NATS = 100.0  # no language model's loss comes near it: an interval end past it is no bound
+LAW_PARAMS = ("E", "A", "alpha", "B", "beta")
 
 
 class PredictError(ValueError):
     """The prediction cannot be made; the message says why."""
 
 
-def fit_for_prediction(results: pl.DataFrame, config: FitConfig, family: str | None = None):
-    """(JointLaw, its loss points, its doc entry) for the family (the only one, or `family`)."""
-    from kbitlaw.law.damage import fit_damage
-    from kbitlaw.law.joint_fit import fit_joint_laws
-    from kbitlaw.law.table import components, drop_unusable, metric_points, normalise
-
-    kept, _ = drop_unusable(normalise(results))
-    points, _ = metric_points(components(kept))
-    families = sorted(points["family"].unique().to_list())
-    if family is None and len(families) > 1:
-        names = ", ".join(families)
-        raise PredictError(f"the results hold {len(families)} families ({names}); pick one with --family")
-    family = family or (families[0] if families else None)
-    if family not in families:
-        raise PredictError(f"no family {family!r} in the results (families: {', '.join(families) or 'none'})")
-    family_points = points.filter(pl.col("family") == family)
-    damage, _, _ = fit_damage(family_points, config.n_boot, config.seed, config.level)
-    entries, _, laws = fit_joint_laws(family_points, damage, config)
-    if family not in laws:
-        raise PredictError(
-            f"family {family!r}: {NO_DATA} for the joint law (it needs 16-bit losses at 3 sizes and 3 token "
-            "counts at least, and 8 checkpoints)"
-        )
-    return laws[family], loss_points(points, family), entries[0]
+# -- the law's predictions ----------------------------------------------------------------------------
 
 
 def _ci(boot: np.ndarray, level: float) -> list[float | None]:
@@ -107,10 +97,17 @@ def size_for_memory(law: JointLaw, bits: float, quant: str) -> float:
     def excess(log_n: float) -> float:
         return float(np.log(law.memory_bits(np.exp(log_n), quant))) - np.log(bits)
 
-    low, high = 0.0, np.log(bits)  # 1 parameter, and as many parameters as bits (>= 1 bit each)
+    # memory >= n * min(bits per param, 16) (every parameter is stored at one or the other), so
+    # this many parameters overflow the budget: the root lies below
+    bpp = law.specs[quant].bits_per_param if quant in law.specs else 16.0
+    low, high = 0.0, np.log(bits) - np.log(min(bpp, 16.0)) + 1e-6
     if excess(low) > 0:
         return 0.0
     return float(np.exp(brentq(excess, low, high, xtol=1e-9)))
+
+
+def _order_key(loss: float | None) -> float:
+    return loss if loss is not None else math.inf
 
 
 def budget(law: JointLaw, memory_gb: float, n: float, d: float, level: float, n_max: float = np.inf) -> dict:
@@ -123,13 +120,12 @@ def budget(law: JointLaw, memory_gb: float, n: float, d: float, level: float, n_
         if pred is None:
             continue
         est, boot = pred
-        ci = _ci(boot[:, 0], level)
         options.append(
             {
                 "quant": quant,
                 "n_params": num(size),
                 "loss": num(est[0]),
-                "ci": ci,
+                "ci": _ci(boot[:, 0], level),
                 "beyond_range": num(max(size / n_max, 1.0)),
             }
         )
@@ -142,7 +138,7 @@ def budget(law: JointLaw, memory_gb: float, n: float, d: float, level: float, n_
     wins = np.bincount(np.argmin(stacked[:, finite], axis=0), minlength=len(options)) / max(finite.sum(), 1)
     for option, p in zip(options, wins, strict=True):
         option["p_best"] = num(p)
-    best = min(options, key=lambda o: o["loss"] if o["loss"] is not None else np.inf)
+    best = min(options, key=lambda o: _order_key(o["loss"]))
     fitting = [o["quant"] for o in options if law.memory_bits(n, o["quant"]) <= memory_gb * GB_BITS]
     planned = loss_at(law, n, d, level)
     in_budget = [p for p in planned if p["quant"] in fitting]
@@ -155,7 +151,7 @@ def budget(law: JointLaw, memory_gb: float, n: float, d: float, level: float, n_
         "planned": {
             "n_params": n,
             "fits_at": fitting,
-            "best_quant": min(in_budget, key=lambda p: p["loss"])["quant"] if in_budget else None,
+            "best_quant": min(in_budget, key=lambda p: _order_key(p["loss"]))["quant"] if in_budget else None,
         },
     }
 
@@ -189,36 +185,59 @@ def tokens_until(law: JointLaw, n: float, threshold: float, level: float) -> lis
     return out
 
 
-def runs_in_progress(law: JointLaw, points: pl.DataFrame, level: float) -> list[dict]:
-    """Per size whose latest checkpoint plans more tokens than it has seen: the losses predicted at
-    the end of the run."""
-    if "tokens_planned" not in points.columns:
-        return []
-    latest = (
-        points.sort("tokens_seen", descending=True)
-        .group_by("size", maintain_order=True)
-        .first()
-        # a plan within 1% of what was seen is a finished run (budgets are rounded to whole batches)
-        .filter(
-            pl.col("tokens_planned").is_not_null(), pl.col("tokens_planned") > 1.01 * pl.col("tokens_seen")
-        )
-        .sort("n_params")
-    )
+def run_predictions(law: JointLaw, runs: tuple[Run, ...], level: float) -> list[dict]:
+    """The losses predicted at the planned end of each run in progress."""
     return [
         {
-            "checkpoint_id": r["checkpoint_id"],
-            "n_params": num(r["n_params"]),
-            "tokens_seen": num(r["tokens_seen"]),
-            "tokens_planned": num(r["tokens_planned"]),
-            "predictions": loss_at(law, r["n_params"], r["tokens_planned"], level),
+            "checkpoint_id": r.checkpoint_id,
+            "n_params": num(r.n_params),
+            "tokens_seen": num(r.tokens_seen),
+            "tokens_planned": num(r.tokens_planned),
+            "predictions": loss_at(law, r.n_params, r.tokens_planned, level),
         }
-        for r in latest.iter_rows(named=True)
+        for r in runs
     ]
 
 
+def runs_in_progress(law: JointLaw, points: pl.DataFrame, level: float) -> list[dict]:
+    """Per size whose latest checkpoint plans more tokens than it has seen (the family's loss
+    points, law/joint.py): the losses predicted at the end of the run (the fit document's
+    `in_progress`)."""
+    return run_predictions(law, in_progress_runs(points), level)
+
+
+# -- the `kbitlaw predict` document ------------------------------------------------------------------
+
+
+def _held_out(held: Any) -> dict:
+    """The entry's hold-out summaries as predict shows them (numbers finite or None)."""
+    out = {}
+    for name, v in held.items() if isinstance(held, dict) else ():
+        if isinstance(name, str) and isinstance(v, dict):
+            out[name] = {f: fitdoc.status(v) if f == "status" else fitdoc.number(v.get(f)) for f in TRUST}
+    return out
+
+
+def _law_summary(entry: dict) -> dict:
+    """The joint-law entry's parameters, intervals and checks as predict shows them."""
+    schemes = fitdoc.entries(entry.get("damage"), "schemes")
+    return {
+        "status": fitdoc.status(entry),
+        **{p: fitdoc.number(entry.get(p)) for p in LAW_PARAMS},
+        "ci": {p: list(fitdoc.interval(fitdoc.path(entry, "ci", p))) for p in LAW_PARAMS},
+        "unidentified": fitdoc.strings(entry.get("unidentified")),
+        "damage_forms": {
+            s["scheme"]: fitdoc.text(s.get("form")) or None
+            for s in schemes
+            if isinstance(s.get("scheme"), str) and fitdoc.usable(s)
+        },
+        "heldout_error": fitdoc.number(entry.get("heldout_error")),
+        "held_out": _held_out(entry.get("held_out")),
+    }
+
+
 def predict(
-    law: JointLaw,
-    points: pl.DataFrame,
+    model: JointModel,
     entry: dict,
     n_params: float,
     tokens: float,
@@ -226,42 +245,121 @@ def predict(
     memory_gb: float | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     level: float = 0.9,
+    left_out: list[dict] | None = None,
 ) -> dict[str, Any]:
-    """The `kbitlaw predict --json` document."""
-    if not (n_params > 0 and tokens > 0):
+    """The `kbitlaw predict --json` document of a usable joint law (`entry`: its fit-document
+    entry; `left_out`: the specs the model was restricted away from, and why)."""
+    _check_request(n_params, tokens, memory_gb, threshold)
+    law, (n_lo, n_hi), (d_lo, d_hi) = model.law, model.n_range, model.d_range
+    with np.errstate(all="ignore"):  # an overflowing replicate is an unbounded end, not a warning
+        return {
+            "family": law.family,
+            "status": OK,
+            "reason": fitdoc.text(entry.get("reason")) or None,
+            "n_params": n_params,
+            "tokens": tokens,
+            "level": level,
+            "law": _law_summary(entry),
+            "fitted_range": {"n_params": [n_lo, n_hi], "tokens": [d_lo, d_hi]},
+            "extrapolated": bool(n_params > n_hi or n_params < n_lo or tokens > d_hi or tokens < d_lo),
+            "beyond_range": {
+                "n_params": num(max(n_params / n_hi, 1.0)),
+                "tokens": num(max(tokens / d_hi, 1.0)),
+            },
+            "predictions": loss_at(law, n_params, tokens, level),
+            "left_out": list(left_out or []),
+            "budget": None if memory_gb is None else budget(law, memory_gb, n_params, tokens, level, n_hi),
+            "damage_threshold": {
+                "nats": threshold,
+                "n_params": n_params,
+                "tokens": tokens_until(law, n_params, threshold, level),
+            },
+            "runs_in_progress": run_predictions(law, model.runs, level),
+        }
+
+
+def _check_request(n_params: float, tokens: float, memory_gb: float | None, threshold: float) -> None:
+    finite = all(math.isfinite(v) for v in (n_params, tokens))
+    if not (finite and n_params > 0 and tokens > 0):
         raise PredictError(f"--n-params and --tokens must be > 0, got {n_params:g} and {tokens:g}")
-    sizes, seen = points["n_params"], points["tokens_seen"]
-    held = entry.get("held_out") or {}
+    if memory_gb is not None and not (math.isfinite(memory_gb * GB_BITS) and memory_gb > 0):
+        raise PredictError(f"--memory-gb must be > 0, got {memory_gb:g}")
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise PredictError(f"--threshold must be > 0 nats, got {threshold:g}")
+
+
+def no_prediction(entry: dict, n_params: float, tokens: float, level: float) -> dict[str, Any]:
+    """The document of a joint law that is not ok: its status and why, and no numbers of it."""
+    s = fitdoc.status(entry)
     return {
-        "family": law.family,
+        "family": fitdoc.text(entry.get("family"), "unknown"),
+        "status": s,
+        "reason": fitdoc.describe(entry),
         "n_params": n_params,
         "tokens": tokens,
         "level": level,
-        "law": {k: entry.get(k) for k in ("status", "E", "A", "alpha", "B", "beta", "ci", "unidentified")}
-        | {
-            "damage_forms": {s["scheme"]: s["form"] for s in entry["damage"]["schemes"]},
-            "heldout_error": entry.get("heldout_error"),
-            "held_out": {k: {f: v.get(f) for f in TRUST} for k, v in held.items()},
-        },
-        "fitted_range": {
-            "n_params": [num(sizes.min()), num(sizes.max())],
-            "tokens": [num(seen.min()), num(seen.max())],
-        },
-        "extrapolated": bool(
-            n_params > sizes.max() or n_params < sizes.min() or tokens > seen.max() or tokens < seen.min()
-        ),
-        "beyond_range": {
-            "n_params": num(max(n_params / sizes.max(), 1.0)),
-            "tokens": num(max(tokens / seen.max(), 1.0)),
-        },
-        "predictions": loss_at(law, n_params, tokens, level),
-        "budget": None
-        if memory_gb is None
-        else budget(law, memory_gb, n_params, tokens, level, float(sizes.max())),
-        "damage_threshold": {
-            "nats": threshold,
-            "n_params": n_params,
-            "tokens": tokens_until(law, n_params, threshold, level),
-        },
-        "runs_in_progress": runs_in_progress(law, points, level),
+        "law": {"status": s},
+        "fitted_range": None,
+        "extrapolated": None,
+        "beyond_range": None,
+        "predictions": [],
+        "left_out": [],
+        "budget": None,
+        "damage_threshold": None,
+        "runs_in_progress": [],
     }
+
+
+def choose_entry(doc: Any, family: str | None) -> dict:
+    """The joint-law entry of `family` (of the only family when None); PredictError if none."""
+    entries = fitdoc.joint_laws(doc)
+    names = sorted({e["family"] for e in entries if isinstance(e.get("family"), str)})
+    if family is not None:
+        found = fitdoc.joint_law_for(doc, family)
+        if found is None:
+            raise PredictError(f"no family {family!r} in the fit (families: {', '.join(names) or 'none'})")
+        return found
+    if not entries:
+        raise PredictError("the fit holds no joint law")
+    if len(entries) > 1:
+        raise PredictError(
+            f"the fit holds {len(entries)} families ({', '.join(names)}); pick one with --family"
+        )
+    return entries[0]
+
+
+def predict_from_document(
+    doc: Any,
+    n_params: float,
+    tokens: float,
+    *,
+    memory_gb: float | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    family: str | None = None,
+) -> dict[str, Any]:
+    """The `kbitlaw predict --json` document from a fit document: its stored joint law, honouring
+    every status. PredictError (one line) when the request or the document cannot be used."""
+    _check_request(n_params, tokens, memory_gb, threshold)
+    fit = fitdoc.FitDocument.of(doc)
+    entry = choose_entry(fit.raw, family)
+    name = fitdoc.text(entry.get("family"), "unknown")
+    if not fitdoc.usable(entry):
+        return no_prediction(entry, n_params, tokens, fit.level)
+    try:
+        model = JointModel.from_dict(entry.get("model"), name)
+    except ModelError as exc:
+        raise PredictError(f"joint law for {name}: the stored model cannot be read ({exc})") from None
+    usable, left = usable_part(model, entry, fit.raw)
+    try:
+        return predict(
+            usable,
+            entry,
+            n_params,
+            tokens,
+            memory_gb=memory_gb,
+            threshold=threshold,
+            level=fit.level,
+            left_out=left,
+        )
+    except (ValueError, ArithmeticError) as exc:  # numbers the reader let through but cannot use
+        raise PredictError(f"joint law for {name}: cannot predict from the stored model ({exc})") from None
