@@ -55,7 +55,8 @@ def test_a_good_entry_passes():
         ({"alpha": 4.4}, "failed", "plausible range"),
         ({"E": -0.1}, "failed", "plausible range"),
         ({"alpha": 9.95}, "failed", "plausible range"),  # out of range before it is at the bound
-        ({"alpha": 0.05, "ci.alpha": [0.0, 0.1]}, "unidentified", "alpha"),  # within 1% of the bound 0
+        ({"alpha": 0.015, "ci.alpha": [0.0, 0.05]}, "unidentified", "alpha"),  # within 1% of (0, 2] of 0
+        ({"alpha": 0.076, "ci.alpha": [0.05, 0.1]}, "ok", "passed"),  # Kaplan's exponent is not at 0
         ({"ci.alpha": [0.05, 2.84]}, "unidentified", "alpha"),  # wider than 1.0
         ({"ci.alpha": [None, 0.31]}, "unidentified", "alpha"),  # no finite interval
         ({"ci_centre.A": [0.0066, 1.05]}, "unidentified", "A"),  # 2.2 decades where the data are

@@ -136,18 +136,21 @@ def _width(lo: float, hi: float, scale: bool) -> float:
     return hi - lo
 
 
-def _at_bound(value: float, bounds: Any) -> bool:
+def _at_bound(value: float, bounds: Any, plausible: tuple[float, float] = (-INF, INF)) -> bool:
+    """Within BOUND_MARGIN of a bound: 1% of the range the optimiser may search that is also
+    plausible (an exponent bounded to [0, 10] is measured on (0, 2], so Kaplan's 0.076 is not at 0),
+    in logs for a positive range over decades, which the optimisers search in logs."""
     lo, hi = interval(bounds)
-    if lo is not None and hi is not None and lo > 0 and hi / lo > 10 and value > 0:
-        # a positive range over decades is searched in logs (S*, w, E): 1% of the log range
+    if lo is None or hi is None:
+        one = lo if lo is not None else hi
+        return one is not None and abs(value - one) <= BOUND_MARGIN * max(abs(one), 1e-12)
+    top, bottom = min(hi, plausible[1]), max(lo, plausible[0])
+    if lo > 0 and hi / lo > 10 and value > 0:
         lo, hi, value = math.log(lo), math.log(hi), math.log(value)
-    if lo is not None and hi is not None:
-        margin = BOUND_MARGIN * (hi - lo)
-        return value <= lo + margin or value >= hi - margin
-    for b in (lo, hi):
-        if b is not None and abs(value - b) <= BOUND_MARGIN * max(abs(b), 1e-12):
-            return True
-    return False
+        top, bottom = math.log(top), math.log(bottom) if bottom > 0 else lo
+    span = top - bottom if math.isfinite(top - bottom) and top > bottom else hi - lo
+    margin = BOUND_MARGIN * span
+    return value <= lo + margin or value >= hi - margin
 
 
 def ci_of(entry: dict, name: str) -> tuple[float | None, float | None]:
@@ -190,7 +193,7 @@ def gate_params(
         if not (p.lo < v <= p.hi):
             failures.append(f"{p.name} = {v:.3g} outside its plausible range ({p.lo:g}, {p.hi:g}]")
             continue
-        if _at_bound(v, path(entry, "bounds", p.name)):
+        if _at_bound(v, path(entry, "bounds", p.name), (p.lo, p.hi)):
             unidentified.append(p.name)
             continue
         if math.isinf(p.max_width):

@@ -64,6 +64,7 @@ class PowerLawRefit:
     fit: Bootstrapped  # the refit without the largest model (theta, predicted)
     noise: HeldOutNoise
     s_predict: float
+    drop_e: bool = False  # the nested form without E
 
 
 def power_law_prediction_boot(refits: list[PowerLawRefit], n_boot: int, seed: int) -> list[Bootstrapped]:
@@ -80,7 +81,8 @@ def power_law_prediction_boot(refits: list[PowerLawRefit], n_boot: int, seed: in
     s, mask = pad_rows(s_rows)
     y, _ = pad_rows(y_rows)
     warm = np.repeat(np.array([r.fit.theta for r in refits]), n_boot, axis=0)
-    boot = refit_power_law_batch(s, y, mask, warm).reshape(len(refits), n_boot, 3)
+    drop = np.repeat([r.drop_e for r in refits], n_boot)
+    boot = refit_power_law_batch(s, y, mask, warm, drop_e=drop).reshape(len(refits), n_boot, 3)
     return [
         Bootstrapped(r.fit.theta, b, r.fit.predicted, power_law_predict(b, r.s_predict))
         for r, b in zip(refits, boot, strict=True)

@@ -53,6 +53,19 @@ POWER_LAW_GRID = np.array(
 )
 POWER_LAW_LO = np.array([-np.inf, 0.0, -20.0])
 POWER_LAW_HI = np.array([np.inf, 10.0, 20.0])
+# The nested form without E (L = A * S^-alpha, a line in log-log): e held at this value, where
+# E = e^-40 ~ 4e-18 nats adds nothing to any loss.
+DROPPED_E = -40.0
+
+
+def power_law_bounds(drop_e: np.ndarray | bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row (lo, hi) [B, 3], or [3] for one flag: e fixed at DROPPED_E where E is dropped."""
+    drop = np.asarray(drop_e, dtype=bool)
+    lo = np.broadcast_to(POWER_LAW_LO, (*drop.shape, 3)).copy()
+    hi = np.broadcast_to(POWER_LAW_HI, (*drop.shape, 3)).copy()
+    lo[..., 2] = np.where(drop, DROPPED_E, lo[..., 2])
+    hi[..., 2] = np.where(drop, DROPPED_E, hi[..., 2])
+    return lo, hi
 
 
 def _power_law_model(xc: np.ndarray, y: np.ndarray, mask: np.ndarray) -> Model:
@@ -89,7 +102,9 @@ def power_law_predict(theta: np.ndarray, s_bits: np.ndarray | float) -> np.ndarr
     return np.exp(np.logaddexp(theta[..., 0] - theta[..., 1] * np.log(s_bits), theta[..., 2]))
 
 
-def _polish_power_law(x: np.ndarray, y: np.ndarray, candidates: list[np.ndarray], delta: float) -> np.ndarray:
+def _polish_power_law(
+    x: np.ndarray, y: np.ndarray, candidates: list[np.ndarray], delta: float, drop_e: bool = False
+) -> np.ndarray:
     """scipy L-BFGS-B on the summed Huber objective from each candidate (centred); the best wins.
 
     The objective is divided by delta^2, which leaves the minimiser unchanged but keeps L-BFGS-B's
@@ -104,7 +119,7 @@ def _polish_power_law(x: np.ndarray, y: np.ndarray, candidates: list[np.ndarray]
 
     bounds = [
         (None if np.isinf(lo) else lo, None if np.isinf(hi) else hi)
-        for lo, hi in zip(POWER_LAW_LO, POWER_LAW_HI, strict=True)
+        for lo, hi in zip(*power_law_bounds(drop_e), strict=True)
     ]
     best, best_f = np.full(3, np.nan), np.inf
     for c in candidates:
@@ -127,6 +142,7 @@ def fit_power_laws(
     *,
     delta: float = HUBER_DELTA,
     polish: int = 3,
+    drop_e: list[bool] | None = None,
 ) -> np.ndarray:
     """Chinchilla approach 3 for each (total bits, loss) point set: raw (a, alpha, e) rows [P, 3].
 
@@ -135,6 +151,7 @@ def fit_power_laws(
     the summed Huber objective and keeps the best.
     """
     warm = warm or [None] * len(points)
+    drop_e = drop_e or [False] * len(points)
     xs = [np.log(np.asarray(s, dtype=float)) for s, _ in points]
     ys = [np.log(np.asarray(v, dtype=float)) for _, v in points]
     x0 = np.array([x.mean() for x in xs])
@@ -143,7 +160,8 @@ def fit_power_laws(
     xc, mask = pad([xs[i] - x0[i] for i in owner])
     yy, _ = pad([ys[i] for i in owner])
     theta0 = np.vstack([to_centred(s, x0[i]) for i, s in enumerate(starts)])
-    theta, f = solve_batched(_power_law_model(xc, yy, mask), theta0, POWER_LAW_LO, POWER_LAW_HI, delta=delta)
+    lo, hi = power_law_bounds(np.array([drop_e[i] for i in owner], dtype=bool))
+    theta, f = solve_batched(_power_law_model(xc, yy, mask), theta0, lo, hi, delta=delta)
     out = np.full((len(points), 3), np.nan)
     for i in range(len(points)):
         mine = np.flatnonzero((owner == i) & np.isfinite(f))
@@ -153,7 +171,8 @@ def fit_power_laws(
                 candidates.append(theta[j])
             if len(candidates) == polish:
                 break
-        out[i] = from_centred(_polish_power_law(xs[i] - x0[i], ys[i], candidates, delta), x0[i])
+        polished = _polish_power_law(xs[i] - x0[i], ys[i], candidates, delta, drop_e[i])
+        out[i] = from_centred(polished, x0[i])
     return out
 
 
@@ -163,14 +182,21 @@ def fit_power_law(s_bits: np.ndarray, loss: np.ndarray, warm: np.ndarray | None 
 
 
 def refit_power_law_batch(
-    s_bits: np.ndarray, loss: np.ndarray, mask: np.ndarray, warm: np.ndarray, *, delta: float = HUBER_DELTA
+    s_bits: np.ndarray,
+    loss: np.ndarray,
+    mask: np.ndarray,
+    warm: np.ndarray,
+    *,
+    delta: float = HUBER_DELTA,
+    drop_e: np.ndarray | bool = False,
 ) -> np.ndarray:
     """Refit many point sets [B, n] at once, each from its warm start [B, 3] (raw); NaN if failed."""
     x = np.log(np.where(mask > 0, s_bits, 1.0))
     y = np.log(np.where(mask > 0, loss, 1.0))
     x0 = (x * mask).sum(1) / np.maximum(mask.sum(1), 1)
     model = _power_law_model(x - x0[:, None], y, mask)
-    theta, f = solve_batched(model, to_centred(warm, x0), POWER_LAW_LO, POWER_LAW_HI, delta=delta)
+    lo, hi = power_law_bounds(np.broadcast_to(np.asarray(drop_e, dtype=bool), (len(warm),)))
+    theta, f = solve_batched(model, to_centred(warm, x0), lo, hi, delta=delta)
     theta = from_centred(theta, x0)
     theta[~np.isfinite(f)] = np.nan
     return theta
@@ -183,6 +209,7 @@ class PowerLawProblem:
     loss: np.ndarray
     s_predict: float | None = None  # also predict L here (extrapolation checks)
     warm: np.ndarray | None = None  # raw (a, alpha, e) from a previous fit
+    drop_e: bool = False  # the nested form without E
 
 
 def bootstrap_power_laws(
@@ -194,12 +221,18 @@ def bootstrap_power_laws(
     """
     if not problems:
         return []
-    hats = fit_power_laws([(p.s_bits, p.loss) for p in problems], [p.warm for p in problems], delta=delta)
+    hats = fit_power_laws(
+        [(p.s_bits, p.loss) for p in problems],
+        [p.warm for p in problems],
+        delta=delta,
+        drop_e=[p.drop_e for p in problems],
+    )
     idx = [resample_indices(child_rng(seed, p.key), np.arange(len(p.loss)), n_boot, 3) for p in problems]
     s, mask = pad_rows([np.asarray(p.s_bits, float)[i] for p, i in zip(problems, idx, strict=True)])
     v, _ = pad_rows([np.asarray(p.loss, float)[i] for p, i in zip(problems, idx, strict=True)])
     warm = np.repeat(hats, n_boot, axis=0)
-    boot = refit_power_law_batch(s, v, mask, warm, delta=delta).reshape(len(problems), n_boot, 3)
+    drop = np.repeat([p.drop_e for p in problems], n_boot)
+    boot = refit_power_law_batch(s, v, mask, warm, delta=delta, drop_e=drop).reshape(len(problems), n_boot, 3)
     return [
         _bootstrapped(hat, np.where(np.isfinite(hat).all(), b, np.nan), p.s_predict, power_law_predict)
         for p, hat, b in zip(problems, hats, boot, strict=True)
