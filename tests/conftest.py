@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from realdata import real_fit_store  # noqa: F401  (the session fixture of the real demo family's fit)
 
 # Offline by construction: nothing in the tests may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

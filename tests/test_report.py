@@ -178,16 +178,22 @@ def test_too_few_sizes_give_insufficient_data_not_numbers(tmp_path):
     assert "S*" in html and "insufficient data" in html
 
 
-def test_report_without_readable_results_still_shows_the_fit(tmp_path):
+def test_the_report_reads_only_the_fit(tmp_path):
+    """With the results gone from the store, the report is whole: its points, figures, tables and
+    dataset versions are the fit's (fit.json and fit.parquet), nothing is recomputed."""
     df = simulate_results(SIZES[:3], [2e10], ["fp16", "int4-b64"], seed=7)
     store, fit_key = fitted_store(tmp_path / "store", df)
     for key in store.list("results"):
         store.delete(key)
     report = build_report(store, fit_key)
     html = page_text(store, report["key"])
-    assert "results could not be read" in html
+    assert report["section_errors"] == []
     assert report["summary"]["recommendation"]["status"] == "ok"  # from the fit document
-    assert "Accuracy versus total model bits: insufficient data" in html
+    assert '<figure id="fig-scaling"><img' in html  # the points from the fit's table
+    table = store.read_parquet(fit_key.replace("fit.json", "fit.parquet"))
+    rows = table.filter(pl.col("section") == "checkpoint").select("checkpoint_id", "quant").n_unique()
+    assert rows and f"{rows} (checkpoint, spec) rows" in html  # the fit's every checkpoint
+    assert {d["name"] for d in report["summary"]["datasets"]} == {d.name for d in DEFAULT_DATASETS}
 
 
 # -- what changed, caching, the command -------------------------------------------------------------

@@ -23,7 +23,7 @@ from tests.test_report import CHANCE, put_results
 
 SPECS = ["fp16", "int8-b64", "int4-b64", "int3-b64", "nf4-b64", "nf3-b64"]
 SIZES = list(1e7 * 4.0 ** np.arange(4))
-TOKENS = list(2e9 * 2.0 ** np.arange(4))
+TOKENS = list(2e9 * 4.0 ** np.arange(4))  # a range of tokens wide enough for the gates to identify E
 CONFIG = FitConfig(n_boot=50, chance=CHANCE)
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -168,8 +168,25 @@ def test_a_list_of_joint_laws_picks_the_reports_family(two_fits, tmp_path):
 
 def test_an_unfitted_joint_law_says_insufficient_data(two_fits, tmp_path):
     def unfitted(doc, table):
-        return doc | {"joint_law": {"family": "sim", "status": "insufficient data", "n_points": 2}}, table
+        entry = {"family": "sim", "status": "insufficient data", "reason": "2 16-bit checkpoint losses"}
+        return doc | {"joint_law": [entry]}, table
 
     _, part, _ = rewritten(two_fits, tmp_path, unfitted)
-    assert "could not be fitted (insufficient data: 2 16-bit checkpoint losses)" in part
+    assert "is not usable: insufficient data: 2 16-bit checkpoint losses" in part
     assert "fig-heading" in part and "<img" not in part
+
+
+def test_a_joint_law_that_is_not_ok_shows_no_numbers(two_fits, tmp_path):
+    entry = two_fits["doc"]["joint_law"][0]
+
+    def failed(doc, table):
+        return doc | {
+            "joint_law": [entry | {"status": "unidentified", "unidentified": ["A", "alpha"]}]
+        }, table
+
+    _, part, report = rewritten(two_fits, tmp_path, failed)
+    assert "is not usable: not identified: A, alpha" in part
+    assert "16-bit law" not in part and f"E = {sig(entry['E'])}" not in part
+    assert '<figure id="fig-heading"><img' not in part  # no forecast drawn from it
+    assert "Past predictions against what came in" in part  # what came in is still shown
+    assert report["section_errors"] == []

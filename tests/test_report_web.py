@@ -133,7 +133,7 @@ def test_the_reports_validation_links_open_on_the_server(served):
     """The page links validation pages relative to itself, so they open over HTTP (and locally)."""
     from urllib.parse import urljoin
 
-    from kbitlaw.report.build import relative_pages
+    from kbitlaw.report.sections import relative_pages
 
     store = served["store"]
     page = store.url("datasets/validation/piqa/sha-piqa.html")

@@ -38,7 +38,10 @@ class FitConfig:
 
 
 # The long table stored as fit.parquet. `section` says what a row is:
-# - "point": an observed point (metric `value` of each size's latest checkpoint at a spec);
+# - "point": an observed point (metric `value`, with its `stderr`) of each size's latest checkpoint
+#   at a spec (matched per size, law/table.py), the points the laws over size are fitted on;
+# - "checkpoint": the same for every checkpoint (what the report's tables and figures over training
+#   show: readers take points from here rather than re-reading the results);
 # - "fit": a sample of a fitted curve (`law` linear_log2 | threshold | power_law): `fitted`, with
 #   the pointwise bootstrap band in `lo`/`hi` for the nonlinear laws;
 # - "frontier": a Pareto-frontier point; "budget": at budget `total_bits`, the best point within it;
@@ -60,7 +63,33 @@ TABLE_SCHEMA = {
     "fitted": pl.Float64,
     "lo": pl.Float64,
     "hi": pl.Float64,
+    # The point's identity and spec (null in the other sections). Added with the "checkpoint"
+    # rows: a table written before them lacks these columns, and readers treat them as null.
+    "checkpoint_id": pl.String,
+    "step": pl.Float64,
+    "stderr": pl.Float64,
+    "dtype": pl.String,
+    "block_size": pl.Float64,
+    "outlier_pct": pl.Float64,
+    "bits_per_param": pl.Float64,
 }
+POINT_COLUMNS = (  # the columns of "point" and "checkpoint" rows (law/table.py metric_points)
+    "family",
+    "checkpoint_id",
+    "quant",
+    "metric",
+    "n_params",
+    "tokens_seen",
+    "step",
+    "bits",
+    "dtype",
+    "block_size",
+    "outlier_pct",
+    "total_bits",
+    "bits_per_param",
+    "value",
+    "stderr",
+)
 
 
 def num(x: Any) -> float | None:

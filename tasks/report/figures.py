@@ -47,6 +47,7 @@ class Figure:
     caption: str
     png: bytes | None = None
     note: str | None = None  # why there is no image
+    error: bool = False  # the note is the error line of a figure that failed to draw (report/guard.py)
 
 
 def bit_color(k: int) -> str:

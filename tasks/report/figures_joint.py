@@ -5,9 +5,12 @@ Curves and bands are the fit's "joint" rows of the long table; points are the ob
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 
+from kbitlaw.law.fitdoc import FitDocument, entries, interval, joint_law_for, number, status, usable
 from kbitlaw.law.stats import NO_DATA
 from kbitlaw.report.figures import Figure, bit_color, empty_note, new_figure, png
 
@@ -16,14 +19,18 @@ TOKENS_LABEL = "Training tokens seen (log scale)"
 
 
 def joint_entry(doc: dict, family: str) -> dict | None:
-    """The fit document's joint-law entry for a family (the key holds one entry or a list)."""
-    found = doc.get("joint_law")
-    entries = found if isinstance(found, list) else [found] if isinstance(found, dict) else []
-    return next((e for e in entries if isinstance(e, dict) and e.get("family") == family), None)
+    """The fit document's joint-law entry for a family (`joint_law` is a list, one per family)."""
+    return joint_law_for(doc, family)
 
 
 def level_of(doc: dict) -> float:
-    return float((doc.get("config") or {}).get("level") or 0.9)
+    return FitDocument.of(doc).level
+
+
+def running_checks(entry: dict | None, family: str) -> list[dict]:
+    """The joint law's running-check entries of the family (a malformed list reads as empty)."""
+    found = entries(entry, "running_check") if isinstance(entry, dict) else []
+    return [c for c in found if c.get("family", family) == family]
 
 
 def joint_rows(table: pl.DataFrame, family: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -114,8 +121,8 @@ def heading_plot(table: pl.DataFrame, doc: dict, family: str) -> Figure:
     if entry is None:
         why = "the fit predates the joint law" if "joint_law" not in doc else f"no joint law for {family}"
         return Figure("heading", title, caption, note=f"{NO_DATA} ({why})")
-    if entry.get("status") != "ok":
-        return Figure("heading", title, caption, note=f"{NO_DATA} (the joint law could not be fitted)")
+    if not usable(entry):
+        return Figure("heading", title, caption, note=f"not drawn: the joint law is {status(entry)} (below)")
     fit, obs = joint_rows(table, family)
     damage = (
         table.filter(pl.col("law") == "joint_damage", pl.col("family") == family)
@@ -153,7 +160,8 @@ def heading_plot(table: pl.DataFrame, doc: dict, family: str) -> Figure:
     lo, hi = ax.get_xlim()
     ax.set_xlim(lo, hi * (hi / lo) ** 0.18)  # room for the size labels at the lines' ends
     top = sizes[-1]
-    recommended = (doc.get("recommendation") or {}).get("quant")
+    recommended = FitDocument.of(doc).recommendation.get("quant")
+    recommended = recommended if isinstance(recommended, str) else None
     specs = quantized_specs(fit, top, base, last.get(top, 0.0) or 1.0, recommended)
     if not specs:
         empty_note(ax_dmg, f"no quantized spec: {NO_DATA}")
@@ -218,8 +226,11 @@ def running_check_plot(doc: dict, family: str) -> Figure:
         "by the observation's own noise), relative to the observation: a bar across zero is a "
         "prediction that held; red: one that did not."
     )
-    entry = joint_entry(doc, family) or {}
-    checks = [c for c in entry.get("running_check") or [] if c.get("status") == "ok"]
+    checks = [
+        c
+        for c in running_checks(joint_entry(doc, family), family)
+        if usable(c) and number(c.get("predicted")) is not None and number(c.get("observed")) is not None
+    ]
     if not checks:
         return Figure("running_check", title, caption, note="no checkpoint has arrived since the first fit")
     fig, (ax,) = new_figure(1, height=4.2)
@@ -228,19 +239,11 @@ def running_check_plot(doc: dict, family: str) -> Figure:
         sel = [i for i, c in enumerate(checks) if bool(c.get("flagged")) == flagged]
         if not sel:
             continue
-        obs = np.array([checks[i]["observed"] for i in sel], dtype=float)
-        err = np.array([checks[i]["predicted"] for i in sel], dtype=float) - obs
-        tol = (
-            np.array(
-                [
-                    [np.nan if v is None else v for v in (checks[i].get("tolerance") or [None, None])]
-                    for i in sel
-                ],
-                dtype=float,
-            )
-            - obs[:, None]
-        )
-        yerr = np.nan_to_num(np.vstack([err - tol[:, 0], tol[:, 1] - err]).clip(0, None))
+        obs = np.array([number(checks[i]["observed"]) for i in sel], dtype=float)
+        err = np.array([number(checks[i]["predicted"]) for i in sel], dtype=float) - obs
+        tol = np.array([interval(checks[i].get("tolerance")) for i in sel], dtype=float) - obs[:, None]
+        with np.errstate(all="ignore"):  # an unknown end (nan) or a huge one: no bar that way
+            yerr = np.nan_to_num(np.vstack([err - tol[:, 0], tol[:, 1] - err]).clip(0, None), posinf=0.0)
         label = f"{'outside' if flagged else 'inside'} the tolerance ({len(sel)})"
         ax.errorbar(
             order[sel], err, yerr=yerr, fmt=marker, color=color, ms=5, capsize=2, alpha=0.8, label=label
@@ -249,9 +252,13 @@ def running_check_plot(doc: dict, family: str) -> Figure:
     for i in range(1, len(batches)):
         if batches[i] != batches[i - 1]:
             ax.axvline(i + 0.5, color="#888", lw=1, ls=":")
-    errors = [c["predicted"] - c["observed"] for c in checks]
+    errors = [number(c["predicted"]) - number(c["observed"]) for c in checks]
     low, high = min(0.0, *errors), max(0.0, *errors)
     pad = 0.5 * (high - low or 0.01)
+    if not math.isfinite(low - pad) or not math.isfinite(high + pad):  # errors near the float range's end
+        pad = 0.0
+    if not all(math.isfinite(v) for v in (low, high)):
+        low, high = -1.0, 1.0
     ax.set_ylim(low - pad, high + pad)  # the errors decide the axis; an unbounded bar is clipped
     ax.axhline(0, color="#444", lw=1)
     ax.set_xlabel("Check, in the order the checkpoints came in", fontsize=11)

@@ -1,13 +1,18 @@
 """The report's headline: what to deploy, over which budgets, how sure, S*, and what changed since the
 previous report. The result is the summary stored as reports/<sha>/summary.json (and what the
 Prefect artifacts show), so every number in it comes from the fit document and its long table.
+Only `ok` entries give a number here; for any other the headline says why, in words (law/fitdoc.py
+describe), and no document, however broken, makes it raise.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
 
-from kbitlaw.status import NO_DATA
+from kbitlaw.law.fitdoc import FitDocument, describe, interval, number, path, status, strings, text, usable
+from kbitlaw.status import FAILED, NO_DATA, OK
 from kbitlaw.store import Store, StoreError, clean_keys
 
 METRIC_NAME = {"mean_acc": "mean zero-shot accuracy", "loss": "loss"}
@@ -42,95 +47,149 @@ def budget_ranges(front: pl.DataFrame, quant: str) -> list[list[float]]:
     return ranges
 
 
-def family_recommendation(doc: dict, family: str) -> dict | None:
-    """The fit's recommendation for the family, on the fit's headline metric (else the other one)."""
-    wanted = (doc.get("recommendation") or {}).get("metric") or "mean_acc"
-    recs = {r["metric"]: r for r in doc.get("recommendations", []) if r.get("family") == family}
+NO_RECOMMENDATION = "Too few model sizes (or no spread in total bits) to compare precisions at equal memory."
+
+
+def family_recommendation(fit: FitDocument, family: str) -> tuple[dict | None, str, str]:
+    """The fit's usable recommendation for the family, on the fit's headline metric (else the
+    other one); or None with the status and reason why there is none. The document's own
+    recommendation, when it is the family's and not usable, says why (its metric is not swapped
+    for another behind its back)."""
+    top = fit.recommendation
+    if top.get("family") in (family, None) and not usable(top):
+        return None, status(top), describe(top)
+    wanted = text(top.get("metric")) or "mean_acc"
+    recs: dict[str, dict] = {}
+    for r in fit.entries("recommendations"):
+        if r.get("family") == family and isinstance(r.get("metric"), str):
+            recs.setdefault(r["metric"], r)
     for metric in (wanted, "mean_acc", "loss"):
-        if recs.get(metric, {}).get("status") == "ok":
-            return recs[metric]
-    return None
+        r = recs.get(metric)
+        if (
+            r is not None
+            and usable(r)
+            and isinstance(r.get("quant"), str)
+            and number(r.get("bits")) is not None
+        ):
+            return r, OK, ""
+    if not recs:
+        return None, NO_DATA, NO_RECOMMENDATION
+    first = recs.get(wanted) or next(iter(recs.values()))
+    why = "; ".join(f"{m}: {describe(r)}" for m, r in recs.items())
+    return None, status(first) if status(first) != OK else FAILED, why
+
+
+def p_best_of(rec: dict) -> dict[str, float]:
+    """P(best) per bit width ('4' -> 0.8): only integer widths with a probability."""
+    found = rec.get("p_best")
+    out = {}
+    for w, p in found.items() if isinstance(found, dict) else []:
+        p = number(p)
+        if str(w).isdigit() and p is not None and 0 <= p <= 1:
+            out[str(w)] = p
+    return out
+
+
+def share(x: Any) -> float:
+    """A share of budgets in [0, 1] (0 when the document's is not one)."""
+    v = number(x)
+    return v if v is not None and 0 <= v <= 1 else 0.0
+
+
+def shares(x: Any) -> dict[str, float]:
+    return {str(k): share(v) for k, v in x.items()} if isinstance(x, dict) else {}
 
 
 def confidence(rec: dict, ranges: list[list[float]], n_sizes: int) -> str:
     """Plain sentences: which width wins at equal memory, how sure (P(best) under the evaluation
     noise), and the contenders when it is not clear."""
     metric = METRIC_NAME.get(rec["metric"], rec["metric"])
-    k, share = rec["bits"], rec.get("budget_share", rec.get("frontier_share", 0.0))
-    p_best = {int(w): p for w, p in (rec.get("p_best") or {}).items()}
-    spec_share = (rec.get("shares_by_quant") or {}).get(rec["quant"], share)
+    k, share_ = rec["bits"], rec["budget_share"]
+    p_best = {int(w): p for w, p in rec["p_best"].items()}
+    spec_share = rec["shares_by_quant"].get(rec["quant"], share_)
     spec = f"{rec['quant']} is its best spec ({spec_share:.0%} of budgets)"
     if not p_best:
-        text = (
-            f"Uncertain: {k}-bit gives the best {metric} at {share:.0%} of the memory budgets compared, "
+        text_ = (
+            f"Uncertain: {k}-bit gives the best {metric} at {share_:.0%} of the memory budgets compared, "
             f"but the measurement noise is unknown (no stderr, too few sizes to estimate it), so no "
             f"P(best); {spec}"
         )
-    elif rec.get("clear"):
-        text = (
+    elif rec["clear"]:
+        text_ = (
             f"Clear: {k}-bit gives the best {metric} at equal memory, P(best) = {p_best.get(k, 0):.2f} "
-            f"under the evaluation noise ({share:.0%} of budgets); {spec}"
+            f"under the evaluation noise ({share_:.0%} of budgets); {spec}"
         )
     else:
-        named = sorted((int(w) for w in rec.get("contenders", [])), key=lambda w: -p_best.get(w, 0))
-        text = (
+        named = sorted((int(w) for w in rec["contenders"]), key=lambda w: -p_best.get(w, 0))
+        text_ = (
             f"Not clear: contenders {', '.join(f'{w}-bit (P(best) {p_best.get(w, 0):.2f})' for w in named)}"
             f" at equal memory on {metric}; {spec}. More sizes or examples would separate them"
         )
-    return text + f". Based on {n_sizes} model sizes."
+    return text_ + f". Based on {n_sizes} model sizes."
 
 
-def recommendation_summary(doc: dict, table: pl.DataFrame, family: str, n_sizes: int) -> dict:
-    rec = family_recommendation(doc, family)
+def recommendation_summary(fit: FitDocument, table: pl.DataFrame, family: str, n_sizes: int) -> dict:
+    rec, state, why = family_recommendation(fit, family)
     if rec is None:
-        return {
-            "status": NO_DATA,
-            "reason": "Too few model sizes (or no spread in total bits) to compare precisions at "
-            "equal memory.",
-        }
-    front = frontier_rows(table, family, rec["metric"])
+        return {"status": state, "reason": why}
+    metric = text(rec.get("metric"), "mean_acc")
+    front = frontier_rows(table, family, metric)
     ranges = budget_ranges(front, rec["quant"])
-    return {
+    frontier_share = share(rec.get("frontier_share"))
+    out = {
         "status": "ok",
         "quant": rec["quant"],
-        "bits": rec["bits"],
-        "metric": rec["metric"],
-        "frontier_share": rec["frontier_share"],
-        "budget_share": rec.get("budget_share", rec["frontier_share"]),
-        "p_best": rec.get("p_best"),
-        "contenders": rec.get("contenders", []),
-        "clear": rec.get("clear", False),
-        "shares_by_bits": rec.get("shares_by_bits", {}),
-        "shares_by_quant": rec.get("shares_by_quant", {}),
+        "bits": int(number(rec["bits"])),
+        "metric": metric,
+        "frontier_share": frontier_share,
+        "budget_share": share(rec.get("budget_share", frontier_share)),
+        "p_best": p_best_of(rec),
+        "contenders": [str(int(c)) for c in rec.get("contenders") or [] if number(c) is not None]
+        if isinstance(rec.get("contenders"), list)
+        else [],
+        "clear": rec.get("clear") is True,
+        "shares_by_bits": shares(rec.get("shares_by_bits")),
+        "shares_by_quant": shares(rec.get("shares_by_quant")),
         "budgets_bits": ranges,
-        "confidence": confidence(rec, ranges, n_sizes),
     }
+    return out | {"confidence": confidence(out, ranges, n_sizes)}
 
 
-def s_star_summary(doc: dict, family: str, quant: str | None) -> dict:
+def s_star_summary(fit: FitDocument, family: str, quant: str | None) -> dict:
     """S* of the recommended spec on mean accuracy, as fitted (or why there is none)."""
     entry = next(
         (
             e
-            for e in doc.get("threshold", [])
+            for e in fit.entries("threshold")
             if e.get("family") == family and e.get("quant") == quant and e.get("metric") == "mean_acc"
         ),
         None,
     )
-    if entry is None or entry.get("status") != "ok":
-        reason = "no accuracy data or no recommended spec" if entry is None else NO_DATA
-        return {"status": NO_DATA, "quant": quant, "reason": reason}
+    s_star = number(entry.get("s_star_bits")) if entry is not None else None
+    if entry is None or not usable(entry) or s_star is None or s_star <= 0:
+        if entry is None:
+            reason = "no accuracy data or no recommended spec"
+        elif not usable(entry):
+            reason = describe(entry)
+        else:
+            reason = "failed: the fit holds no S* for it"
+        return {
+            "status": NO_DATA if entry is None else status(entry) if not usable(entry) else FAILED,
+            "quant": quant,
+            "reason": reason,
+        }
+    n_sizes = number(entry.get("n_sizes"))
     return {
         "status": "ok",
         "quant": quant,
-        "s_star_bits": entry["s_star_bits"],
-        "ci": entry["ci"],
-        "in_range": entry.get("s_star_in_range"),
-        "n_sizes": entry.get("n_sizes"),
+        "s_star_bits": s_star,
+        "ci": list(interval(entry.get("ci"))),
+        "in_range": entry.get("s_star_in_range") if isinstance(entry.get("s_star_in_range"), bool) else None,
+        "n_sizes": int(n_sizes) if n_sizes is not None else None,
     }
 
 
-def headline_lines(rec: dict, s_star: dict, claims: list[dict], doc: dict, family: str) -> list[str]:
+def headline_lines(rec: dict, s_star: dict, claims: list[dict], fit: FitDocument, family: str) -> list[str]:
     lines = []
     if rec["status"] == "ok":
         spans = [
@@ -142,49 +201,73 @@ def headline_lines(rec: dict, s_star: dict, claims: list[dict], doc: dict, famil
         )
     if s_star["status"] == "ok":
         lo, hi = s_star["ci"]
-        interval = f", 90% interval {lo:.3g}–{hi:.3g}" if None not in (lo, hi) else ", interval unknown"
+        interval_ = f", 90% interval {lo:.3g}–{hi:.3g}" if None not in (lo, hi) else ", interval unknown"
         where = "" if s_star.get("in_range") else " (outside the measured sizes: an extrapolation)"
         lines.append(
             f"Critical size S* at {s_star['quant']}: {s_star['s_star_bits']:.3g} bits "
-            f"({gb(s_star['s_star_bits'])}){interval}{where}; accuracy is halfway from chance to its "
+            f"({gb(s_star['s_star_bits'])}){interval_}{where}; accuracy is halfway from chance to its "
             "ceiling there."
         )
     else:
         lines.append(f"Critical size S*: {s_star['reason']}.")
-    first = next((c for c in claims if c["id"] == "four_bit_optimal"), None)
+    first = next((c for c in claims if c.get("id") == "four_bit_optimal"), None)
     if first:
-        lines.append(f"Paper check, '{first['claim']}': {first['verdict']}.")
-    checks = [
-        c for c in doc.get("extrapolation", []) if c.get("family") == family and c.get("status") == "ok"
-    ]
-    flagged = sum(bool(c.get("flagged")) for c in checks)
+        lines.append(
+            f"Paper check, '{text(first.get('claim'))}': {text(first.get('verdict'), 'no verdict')}."
+        )
+    checks = [c for c in fit.entries("extrapolation") if c.get("family") == family and usable(c)]
+    flagged = sum(c.get("flagged") is True for c in checks)
     lines.append(
         f"Extrapolation checks: {flagged} of {len(checks)} held-out points outside the law's interval."
     )
     return lines
 
 
-def headline(doc: dict, table: pl.DataFrame, latest: pl.DataFrame, family: str, claims: list[dict]) -> dict:
+def headline(doc: Any, table: pl.DataFrame, latest: pl.DataFrame, family: str, claims: list[dict]) -> dict:
     """The summary dict (summary.json): headline numbers, the lists the next report compares."""
+    fit = FitDocument.of(doc)
     n_sizes = latest["n_params"].n_unique() if latest.height else 0
-    rec = recommendation_summary(doc, table, family, n_sizes)
-    s_star = s_star_summary(doc, family, rec.get("quant"))
+    rec = recommendation_summary(fit, table, family, n_sizes)
+    s_star = s_star_summary(fit, family, rec.get("quant"))
     front = frontier_rows(table, family, rec["metric"]) if rec["status"] == "ok" else None
-    checkpoints = sorted(latest["checkpoint_id"].unique().to_list()) if latest.height else []
+    checkpoints = sorted(latest["checkpoint_id"].drop_nulls().unique().to_list()) if latest.height else []
     return {
-        "results_sha": doc["results_sha"],
+        "results_sha": fit.results_sha,
         "family": family,
-        "families": doc.get("families", []),
+        "families": fit.families,
         "recommendation": rec,
         "s_star": s_star,
-        "claims": {c["id"]: {"claim": c["claim"], "verdict": c["verdict"]} for c in claims},
+        "claims": {
+            c["id"]: {"claim": text(c.get("claim")), "verdict": text(c.get("verdict"), "no verdict")}
+            for c in claims
+            if isinstance(c.get("id"), str)
+        },
         "frontier": [] if front is None else front.to_dicts(),
-        "headline_lines": headline_lines(rec, s_star, claims, doc, family),
+        "headline_lines": headline_lines(rec, s_star, claims, fit, family),
         "n_checkpoints": len(checkpoints),
         "n_sizes": n_sizes,
         "n_specs": latest["quant"].n_unique() if latest.height else 0,
         "checkpoints": checkpoints,
-        "specs": sorted(latest["quant"].unique().to_list()) if latest.height else [],
+        "specs": sorted(latest["quant"].drop_nulls().unique().to_list()) if latest.height else [],
+    }
+
+
+def fallback_summary(fit: FitDocument, family: str, error: str) -> dict:
+    """The summary when the headline itself failed to render: no numbers, the error as its reason."""
+    return {
+        "results_sha": fit.results_sha,
+        "family": family,
+        "families": fit.families,
+        "recommendation": {"status": "failed", "reason": error},
+        "s_star": {"status": "failed", "quant": None, "reason": error},
+        "claims": {},
+        "frontier": [],
+        "headline_lines": [],
+        "n_checkpoints": 0,
+        "n_sizes": 0,
+        "n_specs": 0,
+        "checkpoints": [],
+        "specs": [],
     }
 
 
@@ -200,9 +283,10 @@ def changes_since(prev: dict | None, now: dict) -> dict:
     """New/removed checkpoints and specs, and changed conclusions, against the previous summary."""
     if prev is None:
         return {"previous_results_sha": None, "lines": [], "new_checkpoints": [], "changed_conclusions": []}
-    new = sorted(set(now["checkpoints"]) - set(prev.get("checkpoints", [])))
-    gone = sorted(set(prev.get("checkpoints", [])) - set(now["checkpoints"]))
-    new_specs = sorted(set(now["specs"]) - set(prev.get("specs", [])))
+    before = set(strings(prev.get("checkpoints")))  # an older or broken summary: lists of names
+    new = sorted(set(now["checkpoints"]) - before)
+    gone = sorted(before - set(now["checkpoints"]))
+    new_specs = sorted(set(now["specs"]) - set(strings(prev.get("specs"))))
     lines = [
         _listed(kind, names)
         for kind, names in (
@@ -213,27 +297,31 @@ def changes_since(prev: dict | None, now: dict) -> dict:
         if names
     ]
     changed = []
-    was, is_ = (prev.get("recommendation") or {}).get("quant"), now["recommendation"].get("quant")
+    rec_prev = prev.get("recommendation") if isinstance(prev.get("recommendation"), dict) else {}
+    was, is_ = rec_prev.get("quant"), now["recommendation"].get("quant")
     if was != is_:
-        changed.append(f"recommendation changed: {was or 'insufficient data'} → {is_ or 'insufficient data'}")
-    s_prev, s_now = prev.get("s_star") or {}, now["s_star"]
-    if s_prev.get("status") == "ok" and s_now["status"] == "ok" and s_prev.get("quant") == s_now["quant"]:
-        lo, hi = s_prev["ci"]
+        gone_why = now["recommendation"].get("status", NO_DATA)
+        changed.append(f"recommendation changed: {was or NO_DATA} → {is_ or gone_why}")
+    s_prev = prev.get("s_star") if isinstance(prev.get("s_star"), dict) else {}
+    s_now = now["s_star"]
+    if s_prev.get("status") == OK and s_now["status"] == OK and s_prev.get("quant") == s_now["quant"]:
+        lo, hi = interval(s_prev.get("ci"))
         outside = lo is not None and hi is not None and not lo <= s_now["s_star_bits"] <= hi
-        if outside:
+        if outside and number(s_prev.get("s_star_bits")) is not None:
             changed.append(
                 f"S* for {s_now['quant']} moved outside its previous interval: "
-                f"{s_prev['s_star_bits']:.3g} → {s_now['s_star_bits']:.3g} bits"
+                f"{number(s_prev['s_star_bits']):.3g} → {s_now['s_star_bits']:.3g} bits"
             )
     elif s_prev.get("status") != s_now["status"]:
         changed.append(f"S*: {s_prev.get('status', 'absent')} → {s_now['status']}")
+    claims_prev = prev.get("claims") if isinstance(prev.get("claims"), dict) else {}
     for cid, c in now["claims"].items():
-        before = (prev.get("claims") or {}).get(cid, {}).get("verdict")
-        if before is not None and before != c["verdict"]:
-            changed.append(f"claim {cid} ({c['claim']}): {before} → {c['verdict']}")
+        verdict = path(claims_prev, cid, "verdict")
+        if isinstance(verdict, str) and verdict != c["verdict"]:
+            changed.append(f"claim {cid} ({c['claim']}): {verdict} → {c['verdict']}")
     lines += changed or ["conclusions unchanged"]
     return {
-        "previous_results_sha": prev.get("results_sha"),
+        "previous_results_sha": text(prev.get("results_sha")) or None,
         "lines": lines,
         "new_checkpoints": new,
         "changed_conclusions": changed,
@@ -269,8 +357,9 @@ def datasets_from_store(store: Store, versions: list[tuple[str, str]]) -> list[d
 
 def headline_line(report_summary: dict) -> str:
     """One line a person can act on: the recommended precision (or why there is none)."""
-    rec = report_summary.get("recommendation") or {}
-    if rec.get("status", "ok") != "ok" or "quant" not in rec:
-        return f"recommended precision: {NO_DATA}"
-    line = f"recommended precision: {rec['quant']} ({rec['bits']}-bit)"
-    return f"{line}. {rec['confidence']}" if rec.get("confidence") else line
+    rec = report_summary.get("recommendation") if isinstance(report_summary, dict) else None
+    rec = rec if isinstance(rec, dict) else {}
+    if rec.get("status", OK) != OK or not isinstance(rec.get("quant"), str):
+        return f"recommended precision: none ({describe(rec) if rec else NO_DATA})"
+    line = f"recommended precision: {rec['quant']} ({rec.get('bits')}-bit)"
+    return f"{line}. {rec['confidence']}" if isinstance(rec.get("confidence"), str) else line

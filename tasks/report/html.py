@@ -1,7 +1,11 @@
 """The report page: one self-contained HTML file (inline CSS, figures as base64 PNG, no script and
 no network). Every string from the data is escaped; sections appear in the order a reader asks:
 what to deploy, why (the scaling plot and the claims), the laws, where the family is heading (the
-joint law's forecast and its running check), then the tables."""
+joint law's forecast and its running check), then the tables.
+
+Tables list every entry of the fit: an `ok` one with its numbers, any other with its status in
+words (law/fitdoc.py describe) and no numbers (they stay in fit.json for inspection). A part that
+failed to render is one line (`error_html`, report/guard.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +15,10 @@ import math
 from pathlib import PurePosixPath
 from typing import Any
 
-import polars as pl
-
+from kbitlaw.law.fitdoc import describe, interval, number, path, strings, text, usable
 from kbitlaw.report.figures import Figure
-from kbitlaw.status import NO_DATA
 
-MAX_TABLE_ROWS = 3000  # the metrics table; beyond this the results in the store are the reference
+MAX_TABLE_ROWS = 3000  # the metrics table; beyond this the fit's table (fit.parquet) is the reference
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1d232b;
@@ -49,6 +51,8 @@ table.claims { width: 100%; } table.claims td:nth-child(2) { width: 24%; }
 table.claims td:nth-child(4) { width: 42%; } table.claims td:nth-child(5) { width: 22%; }
 .scroll { max-height: 560px; overflow: auto; }
 code { font-size: 12px; background: #eef1f4; padding: 1px 4px; border-radius: 3px; }
+.error { padding: 8px 12px; color: #8a1616; background: #fdecec; border-left: 4px solid #d62728;
+         font-family: ui-monospace, monospace; font-size: 13px; }
 """
 
 SECTIONS = (
@@ -64,6 +68,10 @@ SECTIONS = (
 
 
 def esc(x: Any) -> str:
+    """Text for the page, escaped: None is empty, a NaN or infinite number '-' (the document's
+    numbers are JSON, and a broken one must not print as 'nan')."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "-"
     return html.escape("" if x is None else str(x))
 
 
@@ -100,7 +108,14 @@ def table(headers: list[str], rows: list[list[str]], numeric: set[int] | None = 
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def error_html(line: str) -> str:
+    """A part that failed to render, in its place: the one-line error (report/guard.py)."""
+    return f'<p class="error">{esc(line)}</p>'
+
+
 def figure(f: Figure) -> str:
+    if f.error:
+        return f'<figure id="fig-{esc(f.id)}">{error_html(f.note or "")}</figure>'
     if f.png is None:
         return (
             f'<figure id="fig-{esc(f.id)}"><div class="note">{esc(f.title)}: {esc(f.note)}</div>'
@@ -113,7 +128,11 @@ def figure(f: Figure) -> str:
     )
 
 
-def verdict_badge(verdict: str) -> str:
+def status_cell(entry: dict) -> str:
+    return f'<span class="small">{esc(describe(entry))}</span>'
+
+
+def verdict_badge(verdict: object) -> str:
     cls = verdict if verdict in ("supported", "contradicted", "inconclusive") else "other"
     return f'<span class="verdict v-{cls}">{esc(verdict)}</span>'
 
@@ -122,21 +141,23 @@ def verdict_badge(verdict: str) -> str:
 
 
 def headline_html(s: dict) -> str:
-    rec = s["recommendation"]
+    """The headline box: what to deploy (or why nothing is recommended), the headline lines, what
+    changed, and any part of the page that failed to render."""
+    rec = s.get("recommendation") or {}
     if rec.get("status") != "ok":
-        deploy = f'<div class="deploy">Recommended precision: {NO_DATA}</div>'
+        status = "not identified" if rec.get("status") == "unidentified" else rec.get("status", "failed")
+        deploy = f'<div class="deploy">Recommended precision: {esc(status)}</div>'
         why = f"<p>{esc(rec.get('reason'))}</p>"
         cls = "headline none"
     else:
-        deploy = (
-            f'<div class="deploy">Deploy at {esc(rec["bits"])}-bit: <code>{esc(rec["quant"])}</code></div>'
-        )
-        why = f"<p>{esc(rec['confidence'])}</p>" + p_best_html(rec)
+        spec = f"{esc(rec.get('bits'))}-bit: <code>{esc(rec.get('quant'))}</code>"
+        deploy = f'<div class="deploy">Deploy at {spec}</div>'
+        why = f"<p>{esc(rec.get('confidence'))}</p>" + p_best_html(rec)
         cls = "headline"
-    items = [f"<li>{esc(line)}</li>" for line in s["headline_lines"]]
+    items = [f"<li>{esc(line)}</li>" for line in strings(s.get("headline_lines"))]
     changes = s.get("changes") or {}
-    change_lines = changes.get("lines") or []
-    since = changes.get("previous_results_sha")
+    change_lines = strings(changes.get("lines"))
+    since = text(changes.get("previous_results_sha"))
     change_html = (
         "<p><b>Since the previous report</b>"
         + (f" (<code>{esc(since[:12])}</code>)" if since else "")
@@ -146,7 +167,14 @@ def headline_html(s: dict) -> str:
         if since or change_lines
         else "<p><b>Since the previous report:</b> this is the first report in this store.</p>"
     )
-    return f'<section class="{cls}">{deploy}{why}<ul>{"".join(items)}</ul>{change_html}</section>'
+    errors = strings(s.get("section_errors"))
+    error_list = (
+        f"<p><b>{len(errors)} part(s) of this page failed to render</b> (shown in place):</p>"
+        + "".join(error_html(e) for e in errors)
+        if errors
+        else ""
+    )
+    return f'<section class="{cls}">{deploy}{why}<ul>{"".join(items)}</ul>{change_html}{error_list}</section>'
 
 
 def p_best_html(rec: dict) -> str:
@@ -155,23 +183,30 @@ def p_best_html(rec: dict) -> str:
     if not p_best:
         return ""
     cells = "".join(
-        ("<td class='win'>" if w == str(rec["bits"]) else "<td>") + f"{esc(w)}-bit<br>{p:.2f}</td>"
+        ("<td class='win'>" if w == str(rec.get("bits")) else "<td>") + f"{esc(w)}-bit<br>{p:.2f}</td>"
         for w, p in sorted(p_best.items(), key=lambda kv: int(kv[0]))
     )
     verdict = (
-        "clear" if rec.get("clear") else "contenders: " + ", ".join(f"{w}-bit" for w in rec["contenders"])
+        "clear"
+        if rec.get("clear")
+        else "contenders: " + ", ".join(f"{w}-bit" for w in strings(rec.get("contenders")))
     )
     return f"<table class='pbest'><tr><th>P(best)</th>{cells}</tr></table><p class='small'>{esc(verdict)}</p>"
 
 
 def claims_html(claims: list[dict], family: str) -> str:
+    if not claims:
+        return (
+            f"<p>The fit holds no checked claims for family <code>{esc(family)}</code> (a fit from before "
+            "they were part of its document: refit to see them).</p>"
+        )
     rows = [
         [
-            esc(c["id"]),
-            f"<b>{esc(c['claim'])}</b><br><span class='small'>{esc(c['paper'])}</span>",
-            verdict_badge(c["verdict"]),
-            "<br>".join(esc(n) for n in c["numbers"]),
-            f"<span class='small'>{esc(c['test'])}</span>",
+            esc(c.get("id")),
+            f"<b>{esc(c.get('claim'))}</b><br><span class='small'>{esc(c.get('paper'))}</span>",
+            verdict_badge(c.get("verdict")),
+            "<br>".join(esc(n) for n in strings(c.get("numbers"))),
+            f"<span class='small'>{esc(c.get('test'))}</span>",
         ]
         for c in claims
     ]
@@ -183,38 +218,62 @@ def claims_html(claims: list[dict], family: str) -> str:
     )
 
 
+def with_ci(value: object, ci: object) -> str:
+    """A number with its interval, '1.2 [0.9, 1.5]' ('-' for a number that is not finite)."""
+    lo, hi = interval(ci)
+    return fmt(number(value)) + ("" if lo is None or hi is None else f" [{fmt(lo)}, {fmt(hi)}]")
+
+
 def threshold_table(entries: list[dict]) -> str:
-    rows = [
-        [
-            esc(e["quant"]),
-            esc(e["metric"]),
-            fmt(e.get("s_star_bits")),
-            "-" if None in (e.get("ci") or [None]) else f"{fmt(e['ci'][0])} – {fmt(e['ci'][1])}",
-            fmt(e.get("s_star_bits") and e["s_star_bits"] / 8e9),
-            esc(e.get("n_sizes")),
-            esc(e["status"]),
-        ]
-        for e in entries
-    ]
+    """S* per spec: the numbers of the ok entries, the status in words of the others."""
+    rows = []
+    for e in entries:
+        ok, s_star = usable(e), number(e.get("s_star_bits"))
+        lo, hi = interval(e.get("ci"))
+        rows.append(
+            [
+                esc(e.get("quant")),
+                esc(e.get("metric")),
+                fmt(s_star if ok else None),
+                f"{fmt(lo)} – {fmt(hi)}" if ok and None not in (lo, hi) else "-",
+                fmt(s_star / 8e9 if ok and s_star is not None else None),
+                fmt(number(e.get("n_sizes")), "g"),
+                status_cell(e),
+            ]
+        )
     return table(
         ["spec", "metric", "S* (bits)", "90% interval", "S* (GB)", "sizes", "status"], rows, {2, 3, 4, 5}
     )
 
 
-def damage_table(entries: list[dict]) -> str:
-    def with_ci(e: dict, p: str) -> str:
-        lo, hi = e["ci"][p]
-        ci = "" if lo is None or hi is None else f" [{fmt(lo)}, {fmt(hi)}]"
-        return fmt(e.get(p)) + ci
-
+def power_law_table(entries: list[dict]) -> str:
+    """The loss power law L(S) = E + A/S^alpha per spec: numbers of the ok entries only."""
     rows = [
         [
-            esc(e["scheme"]),
-            esc(e["form"]) + (" ✓" if e.get("heldout_better") else ""),
-            *(with_ci(e, p) for p in ("C", "beta", "alpha", "gamma")),
-            fmt(e.get("heldout_error")),
-            esc(e.get("n_points")),
-            esc(e["status"]),
+            esc(e.get("quant")),
+            esc(e.get("metric")),
+            *(with_ci(e.get(p), path(e, "ci", p)) if usable(e) else "-" for p in ("E", "A", "alpha")),
+            fmt(number(e.get("n_sizes")), "g"),
+            status_cell(e),
+        ]
+        for e in entries
+    ]
+    return table(["spec", "metric", "E", "A", "alpha", "sizes", "status"], rows, {2, 3, 4, 5})
+
+
+def damage_table(entries: list[dict]) -> str:
+    """The damage laws per scheme and form: numbers of the ok entries, the status of the others."""
+    rows = [
+        [
+            esc(e.get("scheme")),
+            esc(e.get("form")) + (" ✓" if e.get("heldout_better") is True else ""),
+            *(
+                with_ci(e.get(p), path(e, "ci", p)) if usable(e) else "-"
+                for p in ("C", "beta", "alpha", "gamma")
+            ),
+            fmt(number(e.get("heldout_error")) if usable(e) else None),
+            fmt(number(e.get("n_points")), "g"),
+            status_cell(e),
         ]
         for e in entries
     ]
@@ -233,127 +292,49 @@ def damage_table(entries: list[dict]) -> str:
 
 
 def extrapolation_table(checks: list[dict]) -> str:
-    flagged = [c for c in checks if c.get("flagged")]
+    """The flagged ones of the ok extrapolation checks (the others are counted)."""
+    ok = [c for c in checks if usable(c)]
+    flagged = [c for c in ok if c.get("flagged") is True]
+    other = len(checks) - len(ok)
+    head = f"{len(ok)} extrapolation checks" + (f" ({other} more could not be made)" if other else "")
     if not flagged:
-        return f"<p>{len(checks)} extrapolation checks, none flagged.</p>"
+        return f"<p>{head}, none flagged.</p>"
     rows = [
         [
-            esc(c["law"]),
-            esc(c["quant"]),
-            esc(c["metric"]),
-            esc(c["held_out"]),
-            fmt(c["predicted"]),
-            f"{fmt(c['ci'][0])} – {fmt(c['ci'][1])}",
-            fmt(c["observed"]),
+            esc(c.get("law")),
+            esc(c.get("quant")),
+            esc(c.get("metric")),
+            esc(c.get("held_out")),
+            fmt(number(c.get("predicted"))),
+            "{} – {}".format(*(fmt(v) for v in interval(c.get("ci")))),
+            fmt(number(c.get("observed"))),
         ]
         for c in flagged
     ]
-    return f"<p>{len(checks)} extrapolation checks, {len(flagged)} flagged:</p>" + table(
+    return f"<p>{head}, {len(flagged)} flagged:</p>" + table(
         ["law", "spec", "metric", "held out", "predicted", "90% interval", "observed"], rows, {4, 5, 6}
     )
 
 
-# -- the joint law --------------------------------------------------------------------------------
-
-
-def metrics_html(points: pl.DataFrame) -> str:
-    """Per checkpoint and spec: size, tokens, bits and every metric (mean_acc, loss, acc:<dataset>)."""
-    if points.height == 0:
-        return "<p>No result rows could be read.</p>"
-    keys = ["checkpoint_id", "quant", "n_params", "tokens_seen", "bits", "bits_per_param", "total_bits"]
-    wide = points.pivot(on="metric", index=keys, values="value", aggregate_function="mean")
-    wide = wide.sort(["n_params", "tokens_seen", "bits", "quant"], descending=[False, False, True, False])
-    metrics = [m for m in ("mean_acc", "loss") if m in wide.columns] + sorted(
-        c for c in wide.columns if c.startswith("acc:")
-    )
-    shown = wide.head(MAX_TABLE_ROWS)
-    rows = [
-        [
-            esc(r["checkpoint_id"]),
-            esc(r["quant"]),
-            fmt(r["n_params"]),
-            fmt(r["tokens_seen"]),
-            fmt(r["bits"], "g"),
-            fmt(r["bits_per_param"], ".4g"),
-            fmt(r["total_bits"]),
-        ]
-        + [fmt(r[m], ".4g") for m in metrics]
-        for r in shown.iter_rows(named=True)
-    ]
-    headers = ["checkpoint", "spec", "params", "tokens", "k", "bits/param", "total bits", *metrics]
-    more = (
-        f"<p class='small'>Showing {MAX_TABLE_ROWS} of {wide.height} rows; all are in the results store.</p>"
-        if wide.height > MAX_TABLE_ROWS
-        else ""
-    )
-    return (
-        f"<details><summary>{wide.height} (checkpoint, spec) rows</summary>{more}<div class='scroll'>"
-        + table(headers, rows, set(range(2, len(headers))))
-        + "</div></details>"
-    )
-
-
-def datasets_html(datasets: list[dict]) -> str:
-    if not datasets:
-        return "<p>No dataset information was passed to this report.</p>"
-    rows = []
-    for d in datasets:
-        s = d.get("summary") or {}
-        v = d.get("validation") or {}
-        reasons = ", ".join(f"{esc(k)}: {esc(n)}" for k, n in sorted((s.get("reasons") or {}).items())) or "-"
-        rows.append(
-            [
-                esc(d.get("name")),
-                f"<code>{esc(str(d.get('sha') or s.get('sha') or '')[:12])}</code>",
-                esc(s.get("kind") or d.get("kind")),
-                fmt(s.get("rows_in")),
-                fmt(s.get("rows_out")),
-                fmt(s.get("quarantined")),
-                reasons,
-                esc(d.get("status", "-")),
-                link(v.get("html"), "data docs") + " · " + link(v.get("json"), "json"),
-            ]
-        )
-    headers = [
-        "dataset",
-        "sha",
-        "kind",
-        "rows in",
-        "rows clean",
-        "quarantined",
-        "reasons",
-        "validation",
-        "pages",
-    ]
-    return table(headers, rows, {3, 4, 5})
-
-
-def provenance_html(prov: list[tuple[str, Any]], results_keys: list[str]) -> str:
-    rows = [[esc(k), v if isinstance(v, str) and v.startswith("<") else esc(v)] for k, v in prov]
-    keys = "".join(f"<li><code>{esc(k)}</code></li>" for k in results_keys[:MAX_TABLE_ROWS])
-    return table(["item", "value"], rows) + (
-        f"<details><summary>{len(results_keys)} results keys</summary><ul class='small'>{keys}</ul></details>"
-        if results_keys
-        else ""
-    )
-
-
 def page(s: dict, parts: dict[str, str]) -> str:
-    """The whole document; `parts` maps section id -> its HTML."""
+    """The whole document; `parts` maps section id -> its HTML (and "headline" -> the headline box,
+    rendered from the summary when absent)."""
     nav = "".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name in SECTIONS)
     body = "".join(
         f'<section id="{sid}"><h2>{esc(name)}</h2>{parts[sid]}</section>'
         for sid, name in SECTIONS
         if sid in parts
     )
-    title = f"kbitlaw report: {s['family']}"
+    title = f"kbitlaw report: {s.get('family')}"
+    sha = text(s.get("results_sha"))[:12]
+    head = parts.get("headline") or headline_html(s)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         "<link rel='icon' href='data:,'>"  # no favicon request: the page needs nothing from outside
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>"
-        f"<h1>{esc(title)}</h1><div class='meta'>results <code>{esc(s['results_sha'][:12])}</code> · "
-        f"{esc(s['n_checkpoints'])} checkpoints · {esc(s['n_specs'])} specs · "
-        f"generated {esc(s['created_at'])}</div>"
-        f"{headline_html(s)}<nav>{nav}</nav>{body}</main></body></html>"
+        f"<h1>{esc(title)}</h1><div class='meta'>results <code>{esc(sha)}</code> · "
+        f"{esc(s.get('n_checkpoints'))} checkpoints · {esc(s.get('n_specs'))} specs · "
+        f"generated {esc(s.get('created_at'))}</div>"
+        f"{head}<nav>{nav}</nav>{body}</main></body></html>"
     )

@@ -1,14 +1,18 @@
 """The report's "Where this family is heading" text and tables: the joint law with its intervals
-and hold-out errors, the runs still training, and the running check of past predictions."""
+and hold-out errors, the runs still training, and the running check of past predictions.
+
+Numbers of the joint law and its predictions are shown only when its entry is `ok`; otherwise
+the entry's status in words (law/fitdoc.py describe). Every field is read defensively: a broken
+document shows '-' or its status, never raises."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from kbitlaw.law.fitdoc import describe, entries, interval, number, path, strings, text, usable
 from kbitlaw.law.predict import UNBOUNDED_NATS
 from kbitlaw.report.html import esc, fmt, table
-from kbitlaw.status import NO_DATA
 
 RUNNING_CHECK_ROWS = 30  # the newest running-check entries shown
 DAMAGE_LAWS = {
@@ -30,20 +34,24 @@ def sig(x: Any, digits: int = 3) -> str:
 def with_interval(value: Any, ci: Any, digits: int = 3, nats: bool = False) -> str:
     """A number and its interval, '1.92 [1.90, 1.93]' (the number alone when the interval is unknown).
     nats=True: a loss, whose upper end past UNBOUNDED_NATS (a diverged bootstrap) reads 'unbounded'."""
-    lo, hi = (list(ci) + [None, None])[:2] if isinstance(ci, (list, tuple)) else (None, None)
-    unknown = any(v is None or (isinstance(v, float) and not math.isfinite(v)) for v in (lo, hi))
-    if unknown:
-        return sig(value, digits)
+    lo, hi = interval(ci)
+    if lo is None or hi is None:
+        return sig(number(value), digits)
     top = "unbounded" if nats and hi > UNBOUNDED_NATS else sig(hi, digits)
-    return sig(value, digits) + f" [{sig(lo, digits)}, {top}]"
+    return sig(number(value), digits) + f" [{sig(lo, digits)}, {top}]"
 
 
-def held_out_text(name: str, h: dict | None) -> str:
-    if not h or h.get("status") != "ok":
-        return f"{name}: {NO_DATA}"
+def count(x: Any) -> str:
+    """A count as the document holds it ('-' when it is not a finite number)."""
+    return fmt(number(x), "g")
+
+
+def held_out_text(name: str, h: object) -> str:
+    if not usable(h):
+        return f"{name}: {describe(h)}"
     return (
-        f"{name}: RMS error {sig(h.get('rms_error'), 2)} nats, "
-        f"{esc(h.get('flagged'))} of {esc(h.get('points'))} points outside the tolerance"
+        f"{name}: RMS error {sig(number(h.get('rms_error')), 2)} nats, "
+        f"{count(h.get('flagged'))} of {count(h.get('points'))} points outside the tolerance"
     )
 
 
@@ -57,49 +65,50 @@ def joint_law_html(entry: dict | None, has_key: bool, family: str, level: float)
                 "refit to see where the family is heading.</p>"
             )
         return f"<p>The fit has no joint law for family <code>{esc(family)}</code>.</p>"
-    if entry.get("status") != "ok":
-        return (
-            f"<p>The joint law of <code>{esc(family)}</code> could not be fitted ({NO_DATA}: "
-            f"{esc(entry.get('n_points'))} 16-bit checkpoint losses).</p>"
-        )
-    ci = entry.get("ci") or {}
-    unseen = set(entry.get("unidentified") or [])
+    if not usable(entry):
+        return f"<p>The joint law of <code>{esc(family)}</code> is not usable: {esc(describe(entry))}.</p>"
+    unseen = set(strings(entry.get("unidentified")))
     params = ", ".join(
-        f"{name} = {esc(with_interval(entry.get(p), ci.get(p)))}"
+        f"{name} = {esc(with_interval(entry.get(p), path(entry, 'ci', p)))}"
         + (" (not identified: its term stays under 0.1% of the loss)" if p in unseen else "")
         for p, name in (("E", "E"), ("A", "A"), ("alpha", "α"), ("B", "B"), ("beta", "β"))
     )
-    fit = entry.get("fit") or {}
-    about = f" on {esc(fit.get('n_points'))} checkpoints of {esc(fit.get('n_sizes'))} sizes" if fit else ""
-    warm = " (warm-started from the previous fit)" if fit.get("warm_started") else ""
+    fit = path(entry, "fit", default={})
+    fit = fit if isinstance(fit, dict) else {}
+    about = (
+        f" on {count(fit.get('n_points'))} checkpoints of {count(fit.get('n_sizes'))} sizes" if fit else ""
+    )
+    warm = " (warm-started from the previous fit)" if fit.get("warm_started") is True else ""
     law = (
         f"<p class='law'><b>16-bit law</b> L(N, D) = E + A/N<sup>α</sup> + B/D<sup>β</sup>{about}{warm}: "
         f"{params} ({level:.0%} intervals).</p>"
     )
-    schemes = (entry.get("damage") or {}).get("schemes") or []
+    schemes = entries(path(entry, "damage"), "schemes")
     damage = "; ".join(
         f"<code>{esc(d.get('scheme'))}</code>: "
         + (
             f"{esc(DAMAGE_LAWS.get(d.get('form'), d.get('form')))}, held-out error "
-            f"{sig(d.get('heldout_error'), 2)} noise SDs, chosen by {esc(d.get('chosen_by'))}"
-            if d.get("status") == "ok"
-            else NO_DATA
+            f"{sig(number(d.get('heldout_error')), 2)} noise SDs, chosen by {esc(d.get('chosen_by'))}"
+            if usable(d)
+            else esc(describe(d))
         )
         for d in schemes
     )
-    damage_html = f"<p><b>Damage dL</b> per scheme: {damage or NO_DATA}.</p>"
-    held = entry.get("held_out") or {}
-    top = held.get("largest_size") or {}
-    size = f" (N = {fmt(top.get('n_params'))})" if top.get("n_params") is not None else ""
+    damage_html = f"<p><b>Damage dL</b> per scheme: {damage or 'no damage law in the fit'}.</p>"
+    held = path(entry, "held_out", default={})
+    top = path(held, "largest_size", default={})
+    n_top = number(path(top, "n_params"))
+    size = f" (N = {fmt(n_top)})" if n_top is not None else ""
+    latest = path(held, "latest_checkpoint")
     held_html = (
         "<p><b>Held out and predicted</b> (RMS error over every spec, in nats): "
         + esc(held_out_text(f"the largest size{size}", top))
         + "; "
-        + esc(held_out_text("every size's latest checkpoint", held.get("latest_checkpoint")))
+        + esc(held_out_text("every size's latest checkpoint", latest))
         + ".</p>"
     )
-    latest = held.get("latest_checkpoint") or {}
-    if latest.get("points") and (latest.get("flagged") or 0) > 0.5 * latest["points"]:
+    points, flagged = number(path(latest, "points")), number(path(latest, "flagged"))
+    if usable(latest) and points and flagged is not None and flagged > 0.5 * points:
         held_html += (
             "<p class='note'>The law missed most of the latest checkpoints. A possible cause: fitted on "
             "the checkpoints of training runs, it treats each as a model trained to its token count, "
@@ -117,9 +126,9 @@ def in_progress_html(runs: list[dict], level: float) -> str:
         return ""
     rows = []
     for run in runs:
-        preds = sorted(run.get("predictions") or [], key=lambda p: p.get("loss") or math.inf)
-        best = preds[0]["quant"] if preds else None
-        for p in run.get("predictions") or []:
+        preds = sorted(entries(run, "predictions"), key=lambda p: number(p.get("loss")) or math.inf)
+        best = preds[0].get("quant") if preds else None
+        for p in entries(run, "predictions"):
             rows.append(
                 [
                     f"<code>{esc(run.get('checkpoint_id'))}</code>",
@@ -134,7 +143,7 @@ def in_progress_html(runs: list[dict], level: float) -> str:
         f"{esc(with_interval(p.get('loss'), p.get('ci'), 4, nats=True))} "
         f"at {esc(p.get('quant'))}"
         for r in runs
-        for p in (r.get("predictions") or [])[:1]  # the widest spec first: 16-bit
+        for p in entries(r, "predictions")[:1]  # the widest spec first: 16-bit
     )
     return (
         f"<h3>Runs in progress: predicted at their planned end</h3><p>{len(runs)} run(s) have not "
@@ -149,13 +158,13 @@ def in_progress_html(runs: list[dict], level: float) -> str:
 def newest_first(entries: list[dict]) -> list[dict]:
     """The newest RUNNING_CHECK_ROWS running-check entries, newest fit first; within a fit the
     latest checkpoint first, the largest size first, the 16-bit spec first."""
-    batches = {b: i for i, b in enumerate(dict.fromkeys(e.get("predicted_by") for e in entries))}
+    batches = {b: i for i, b in enumerate(dict.fromkeys(str(e.get("predicted_by")) for e in entries))}
 
     def key(e: dict) -> tuple:
         return (
-            -batches[e.get("predicted_by")],
-            -(e.get("tokens_seen") or 0.0),
-            -(e.get("n_params") or 0.0),
+            -batches[str(e.get("predicted_by"))],
+            -(number(e.get("tokens_seen")) or 0.0),
+            -(number(e.get("n_params")) or 0.0),
             e.get("quant") not in ("fp16", "bf16"),
             str(e.get("quant")),
         )
@@ -167,25 +176,25 @@ def running_check_table(entries: list[dict], level: float) -> str:
     """Past predictions against what came in: the newest RUNNING_CHECK_ROWS entries, newest first."""
     if not entries:
         return f"<p>{esc(NO_RUNNING_CHECK)}</p>"
-    flagged = sum(bool(e.get("flagged")) for e in entries)
+    flagged = sum(e.get("flagged") is True for e in entries)
     shown = newest_first(entries)[:RUNNING_CHECK_ROWS]
     rows = [
         [
             f"<code>{esc(e.get('held_out'))}</code>",
             esc(e.get("quant")),
-            fmt(e.get("n_params")),
-            fmt(e.get("tokens_seen")),
+            fmt(number(e.get("n_params"))),
+            fmt(number(e.get("tokens_seen"))),
             esc(with_interval(e.get("predicted"), e.get("ci"), 4, nats=True)),
-            sig(e.get("observed"), 4),
-            fmt(e.get("error"), "+.2g"),
+            sig(number(e.get("observed")), 4),
+            fmt(number(e.get("error")), "+.2g"),
             (
-                '<span class="verdict v-contradicted">outside</span>'
-                if e.get("flagged")
+                f'<span class="verdict v-other">{esc(describe(e))}</span>'
+                if not usable(e)
+                else '<span class="verdict v-contradicted">outside</span>'
+                if e.get("flagged") is True
                 else '<span class="verdict v-supported">inside</span>'
-                if e.get("status") == "ok"
-                else f'<span class="verdict v-other">{esc(e.get("status"))}</span>'
             ),
-            f"<code>{esc(str(e.get('predicted_by') or '-')[:12])}</code>",
+            f"<code>{esc(text(e.get('predicted_by'), '-')[:12])}</code>",
         ]
         for e in shown
     ]

@@ -1,0 +1,42 @@
+"""Real data no test here generated: a demo family trained and evaluated on another machine
+(../shared/realdata/, beside the repository; CI has it). `untar_realdata` unpacks its store,
+`fitted_real_store` also fits it with the law stage (about 30 s), and the session fixture
+`real_fit_store` (imported by conftest.py) does that once per test session.
+
+The archive must be there: a missing archive fails the test loudly rather than skipping it."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+ARCHIVE = "demo-family-results-2026-12-04.tar.gz"
+
+
+def untar_realdata(dest: Path) -> Path:
+    """The real store (datasets/, results/, samples/) unpacked into `dest`; returns `dest`."""
+    archive = REALDATA / ARCHIVE
+    assert archive.exists(), f"{archive}: the real-data fixture is missing (CI has ../shared/realdata)"
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def fitted_real_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh copy of the real store, fitted (fits/<sha>/fit.json + fit.parquet, fits/latest.json)."""
+    from kbitlaw.law.io import fit_store
+    from kbitlaw.store import Store
+
+    store = untar_realdata(tmp_path_factory.mktemp("realdata") / "store")
+    fit_store(Store(str(store)))
+    return store
+
+
+@pytest.fixture(scope="session")
+def real_fit_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real store fitted once per session. Tests must not write to it: copy it first."""
+    return fitted_real_store(tmp_path_factory)
