@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import polars as pl
@@ -19,20 +18,9 @@ import pytest
 from kbitlaw.law import fitdoc
 from kbitlaw.law.gates import check_document
 from kbitlaw.status import OK, STATUSES
+from tests.realdata import untar_realdata
 
 pytestmark = pytest.mark.slow
-
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-ARCHIVE = "demo-family-results-2026-12-04.tar.gz"
-
-
-def untar(dest: Path) -> Path:
-    archive = REALDATA / ARCHIVE
-    assert archive.exists(), f"{archive}: the real-data fixture is missing (CI has ../shared/realdata)"
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
-    return dest
 
 
 def kbitlaw(*args: str) -> subprocess.CompletedProcess:
@@ -70,7 +58,7 @@ def subset(source: Path, dest: Path, keep: pl.Expr) -> Path:
 
 @pytest.fixture(scope="module")
 def real_store(tmp_path_factory) -> Path:
-    return untar(tmp_path_factory.mktemp("realdata") / "store")
+    return untar_realdata(tmp_path_factory.mktemp("realdata") / "store")
 
 
 def fit_and_check(store: Path) -> dict:

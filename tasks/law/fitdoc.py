@@ -14,7 +14,11 @@ Schema (version FIT_SCHEMA_VERSION; more keys may be added):
   `status` (kbitlaw.status.STATUSES) and `reason`;
 - joint_law: a list (one entry per family), each with `status`, `reason`, its parameters, `ci`,
   `damage.schemes` and, for `predict`, `model` (the fitted law and its bootstrap replicates);
-- gates: what the gates checked (law/gates.py), per law.
+- gates: what the gates checked (law/gates.py), per law;
+- datasets: [[name, sha], ...], the dataset versions the results were measured on.
+The long table (fit.parquet, law/common.py TABLE_SCHEMA) carries the points: section "checkpoint"
+(every checkpoint x spec x metric), "point" (each size's latest checkpoint), and the fitted curves,
+bands, frontier, budgets and damage rows the report draws.
 """
 
 from __future__ import annotations
