@@ -66,16 +66,17 @@ def demo(
         for line in describe(summary):
             typer.echo(line)
     night = summary["nightly"]
-    for problem in night.get("failures", []) + night.get("invalid_datasets", []):
+    problems = night.get("problems", night.get("failures", []))
+    for problem in problems:
         typer.echo(f"failed: {problem}", err=True)
-    raise typer.Exit(1 if night.get("failures") or "checkpoints" not in night else 0)
+    raise typer.Exit(1 if problems or "checkpoints" not in night else 0)
 
 
 @app.command()
 def nightly(
     store: StoreOpt = None,
     checkpoints: Annotated[
-        str | None, typer.Option(help="Checkpoints URI (default: <store>/checkpoints)")
+        str | None, typer.Option(help="Checkpoints URI (default: the checkpoints/ folder of the store)")
     ] = None,
     grid: Annotated[
         str, typer.Option(help="Grid name (quick|default|paper) or comma-separated specs")
@@ -133,9 +134,10 @@ def nightly(
     if as_json:
         sys.stdout.write(json.dumps(summary, allow_nan=False) + "\n")
     else:
-        ev = summary.get("evaluations", {})
+        ev, unreadable = summary.get("evaluations", {}), summary.get("failed_checkpoints")
+        failed = f", {unreadable} failed (unreadable)" if unreadable else ""
         typer.echo(
-            f"checkpoints: {summary.get('checkpoints')} ({summary.get('new_checkpoints')} new); "
+            f"checkpoints: {summary.get('checkpoints')} ({summary.get('new_checkpoints')} new{failed}); "
             f"evaluations: {ev.get('computed')} computed, {ev.get('cached')} cached, "
             f"{ev.get('failed')} failed"
         )
@@ -143,8 +145,8 @@ def nightly(
         if summary.get("report"):
             typer.echo(f"report: {summary['report']['url']}")
             typer.echo(summary["report"]["headline"])
-        for problem in summary.get("failures", []) + summary.get("invalid_datasets", []):
-            typer.echo(f"failed: {problem}", err=True)
+    for problem in summary.get("problems", []):  # every problem of the run, one line each
+        typer.echo(f"failed: {problem}", err=True)
     raise typer.Exit(0 if state.is_completed() else 1)
 
 
@@ -229,12 +231,20 @@ def evaluate(
 def fit(
     store: StoreOpt = None,
     results: Annotated[str | None, typer.Option("--results", help="A Parquet or CSV file of results")] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Check every ok entry of the fit against its gates: one line per entry that breaks "
+            "one, exit 1 if any",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the k-bit scaling laws to the stored results (or a results file)."""
     from kbitlaw.flows.console import fit_command
 
-    raise typer.Exit(fit_command(store, results, as_json))
+    raise typer.Exit(fit_command(store, results, as_json, check=check))
 
 
 @app.command()
@@ -272,7 +282,9 @@ def report(store: StoreOpt = None) -> None:
 
 @app.command("checkpoints")
 def list_checkpoints(
-    uri: Annotated[str | None, typer.Argument(help="Where to look (default: <store>/checkpoints)")] = None,
+    uri: Annotated[
+        str | None, typer.Argument(help="Where to look (default: the checkpoints/ folder of the store)")
+    ] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -11,9 +11,11 @@ from kbitlaw.law.common import json_safe
 from kbitlaw.status import NO_DATA
 
 
-def fit_command(store_uri: str | None, results_file: str | None, as_json: bool) -> int:
+def fit_command(store_uri: str | None, results_file: str | None, as_json: bool, check: bool = False) -> int:
     """Run one fit; print the fit document (--json: one JSON document on stdout, nothing else)
-    or a short summary. Returns the exit code: 0 ok, 1 unusable input or store failure."""
+    or a short summary. `check`: also check every `ok` entry against its gates (law/gates.py)
+    and print one line per entry that breaks one (on stderr with --json). Returns the exit code:
+    0 ok, 1 unusable input, a store failure or (with `check`) an ok entry that breaks a gate."""
     from kbitlaw.law.document import FitConfig, fit_laws
     from kbitlaw.law.io import default_chance, fit_store, read_results_file
     from kbitlaw.law.table import ResultsError
@@ -36,7 +38,15 @@ def fit_command(store_uri: str | None, results_file: str | None, as_json: bool) 
         sys.stdout.write(json.dumps(doc, allow_nan=False, sort_keys=True) + "\n")
     else:
         _summary(doc, where)
-    return 0
+    if not check:
+        return 0
+    from kbitlaw.flows.console_fit import ALL_PASS, check_lines
+
+    broken = check_lines(doc)
+    out = sys.stderr if as_json else sys.stdout  # --json: stdout holds the document only
+    for line in broken or [ALL_PASS]:
+        print(line, file=out)
+    return 1 if broken else 0
 
 
 def _log_to_stderr() -> None:
@@ -51,14 +61,18 @@ def _log_to_stderr() -> None:
         logger.setLevel(logging.INFO)
 
 
-def _read_results(store_uri: str | None, results_file: str | None):
-    """The results of --results FILE, else of the store (every stored result)."""
-    from kbitlaw.law.io import read_results_file, read_results_store
+def _fit_document(store_uri: str | None, results_file: str | None) -> dict[str, Any]:
+    """The fit document predict reads: the law stage's, never a fit of predict's own. --results
+    FILE: the law stage fits the file once; the store: fits/latest.json's fit when the results are
+    unchanged since (fit_store reads it back), else the law stage's fit of the current results."""
+    from kbitlaw.law.document import FitConfig, fit_laws
+    from kbitlaw.law.io import default_chance, fit_store, read_results_file
     from kbitlaw.store import Store
 
     if results_file:
-        return read_results_file(results_file)
-    return read_results_store(Store(store_uri))
+        results = read_results_file(results_file)
+        return fit_laws(results, FitConfig(chance=default_chance(results))).doc
+    return fit_store(Store(store_uri)).doc
 
 
 def predict_command(
@@ -71,10 +85,9 @@ def predict_command(
     family: str | None,
     as_json: bool,
 ) -> int:
-    """`kbitlaw predict`: the joint law's predictions for a planned (N, D). Exit 1 on bad input."""
-    from kbitlaw.law.common import FitConfig
-    from kbitlaw.law.io import default_chance
-    from kbitlaw.law.predict import PredictError, fit_for_prediction, predict
+    """`kbitlaw predict`: the stored joint law's predictions for a planned (N, D). Exit 1 on bad
+    input or an unreadable fit; 0 when the joint law is not usable (it says why, no prediction)."""
+    from kbitlaw.law.predict import PredictError, predict_from_document
     from kbitlaw.law.table import ResultsError
     from kbitlaw.store import StoreError
 
@@ -86,11 +99,9 @@ def predict_command(
     if not threshold > 0:
         return _error(f"--threshold must be > 0 nats, got {threshold:g}")
     try:
-        results = _read_results(store_uri, results_file)
-        config = FitConfig(chance=default_chance(results))
-        law, points, entry = fit_for_prediction(results, config, family)
-        doc = predict(
-            law, points, entry, n_params, tokens, memory_gb=memory_gb, threshold=threshold, level=config.level
+        fit = _fit_document(store_uri, results_file)
+        doc = predict_from_document(
+            fit, n_params, tokens, memory_gb=memory_gb, threshold=threshold, family=family
         )
     except (ResultsError, StoreError, PredictError, ValueError) as exc:
         return _error(str(exc))
@@ -101,91 +112,150 @@ def predict_command(
     return 0
 
 
-def _nats_interval(ci: list, spec: str) -> str:
+def _nats_interval(ci: Any, spec: str) -> str:
     """'lo..hi', with 'unbounded' for an upper end the data do not bound (bootstrap refits of a
     noise-dominated damage law diverge when extrapolated; the JSON keeps the numbers)."""
+    from kbitlaw.law.fitdoc import interval
     from kbitlaw.law.predict import UNBOUNDED_NATS
 
-    lo, hi = ci
+    lo, hi = interval(ci)
     unbounded = (hi is None and lo is not None) or (hi is not None and hi > UNBOUNDED_NATS)
     top = "unbounded" if unbounded else _fmt(hi, spec)
     return f"{_fmt(lo, spec)}..{top}"
 
 
-def _prediction_summary(doc: dict[str, Any]) -> None:
+def _prediction_summary(doc: dict[str, Any], console: Any = None) -> None:
+    """The predict document in words and a table. A joint law that is not ok is one line and no
+    numbers; every number is read through fitdoc.number, so no document makes this raise."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console() if sys.stdout.isatty() else Console(width=160)
-    pct = f"{doc['level']:.0%}"
-    law = doc["law"]
-    console.print(
-        f"family {doc['family']}: L(N, D) = {_fmt(law['E'])} + {_fmt(law['A'])}/N^{_fmt(law['alpha'])} "
-        f"+ {_fmt(law['B'])}/D^{_fmt(law['beta'])} + damage(N, D, k)"
-        + (f"; not identified: {', '.join(law['unidentified'])}" if law.get("unidentified") else "")
+    from kbitlaw.law.fitdoc import number, path, strings, text
+
+    console = console or (Console() if sys.stdout.isatty() else Console(width=160))
+
+    def say(line: str) -> None:  # a line stays one line (a reader may grep it), however long
+        console.print(line, soft_wrap=True)
+
+    family = escape(text(doc.get("family"), "unknown"))
+    if doc.get("status") != "ok":
+        say(f"joint law for {family}: {escape(text(doc.get('reason'), 'not usable'))}; no prediction")
+        return
+    pct = f"{number(doc.get('level')) or 0.9:.0%}"
+    law = doc.get("law") if isinstance(doc.get("law"), dict) else {}
+    p = {k: _fmt(number(law.get(k))) for k in ("E", "A", "alpha", "B", "beta")}
+    unidentified = ", ".join(strings(law.get("unidentified")))
+    say(
+        f"family {family}: L(N, D) = {p['E']} + {p['A']}/N^{p['alpha']} + {p['B']}/D^{p['beta']} "
+        "+ damage(N, D, k)" + (f"; not identified: {unidentified}" if unidentified else "")
     )
-    lo, hi = doc["fitted_range"]["n_params"], doc["fitted_range"]["tokens"]
-    where = "outside" if doc["extrapolated"] else "inside"
-    console.print(
-        f"N = {doc['n_params']:.3g} params, D = {doc['tokens']:.3g} tokens ({where} the fitted range: "
-        f"N {_fmt(lo[0])}..{_fmt(lo[1])}, D {_fmt(hi[0])}..{_fmt(hi[1])})"
+    if text(doc.get("reason")):
+        say(f"joint law ok: {escape(doc['reason'])}")
+    n, d = number(doc.get("n_params")), number(doc.get("tokens"))
+    (n0, n1), (d0, d1) = (
+        [number(path(doc, "fitted_range", k, i)) for i in (0, 1)] for k in ("n_params", "tokens")
     )
-    beyond = doc["beyond_range"]
-    if beyond["n_params"] > 1 or beyond["tokens"] > 1:
-        console.print(
-            f"[yellow]extrapolating {beyond['n_params']:.3g}x past the largest size and "
-            f"{beyond['tokens']:.3g}x past the most tokens measured[/]"
+    where = "outside" if doc.get("extrapolated") else "inside"
+    say(
+        f"N = {_fmt(n)} params, D = {_fmt(d)} tokens ({where} the fitted range: "
+        f"N {_fmt(n0)}..{_fmt(n1)}, D {_fmt(d0)}..{_fmt(d1)})"
+    )
+    past_n, past_d = (number(path(doc, "beyond_range", k)) or 1.0 for k in ("n_params", "tokens"))
+    if past_n > 1 or past_d > 1:
+        say(
+            f"[yellow]extrapolating {past_n:.3g}x past the largest size and "
+            f"{past_d:.3g}x past the most tokens measured[/]"
         )
-        if law.get("unidentified"):
-            console.print(
-                f"[yellow]{', '.join(law['unidentified'])} not identified by the data: the intervals "
+        if unidentified:
+            say(
+                f"[yellow]{unidentified} not identified by the data: the intervals "
                 "below do not carry its uncertainty, which grows with the extrapolation[/]"
             )
-    for name, h in law["held_out"].items():
-        if h.get("status") == "ok":
-            miss = h["flagged"] / h["points"]
-            console.print(
-                f"{'[red]' if miss > 0.25 else ''}held-out check ({name.replace('_', ' ')}): "
-                f"{h['flagged']} of {h['points']} points outside their intervals, RMS error "
-                f"{_fmt(h['rms_error'])} nats{'[/]' if miss > 0.25 else ''}"
-            )
+    held = law.get("held_out") if isinstance(law.get("held_out"), dict) else {}
+    for name, h in held.items():
+        flagged, points = number(path(h, "flagged")), number(path(h, "points"))
+        if path(h, "status") != "ok" or flagged is None or not points:
+            continue  # a check that is not ok shows no numbers
+        red = flagged / points > 0.25
+        say(
+            f"{'[red]' if red else ''}held-out check ({escape(str(name)).replace('_', ' ')}): "
+            f"{flagged:.0f} of {points:.0f} points outside their intervals, RMS error "
+            f"{_fmt(number(path(h, 'rms_error')))} nats{'[/]' if red else ''}"
+        )
     table = Table("spec", "bits/param", "memory GB", "loss", f"{pct} interval", "damage", f"{pct} interval")
-    for p in doc["predictions"]:
+    for row in doc.get("predictions") or []:
         table.add_row(
-            p["quant"],
-            _fmt(p["bits_per_param"], ".3f"),
-            _fmt(p["memory_gb"], ".3g"),
-            _fmt(p["loss"], ".4f"),
-            _nats_interval(p["ci"], ".4f"),
-            _fmt(p["damage"], "+.4f"),
-            _nats_interval(p["damage_ci"], "+.4f"),
+            escape(text(row.get("quant"))),
+            _fmt(number(row.get("bits_per_param")), ".3f"),
+            _fmt(number(row.get("memory_gb")), ".3g"),
+            _fmt(number(row.get("loss")), ".4f"),
+            _nats_interval(row.get("ci"), ".4f"),
+            _fmt(number(row.get("damage")), "+.4f"),
+            _nats_interval(row.get("damage_ci"), "+.4f"),
         )
     console.print(table)
-    b = doc["budget"]
-    if b and b["status"] == "ok":
-        best = b["best"]
-        console.print(
-            f"within {b['memory_gb']:g} GB at D = {b['tokens']:.3g}: best {best['quant']} at N = "
-            f"{best['n_params']:.3g} (loss {_fmt(best['loss'], '.4f')}, "
-            f"P(best) {_fmt(best['p_best'], '.2f')}"
-            + (f"; {best['beyond_range']:.3g}x the largest size measured" if best["beyond_range"] > 1 else "")
-            + "); "
-            f"the planned N fits at: {', '.join(b['planned']['fits_at']) or 'no spec'}"
-            + (f" (best of those: {b['planned']['best_quant']})" if b["planned"]["best_quant"] else "")
-        )
-    elif b:
-        console.print(f"memory budget: {NO_DATA}")
-    t = doc["damage_threshold"]
-    reach = [f"{x['quant']} {_fmt(x['tokens'])}" for x in t["tokens"] if x["tokens"] is not None]
+    _left_out_lines(doc.get("left_out"), say)
+    _budget_line(doc.get("budget"), say)
+    t = doc.get("damage_threshold") if isinstance(doc.get("damage_threshold"), dict) else {}
+    reach = [
+        f"{escape(text(x.get('quant')))} {_fmt(number(x.get('tokens')))}"
+        for x in t.get("tokens") or []
+        if isinstance(x, dict) and number(x.get("tokens")) is not None
+    ]
     if reach:
-        head = f"tokens until the damage reaches {t['nats']:g} nats at N = {t['n_params']:.3g}: "
-        console.print(head + ", ".join(reach))
-    for run in doc["runs_in_progress"]:
-        preds = ", ".join(f"{p['quant']} {_fmt(p['loss'], '.4f')}" for p in run["predictions"][:6])
-        console.print(
-            f"run in progress {run['checkpoint_id']}: {run['tokens_seen']:.3g} of "
-            f"{run['tokens_planned']:.3g} tokens; predicted at the end: {preds}"
+        say(
+            f"tokens until the damage reaches {_fmt(number(t.get('nats')), 'g')} nats at "
+            f"N = {_fmt(number(t.get('n_params')))}: " + ", ".join(reach)
         )
+    for run in doc.get("runs_in_progress") or []:
+        preds = ", ".join(
+            f"{escape(text(q.get('quant')))} {_fmt(number(q.get('loss')), '.4f')}"
+            for q in (run.get("predictions") or [])[:6]
+        )
+        seen, planned = (_fmt(number(run.get(k))) for k in ("tokens_seen", "tokens_planned"))
+        say(
+            f"run in progress {escape(text(run.get('checkpoint_id')))}: {seen} of {planned} tokens; "
+            f"predicted at the end: {preds}"
+        )
+
+
+def _left_out_lines(left: Any, say: Any) -> None:
+    """One line per reason: the specs left out of the predictions, because their scheme's damage
+    law is not ok."""
+    from rich.markup import escape
+
+    by_reason: dict[str, list[str]] = {}
+    for x in left if isinstance(left, list) else []:
+        if isinstance(x, dict) and isinstance(x.get("quant"), str):
+            why = f"{x.get('scheme') or '?'}: {x.get('reason') or x.get('status') or 'not usable'}"
+            by_reason.setdefault(why, []).append(x["quant"])
+    for why, quants in by_reason.items():
+        say(f"no prediction for {escape(', '.join(quants))} (damage law {escape(why)})")
+
+
+def _budget_line(b: Any, say: Any) -> None:
+    from rich.markup import escape
+
+    from kbitlaw.law.fitdoc import number, path, strings, text
+
+    if not isinstance(b, dict):
+        return
+    best = b.get("best") if isinstance(b.get("best"), dict) else None
+    if b.get("status") != "ok" or best is None:
+        say(f"memory budget: {NO_DATA}")
+        return
+    beyond = number(best.get("beyond_range")) or 1.0
+    fits_at = ", ".join(strings(path(b, "planned", "fits_at"))) or "no spec"
+    best_quant = text(path(b, "planned", "best_quant"))
+    say(
+        f"within {_fmt(number(b.get('memory_gb')), 'g')} GB at D = {_fmt(number(b.get('tokens')))}: "
+        f"best {escape(text(best.get('quant')))} at N = {_fmt(number(best.get('n_params')))} "
+        f"(loss {_fmt(number(best.get('loss')), '.4f')}, P(best) {_fmt(number(best.get('p_best')), '.2f')}"
+        + (f"; {beyond:.3g}x the largest size measured" if beyond > 1 else "")
+        + f"); the planned N fits at: {escape(fits_at)}"
+        + (f" (best of those: {escape(best_quant)})" if best_quant else "")
+    )
 
 
 def _error(message: str) -> int:
@@ -197,84 +267,18 @@ def _fmt(x: Any, spec: str = ".3g") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _summary(doc: dict[str, Any], where: tuple[str, bool] | None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _summary(doc: Any, where: tuple[str, bool] | None) -> None:
+    """The fit in a few lines and a table; entries that are not ok say why instead of showing
+    numbers; never raises on a broken document (flows/console_fit.py)."""
+    from kbitlaw.flows.console_fit import fit_summary
 
-    console = Console() if sys.stdout.isatty() else Console(width=160)
-    console.print(f"results {doc['results_sha'][:12]}  rows {doc['n_rows']}  dropped {doc['dropped_rows']}")
-    if where:
-        console.print(f"fit {'computed' if where[1] else 'unchanged (stored)'}: {where[0]}")
-    rec = doc["recommendation"]
-    if rec.get("status", "ok") == "ok":
-        p_best = rec.get("p_best") or {}
-        sure = (
-            f"P(best) {p_best.get(str(rec['bits']), 0):.2f}, "
-            + ("clear" if rec.get("clear") else f"contenders {', '.join(rec.get('contenders', []))}-bit")
-            if p_best
-            else "noise unknown"
-        )
-        console.print(
-            f"recommended precision: [bold]{rec['quant']}[/] ({rec['bits']}-bit), best {rec.get('metric')} "
-            f"at equal memory over {rec['frontier_share']:.0%} of the budgets compared; {sure}"
-        )
-    else:
-        console.print(f"recommended precision: {NO_DATA}")
-    table = Table("law", "family", "quant", "metric", "estimate", "90% interval", "status")
-    for e in doc["power_law"]:
-        est = f"E={_fmt(e['E'])} A={_fmt(e['A'])} alpha={_fmt(e['alpha'])}"
-        table.add_row(
-            "power law",
-            e["family"],
-            e["quant"],
-            e["metric"],
-            est,
-            f"alpha {_fmt(e['ci']['alpha'][0])}..{_fmt(e['ci']['alpha'][1])}",
-            e["status"],
-        )
-    for e in doc["threshold"]:
-        if e["metric"] == "mean_acc":
-            table.add_row(
-                "threshold",
-                e["family"],
-                e["quant"],
-                e["metric"],
-                f"S*={_fmt(e['s_star_bits'])} bits",
-                f"{_fmt(e['ci'][0])}..{_fmt(e['ci'][1])}",
-                e["status"],
-            )
-    for e in doc["damage"]:
-        est = f"C={_fmt(e['C'])} a={_fmt(e['alpha'])} b={_fmt(e['beta'])} g={_fmt(e['gamma'])}"
-        table.add_row(
-            f"damage {e['form']}",
-            e["family"],
-            e["scheme"],
-            "delta_loss",
-            est,
-            f"held-out err {_fmt(e['heldout_error'])}",
-            e["status"],
-        )
-    console.print(table)
-    flagged = [c for c in doc["extrapolation"] if c["flagged"]]
-    console.print(f"extrapolation checks: {len(doc['extrapolation'])}, flagged: {len(flagged)}")
-    joint = doc.get("joint_law")
-    for e in joint if isinstance(joint, list) else [joint] if joint else []:
-        if e["status"] != "ok":
-            console.print(f"joint law {e['family']}: {NO_DATA}")
-            continue
-        ci = e["ci"]
-        console.print(
-            f"joint law {e['family']}: L = {_fmt(e['E'])} + {_fmt(e['A'])}/N^{_fmt(e['alpha'])} "
-            f"[{_fmt(ci['alpha'][0])}, {_fmt(ci['alpha'][1])}] + {_fmt(e['B'])}/D^{_fmt(e['beta'])} "
-            f"[{_fmt(ci['beta'][0])}, {_fmt(ci['beta'][1])}] + damage "
-            f"({e['damage']['form'] or 'none fitted'}); "
-            f"held-out error {_fmt(e['heldout_error'])} nats"
-        )
+    fit_summary(doc, where)
 
 
 def report_command(store_uri: str | None) -> int:
     """`kbitlaw report`: build the report of fits/latest.json if missing and print its location.
-    Returns the exit code: 0 ok, 1 no fit or an unreadable store."""
+    Returns the exit code: 0 ok, 1 no fit, an unreadable store, or a section of the report that
+    failed to render (the report is still written; one line per failed section on stderr)."""
     from kbitlaw.law.table import ResultsError
     from kbitlaw.report.build import build_report
     from kbitlaw.store import LATEST_FIT, Store, StoreError
@@ -288,9 +292,11 @@ def report_command(store_uri: str | None) -> int:
         print(f"building the report of {fit_key} ...", file=sys.stderr)
         report = build_report(store, fit_key)
     except (StoreError, ResultsError, FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"kbitlaw: error: {exc}", file=sys.stderr)
-        return 1
+        return _error(" ".join(str(exc).split()))
     state = "unchanged" if report["cached"] else "written"
     print(f"report {state}: {report['url']}", file=sys.stderr)
     print(report["url"])
-    return 0
+    failed = [" ".join(str(line).split()) for line in report.get("section_errors", [])]
+    for line in failed:
+        print(f"kbitlaw: error: report section {line}", file=sys.stderr)
+    return 1 if failed else 0

@@ -175,9 +175,10 @@ def describe(summary: dict[str, Any]) -> list[str]:
         )
     if "error" in night and "checkpoints" not in night:
         return [*lines, f"nightly failed: {night['error']}"]
-    ev = night.get("evaluations", {})
+    ev, unreadable = night.get("evaluations", {}), night.get("failed_checkpoints")
+    failed = f", {unreadable} failed (unreadable)" if unreadable else ""
     lines.append(
-        f"nightly: {night.get('checkpoints')} checkpoints ({night.get('new_checkpoints')} new); "
+        f"nightly: {night.get('checkpoints')} checkpoints ({night.get('new_checkpoints')} new{failed}); "
         f"evaluations: {ev.get('computed')} computed, {ev.get('cached')} cached, {ev.get('failed')} failed "
         f"({night['seconds']:.0f} s)"
     )

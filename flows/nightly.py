@@ -14,19 +14,15 @@ useful lines. Work is ordered so each worker keeps one checkpoint loaded while i
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 import time
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
-import torch
 from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext
 from prefect.futures import as_completed, wait
-from prefect.states import Failed
+from prefect.states import Failed, State
 
 from kbitlaw.checkpoints import discover
 from kbitlaw.data.prepare import select_dataset_specs
@@ -35,19 +31,26 @@ from kbitlaw.eval.sweep import (
     DatasetRef,
     checkpoint_dict,
     checkpoint_from_dict,
-    eval_key,
     evaluate_checkpoint_spec,
     is_gptq,
     plan,
 )
 from kbitlaw.flows.artifacts import interactive, progress_artifact, progress_bar, publish_artifacts
 from kbitlaw.flows.datasets import clean_and_validate
-from kbitlaw.flows.fit import fit_task
+from kbitlaw.flows.problems import (
+    failed_run,
+    one_line,
+    quiet_planned_failures,
+    retry_transient,
+    run_summary,  # noqa: F401 (the flows' callers read a run's summary from here)
+)
+from kbitlaw.flows.refit import current_results, fit_and_report, fit_lock
+from kbitlaw.flows.runners import claim, task_resources, task_runner  # noqa: F401 (task_runner: for callers)
 from kbitlaw.flows.server import record_process
 from kbitlaw.quant.spec import resolve_grid
-from kbitlaw.report.headline import headline_line
-from kbitlaw.report.web import public_url
-from kbitlaw.store import Store
+from kbitlaw.store import Store, StoreError
+
+quiet_planned_failures()  # a deployment run that fails as planned logs one line, not a traceback
 
 # Draw a terminal progress bar: set by the CLI for a person at a terminal (not a flow parameter:
 # the UI's form has no terminal).
@@ -60,12 +63,18 @@ TERMINAL_PROGRESS = False
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,  # the store may answer next time; a bad URI will not
 )
 def discover_checkpoints(uri: str) -> dict[str, Any]:
-    found, errors = discover(uri)
+    """The checkpoints under `uri`, and one line per checkpoint that cannot be read (the task
+    completes: the others are evaluated; the flow counts these among the run's problems)."""
+    try:
+        found, errors = discover(uri)
+    except (StoreError, ValueError) as exc:  # the location itself: one line, retried if transient
+        return Failed(message=one_line(exc), data=exc)
     for e in errors:
-        get_run_logger().error("unusable checkpoint: %s", e)
-    return {"checkpoints": [checkpoint_dict(c) for c in found], "errors": [str(e) for e in errors]}
+        get_run_logger().error("unusable checkpoint: %s", one_line(e))
+    return {"checkpoints": [checkpoint_dict(c) for c in found], "errors": [one_line(e) for e in errors]}
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, task_run_name="{checkpoint[id]} @ {spec}")
@@ -86,137 +95,6 @@ def evaluate_spec(
         return Failed(message=str(exc), data=exc)  # a traceback would say nothing more; bugs keep theirs
 
 
-@task(
-    name="report", task_run_name="write the report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5
-)
-def report_task(store_uri: str, fit_key: str, results_keys: list[str], provenance: dict) -> dict:
-    """The HTML report of this fit (cached when the same fit was reported before)."""
-    from kbitlaw.report.build import build_report
-
-    started = time.perf_counter()
-    report = build_report(Store(store_uri), fit_key, results_keys=results_keys, provenance=provenance)
-    return {k: report[k] for k in ("key", "url", "summary", "cached")} | {
-        "seconds": time.perf_counter() - started
-    }
-
-
-def task_resources() -> dict[str, float]:
-    """Dask resources each evaluation claims: KBITLAW_TASK_RESOURCES="GPU=1" (workers of an existing
-    cluster then need `--resources GPU=1`); by default one GPU per task where this machine has one."""
-    text = os.environ.get("KBITLAW_TASK_RESOURCES")
-    if text is None:
-        return {"GPU": 1} if torch.cuda.is_available() else {}
-    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
-    return {name.strip(): float(amount) for name, amount in pairs}
-
-
-def task_runner(runner: str, workers: int, address: str | None = None):
-    """The flow's task runner: threads (one process; models shared through the pool) or Dask."""
-    if runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if address:
-            return DaskTaskRunner(address=address)
-        gpus, resources = torch.cuda.device_count(), task_resources()
-        return DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": min(workers, gpus) if gpus else workers,
-                "threads_per_worker": 1,
-                "processes": True,
-                "dashboard_address": None,
-                **({"resources": resources} if resources else {}),  # one task's worth per worker
-            }
-        )
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    return ThreadPoolTaskRunner(max_workers=workers)
-
-
-def claim(resources: dict[str, float]):
-    """Annotate Dask submissions with the resources a task needs (nothing for other runners)."""
-    runner = FlowRunContext.get().task_runner if FlowRunContext.get() else None
-    if not resources or type(runner).__name__ != "DaskTaskRunner":
-        return contextlib.nullcontext()
-    import dask
-
-    return dask.annotate(resources=resources)
-
-
-class RunProblems(Exception):
-    """A run that finished with problems (a broken checkpoint, a failed evaluation or dataset): the
-    flow run ends Failed with one message, and `summary` keeps everything it did. An exception, so
-    Prefect resolves the Failed state cleanly (a dict there logs a TypeError traceback)."""
-
-    def __init__(self, message: str, summary: dict) -> None:
-        super().__init__(message)
-        self.summary = summary
-
-    def __reduce__(self):  # results are pickled: keep the summary through a round trip
-        return (RunProblems, (str(self), self.summary))
-
-
-def run_summary(state) -> dict:
-    """The summary document of a nightly or evaluate-checkpoint run, whether it ended Completed or
-    Failed with RunProblems; {"error": message} for any other failure."""
-    data = state.result(raise_on_failure=False)
-    if isinstance(data, dict):
-        return data
-    if isinstance(data, RunProblems):
-        return data.summary
-    return {"error": str(state.message or data), "failures": [str(state.message or data)]}
-
-
-@contextlib.contextmanager
-def fit_lock(store_uri: str):
-    """One fit + report at a time per store on this Prefect server: the nightly and event-triggered
-    runs all move fits/latest.json and reports/latest.json, and the last to finish must have seen
-    every result the others wrote. A global concurrency limit (created on first use)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    name = "kbitlaw-fit-" + hashlib.sha256(store_uri.encode()).hexdigest()[:12]
-    try:
-        with get_client(sync_client=True) as client:
-            try:
-                client.read_global_concurrency_limit_by_name(name)
-            except ObjectNotFound:
-                with contextlib.suppress(ObjectAlreadyExists):
-                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        lock = concurrency(name, occupy=1, timeout_seconds=6 * 3600, strict=True)
-    except Exception as exc:  # an API without global limits: fit anyway, say so
-        get_run_logger().warning("no fit lock (%s); concurrent runs may race on latest", exc)
-        lock = contextlib.nullcontext()
-    with lock:
-        yield
-
-
-def current_results(
-    store: Store,
-    fingerprints: set[str],
-    datasets: list[DatasetRef],
-    calibration: CalibrationRef | None = None,
-) -> list[str]:
-    """What a fit covers: every stored result of these checkpoints on these dataset versions, at any
-    spec (so a run on a narrow grid, or on one new checkpoint, refits everything that is current);
-    GPTQ specs' results only with the current `calibration` data (none without it)."""
-    evals = {eval_key(d) for d in datasets}
-    gptq_evals = {eval_key(d, calibration) for d in datasets} if calibration else set()
-    keys = []
-    for key in store.list("results"):
-        parts = key.split("/")  # results/<fingerprint>/<quant>/<eval_key>.parquet
-        if len(parts) != 4 or parts[1] not in fingerprints:
-            continue
-        try:
-            current = gptq_evals if is_gptq(parts[2]) else evals
-        except ValueError:  # a spec this version cannot parse: keyed as before GPTQ existed
-            current = evals
-        if parts[3].removesuffix(".parquet") in current:
-            keys.append(key)
-    return sorted(keys)
-
-
 def resolve_calibration(text: str, dataset_specs: str | None, specs: list[str]) -> CalibrationRef | None:
     """The run's calibration data. It also decides which stored GPTQ results are current, so it is
     resolved on every run; if it cannot be and no spec of this run needs it, the run goes on without
@@ -230,33 +108,6 @@ def resolve_calibration(text: str, dataset_specs: str | None, specs: list[str]) 
         return None
 
 
-def fit_and_report(store: Store, keys: list[str], provenance: dict) -> dict:
-    """Refit the laws to `keys` and write the report: {fit, fit_doc, report, report_summary,
-    seconds, failures}."""
-    out: dict[str, Any] = {"fit": None, "fit_doc": {}, "report": None, "report_summary": None}
-    out |= {"seconds": 0.0, "failures": []}
-    fit_state = fit_task(store.uri, keys, return_state=True)
-    if not fit_state.is_completed():
-        out["failures"].append(f"fit: {fit_state.message}")
-        return out
-    fitted = fit_state.result()
-    out |= {"fit": fitted["key"], "fit_doc": fitted["doc"], "seconds": fitted["seconds"]}
-    report_state = report_task(store.uri, fitted["key"], keys, provenance, return_state=True)
-    if not report_state.is_completed():
-        out["failures"].append(f"report: {report_state.message}")
-        return out
-    built = report_state.result()
-    out["seconds"] += built["seconds"]
-    out["report_summary"] = built["summary"]
-    out["report"] = {
-        "key": built["key"],
-        "url": built["url"],
-        "link": public_url(store, built["key"]),  # where a browser opens it ($KBITLAW_REPORT_URL)
-        "headline": headline_line(built["summary"]),
-    }
-    return out
-
-
 def prepare_datasets(store: Store, dataset_specs: str | None) -> tuple[list[DatasetRef], list[str], float]:
     """Clean + validate every dataset spec (cached by content), one task each: the current dataset
     versions, the problems (one line each), and the seconds spent in the tasks."""
@@ -268,7 +119,9 @@ def prepare_datasets(store: Store, dataset_specs: str | None) -> tuple[list[Data
     wait(cleaned)
     ok = [f for f in cleaned if f.state.is_completed()]
     refs = [DatasetRef(**f.result()["ref"]) for f in ok]
-    problems = invalid + [f.state.message for f in cleaned if not f.state.is_completed()]
+    problems = invalid + [
+        one_line(f.state.message or "failed") for f in cleaned if not f.state.is_completed()
+    ]
     return refs, problems, sum(f.result()["seconds"] for f in ok)
 
 
@@ -297,8 +150,26 @@ def evaluate_all(
         if future.state.is_completed():
             computed.append(future.result())
         else:
-            failures.append(f"{c['id']} @ {q}: {future.state.message}")
+            failures.append(f"{c['id']} @ {q}: {one_line(future.state.message or 'failed')}")
     return computed, failures
+
+
+def discover_all(location: str, only: str | None) -> tuple[list[dict], list[dict], list[str]]:
+    """The family under `location` and the targets under `only` (default: the family), and one
+    problem line per checkpoint or location that could not be read."""
+    problems: list[str] = []
+
+    def found_in(uri: str) -> list[dict]:
+        state = discover_checkpoints(uri, return_state=True)
+        if not state.is_completed():
+            problems.append(f"checkpoints at {uri}: {one_line(state.message or 'unreadable')}")
+            return []
+        out = state.result()
+        problems.extend(f"unusable checkpoint: {e}" for e in out["errors"])
+        return out["checkpoints"]
+
+    family = found_in(location)
+    return family, found_in(only) if only else family, list(dict.fromkeys(problems))
 
 
 def sweep(
@@ -310,24 +181,24 @@ def sweep(
     dataset_specs: str | None,
     only: str | None = None,
     calibration: str = DEFAULT_CALIBRATION,
-) -> dict | Any:
+) -> dict | State:
     """The body of the nightly and evaluate-checkpoint flows: evaluate what is missing for the
     checkpoints under `only` (default: the whole family under `family`) on `datasets` (default:
     all), then refit over every current result of the family and report. GPTQ specs are calibrated
-    on `calibration` (NAME[:N])."""
+    on `calibration` (NAME[:N]). Returns the run's summary, or a Failed state carrying it when the
+    run had problems (each one line in summary["problems"])."""
     logger = get_run_logger()
     started = time.perf_counter()
     record_process(runtime.flow_run.id)  # a later run can tell when this one was killed
     s = Store(store)
     specs = [str(q) for q in resolve_grid(grid)]
     location = family or os.environ.get("KBITLAW_CHECKPOINTS") or s.url("checkpoints")
-    found = discover_checkpoints(location)
-    targets = discover_checkpoints(only) if only else found
-    members = {c["fingerprint"]: c for c in found["checkpoints"] + targets["checkpoints"]}
+    found, targets, unusable = discover_all(location, only)
+    members = {c["fingerprint"]: c for c in found + targets}
     refs, bad_data, in_tasks = prepare_datasets(s, dataset_specs)
     wanted = [d for d in refs if datasets is None or d.name in datasets]
     cal = resolve_calibration(calibration, dataset_specs, specs)
-    work = plan(s, targets["checkpoints"], specs, wanted, width=max(1, workers), calibration=cal)
+    work = plan(s, targets, specs, wanted, width=max(1, workers), calibration=cal)
     todo = [item for item in work if item[2]]  # all datasets already stored: nothing to run
     if len(todo) < len(work):
         logger.info(
@@ -335,7 +206,6 @@ def sweep(
         )
     computed, failures = evaluate_all(s, todo, TERMINAL_PROGRESS and interactive(), cal)
     failed_evaluations = len(failures)
-    model_work = sum(r["seconds"] for r in computed)
     fitted: dict[str, Any] = {"fit": None, "fit_doc": {}, "report": None, "report_summary": None}
     with fit_lock(s.uri):  # the results are listed inside: the fit sees what others wrote before it
         keys = current_results(s, set(members), refs, cal)
@@ -351,10 +221,13 @@ def sweep(
             failures += fitted["failures"]
             in_tasks += fitted["seconds"]
     report = fitted["report"]
-    errors = found["errors"] + [e for e in targets["errors"] if only]
+    # Every problem of the run, one line each: what could not be read (checkpoints, datasets),
+    # what failed (evaluations, the fit, the report or a section of it).
+    problems = unusable + bad_data + failures
     summary = {
         "checkpoints": len(members),
         "new_checkpoints": len({c["id"] for c, _, _, _ in todo}),
+        "failed_checkpoints": len(unusable),
         "evaluations": {
             "computed": len(computed),
             "cached": len(work) - len(todo),
@@ -363,33 +236,32 @@ def sweep(
         "fit": fitted["fit"],
         "fit_scope": {"checkpoints": len({k.split("/")[1] for k in keys}), "results": len(keys)},
         "report": report,
-        "unusable_checkpoints": errors,
+        "unusable_checkpoints": unusable,
         "invalid_datasets": bad_data,
         "failures": failures,
+        "problems": problems,
         "seconds": round(time.perf_counter() - started, 2),
         # where the time went: model work (load, quantize, evaluate, write) and the other task
         # bodies (clean + validate, fit, report); the rest of "seconds" is orchestration
-        "timing": {"model_work": round(model_work, 2), "other_tasks": round(in_tasks, 2)},
+        "timing": {
+            "model_work": round(sum(r["seconds"] for r in computed), 2),
+            "other_tasks": round(in_tasks, 2),
+        },
     }
     logger.info("%s", {k: summary[k] for k in ("checkpoints", "new_checkpoints", "evaluations", "fit_scope")})
     if report:
         logger.info("report: %s (%s)", report["link"], report["headline"])
-    if fitted["fit"]:
-        publish_artifacts(
-            report and {**report, "summary": fitted["report_summary"]},
-            summary,
-            fitted["fit_doc"],
-            flow_name=runtime.flow_run.flow_name,
-            store_uri=s.uri,
-        )
-    problems = failures + bad_data + errors
-    if problems:
-        message = f"{len(problems)} problem(s): " + "; ".join(problems[:5])
-        return Failed(message=message, data=RunProblems(message, summary))
-    return summary
-
-
-GridName = Literal["default", "quick", "paper", "demo"]
+    # The summary artifact also when nothing was fitted: the UI then still lists the problems.
+    publish_artifacts(
+        report and {**report, "summary": fitted["report_summary"]},
+        summary,
+        fitted["fit_doc"],
+        flow_name=runtime.flow_run.flow_name,
+        store_uri=s.uri,
+    )
+    for i, problem in enumerate(problems, start=1):
+        logger.warning("problem %d of %d: %s", i, len(problems), problem)
+    return failed_run(summary, problems) if problems else summary
 
 
 def _names(text: str) -> list[str] | None:
@@ -411,10 +283,11 @@ def evaluate_run_name() -> str:
     return f"evaluate {_where(str(runtime.flow_run.parameters.get('checkpoint_uri', '?')))}"
 
 
-# persist_result: a deployment run's summary (or its RunProblems) can be read back from the API
+# persist_result: a deployment run's summary (also of a Failed run) can be read back from the API.
+# `grid` is a plain str (a named grid or specs): a Literal | str union shows a type toggle in the UI.
 @flow(name="nightly", flow_run_name=nightly_run_name, log_prints=True, persist_result=True)
 def nightly(
-    grid: GridName | str = "default",
+    grid: str = "default",
     store: str = "",
     checkpoints: str = "",
     datasets: str = "",
@@ -429,7 +302,8 @@ def nightly(
         grid: The quant specs to evaluate: a named grid (default, quick, paper, demo) or
             comma-separated specs such as `fp16,nf4-b64,int3-b64`.
         store: Store URI, a directory or s3://bucket/prefix (empty: $KBITLAW_STORE or .kbitlaw/store).
-        checkpoints: Where the checkpoint family is (empty: $KBITLAW_CHECKPOINTS or <store>/checkpoints).
+        checkpoints: Where the checkpoint family is (empty: $KBITLAW_CHECKPOINTS, else the
+            checkpoints/ folder of the store).
         datasets: Comma-separated dataset names to evaluate (empty: every dataset spec).
         dataset_specs: Directory of dataset specs (empty: $KBITLAW_DATASET_SPECS, ./datasets, builtin).
         workers: Evaluations side by side (threads, or Dask processes with the Dask runner).
@@ -450,7 +324,7 @@ def nightly(
 @flow(name="evaluate-checkpoint", flow_run_name=evaluate_run_name, log_prints=True, persist_result=True)
 def evaluate_checkpoint(
     checkpoint_uri: str,
-    grid: GridName | str = "default",
+    grid: str = "default",
     store: str = "",
     checkpoints: str = "",
     datasets: str = "",
@@ -466,7 +340,8 @@ def evaluate_checkpoint(
         grid: The quant specs to evaluate it at: a named grid (default, quick, paper, demo) or
             comma-separated specs (empty: default).
         store: Store URI (empty: $KBITLAW_STORE or .kbitlaw/store).
-        checkpoints: Where the rest of the family is (empty: $KBITLAW_CHECKPOINTS or <store>/checkpoints).
+        checkpoints: Where the rest of the family is (empty: $KBITLAW_CHECKPOINTS, else the
+            checkpoints/ folder of the store).
         datasets: Comma-separated dataset names to evaluate (empty: every dataset spec).
         dataset_specs: Directory of dataset specs (empty: $KBITLAW_DATASET_SPECS, ./datasets, builtin).
         workers: Evaluations side by side.

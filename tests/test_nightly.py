@@ -181,6 +181,35 @@ def test_broken_checkpoint_fails_alone(setup):
     assert not noisy, noisy[0][:3000]
 
 
+def test_a_truncated_checkpoint_is_a_problem_of_the_run(setup):
+    """Discovery cannot read it (the discover task completes: the others go on), yet it is counted
+    as failed, listed in the summary artifact, and the run ends Failed in one line. Run as a
+    worker runs it: no traceback in the run's logs, from a task or from the engine."""
+    from tests.test_flow_problems import run_like_a_worker
+
+    store, specs = setup
+    weights = Path(store) / "checkpoints" / "tiny" / "h48" / "step-20" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
+    state, logs = run_like_a_worker(nightly, {"store": store, "grid": GRID, "dataset_specs": specs})
+    summary = run_summary(state)
+    assert state.is_failed() and "\n" not in state.message, state.message
+    assert "tiny/h48/step-20" in state.message and "truncated" in state.message
+    assert summary["checkpoints"] == 3 and summary["failed_checkpoints"] == 1
+    assert summary["evaluations"] == {"computed": 6, "cached": 0, "failed": 0}
+    assert summary["fit"] and summary["report"]  # the other three were fitted and reported
+    assert any("tiny/h48/step-20" in p and "truncated" in p for p in summary["problems"])
+    md = run_artifacts(state)["kbitlaw-summary"].data
+    assert "| checkpoints failed (unreadable) | 1 |" in md
+    assert any(
+        line.startswith("- ⚠ unusable checkpoint:") and "tiny/h48/step-20" in line for line in md.splitlines()
+    )
+    text = "\n".join(f"{log.level} {log.message}" for log in logs)
+    assert "Traceback" not in text and "Engine execution" not in text, text[-4000:]
+    said = [log.message for log in logs if "unusable checkpoint" in log.message]
+    assert said and all("\n" not in m for m in said)
+    print("\n".join(text.splitlines()[-12:]))  # what the UI shows at the end of the run (pytest -s)
+
+
 def test_dask_runner_gives_the_same_results(setup, tmp_path, monkeypatch):
     store, specs = setup
     monkeypatch.setenv("KBITLAW_TASK_RESOURCES", "MODEL=1")  # each evaluation claims a worker's slot

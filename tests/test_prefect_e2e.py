@@ -2,6 +2,7 @@
 `prefect deploy --all` from the repository root and `prefect worker start`; the nightly deployment
 over a small *trained* family, then `kbitlaw emit-checkpoint` for one more checkpoint, whose event
 triggers the evaluate-checkpoint deployment: it evaluates only that checkpoint and refits over all.
+Then a nightly run with a truncated checkpoint: it ends Failed, in one line, with no traceback.
 
 Every process the test starts (server, worker, the flow runs the worker starts) is killed at the end,
 also when the test fails.
@@ -224,6 +225,8 @@ def assert_clean_logs(logs: list, what: str) -> None:
 def test_nightly_then_an_announced_checkpoint_in_a_real_prefect_server(tmp_path, processes):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
         DeploymentFilter,
         DeploymentFilterId,
         FlowRunFilter,
@@ -311,6 +314,32 @@ def test_nightly_then_an_announced_checkpoint_in_a_real_prefect_server(tmp_path,
             task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=" @ ")),
         )
         lap("emit + triggered run")
+
+        # -- a checkpoint that arrives truncated: the run ends Failed, saying so in one line -------
+        broken = store_dir / "checkpoints" / FAMILY / "h32-l1" / "step-999"
+        shutil.copytree(store_dir / "checkpoints" / FAMILY / "h32-l1" / "step-80", broken)
+        weights = broken / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        created = client.create_flow_run_from_deployment(nightly.id, parameters={"grid": GRID})
+        failed = wait_final(client, created.id, processes)
+        shutil.rmtree(broken)
+        assert failed.state.is_failed(), f"{failed.state}\n{processes.log('worker')}"
+        assert "\n" not in failed.state.message and "step-999" in failed.state.message, failed.state.message
+        failed_summary = read_summary(failed)
+        assert failed_summary["failed_checkpoints"] == 1 and failed_summary["evaluations"]["failed"] == 0
+        assert failed_summary["evaluations"]["cached"] == 12 * 4, failed_summary  # nothing else to do
+        failed_logs = run_logs(client, failed.id)
+        text = "\n".join(f"{log.level} {log.message}" for log in failed_logs)
+        assert "Traceback" not in text and "Engine execution" not in text, text[-6000:]
+        errors = [log.message for log in failed_logs if log.level >= 40]
+        assert errors and all("step-999" in m and "\n" not in m for m in errors), errors
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[failed.id]))
+        )
+        summary_md = next(a.data for a in artifacts if a.key == "kbitlaw-summary")
+        assert "| checkpoints failed (unreadable) | 1 |" in summary_md and "step-999" in summary_md
+        print("\n".join(text.splitlines()[-8:]))  # the end of the failed run's log, as the UI shows it
+        lap("run with a truncated checkpoint")
 
     # Only the new checkpoint was evaluated: one checkpoint, every spec of the grid, all datasets.
     assert sorted(t.name for t in evaluations) == sorted(f"{HELD_BACK} @ {q}" for q in GRID.split(","))
