@@ -13,19 +13,8 @@ from prefect.states import Failed
 from kbitlaw.data.prepare import select_dataset_specs, validate_dataset
 from kbitlaw.data.specs import clean_dataset
 from kbitlaw.eval.sweep import DatasetRef
+from kbitlaw.flows.problems import retry_transient
 from kbitlaw.store import Store
-
-
-def retry_transient(task, task_run, state) -> bool:
-    """Retry only what may change on a retry (a store or network hiccup). A bad spec, bad data or
-    a failed validation (DatasetError, ValidationFailed: ValueErrors) fails the same way again."""
-    exc = state.data if isinstance(state.data, BaseException) else None
-    if exc is None:
-        try:
-            exc = state.result(raise_on_failure=False)
-        except Exception:  # the failure's cause is unknown: retry as before
-            return True
-    return not isinstance(exc, ValueError | TypeError | LookupError)
 
 
 @task(
@@ -72,15 +61,16 @@ def _clean_and_validate(store_uri: str, name: str, dataset_specs: str | None) ->
 
 
 @flow(name="clean-datasets", log_prints=True)
-def clean_datasets_flow(
-    store: str | None = None, names: list[str] | None = None, dataset_specs: str | None = None
-) -> list:
+def clean_datasets_flow(store: str = "", names: str = "", dataset_specs: str = "") -> list:
     """Clean and validate each dataset in its own task: one bad dataset fails alone (the flow
-    run then ends Failed, naming it). Returns each task's final state."""
-    store_uri = Store(store).uri
+    run then ends Failed, naming it). Returns each task's final state. Parameters are plain
+    strings (empty: the default store, every dataset, the builtin specs; `names` comma-separated)
+    so the run form shows one field each, not a type toggle."""
+    store_uri = Store(store or None).uri
+    wanted = [n.strip() for n in names.split(",") if n.strip()] or None
+    specs = dataset_specs or None
     futures = [
-        clean_and_validate.submit(store_uri, s.name, dataset_specs)
-        for s in select_dataset_specs(names, dataset_specs)
+        clean_and_validate.submit(store_uri, s.name, specs) for s in select_dataset_specs(wanted, specs)
     ]
     wait(futures)  # final states: before this they may still be Pending or Running
     return [f.state for f in futures]

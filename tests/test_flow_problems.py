@@ -258,10 +258,11 @@ def test_the_run_forms_draw_one_field_per_parameter():
     HTML tag) and offers a type toggle for a union (`Literal[...] | str` showed 'str | str')."""
     from prefect.utilities.callables import parameter_schema
 
+    from kbitlaw.flows.datasets import clean_datasets_flow
     from kbitlaw.flows.fit import fit_flow
     from kbitlaw.flows.nightly import evaluate_checkpoint, nightly
 
-    for f in (nightly, evaluate_checkpoint, fit_flow):
+    for f in (nightly, evaluate_checkpoint, fit_flow, clean_datasets_flow):
         props = parameter_schema(f.fn).model_dump()["properties"]
         for name, prop in props.items():
             assert "anyOf" not in prop and prop.get("type") in ("string", "integer"), (f.name, name, prop)

@@ -108,7 +108,10 @@ def test_evaluate_returns_the_results_schema_and_fit_laws_a_document(trained_che
     assert {"results_sha", "recommendation", "threshold", "power_law", "damage", "extrapolation"} <= set(doc)
     assert doc["recommendation"].get("quant")
     too_little = kbitlaw.fit_laws(results, n_boot=20)
-    assert too_little["recommendation"] == {"status": "insufficient data"}
+    assert (
+        too_little["recommendation"]["status"] == "insufficient data"
+        and too_little["recommendation"]["reason"]
+    )
 
 
 @pytest.fixture(scope="module")
