@@ -171,7 +171,9 @@ class HeldOut:
     sd: np.ndarray
 
 
-def held_out_check(data: SchemeData, form: str, cols: np.ndarray, n_boot: int, seed: int, level: float):
+def held_out_check(
+    data: SchemeData, form: str, cols: np.ndarray, n_boot: int, seed: int, level: float, checks: bool = True
+):
     """Refit without the latest checkpoint and predict its points: (HeldOut or None, checks).
 
     A held-out point is flagged when it lies outside the refit's prediction interval combined in
@@ -185,7 +187,8 @@ def held_out_check(data: SchemeData, form: str, cols: np.ndarray, n_boot: int, s
         return None, []
     rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}|heldout")
     rows = np.flatnonzero(train)
-    fit = fit_damage_law(x[rows], y[rows], noise.take(rows), n_boot, rng)
+    # without checks only the held-out errors are wanted (choosing a form): no bootstrap needed
+    fit = fit_damage_law(x[rows], y[rows], noise.take(rows), n_boot if checks else 0, rng)
     if fit is None:
         return None, []
     pred, pred_boot = predict(x[~train], fit)
@@ -316,7 +319,15 @@ def nested_columns(cols: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, seed: int, level: float):
+def fit_form(
+    data: SchemeData,
+    form: str,
+    all_rows: pl.DataFrame,
+    n_boot: int,
+    seed: int,
+    level: float,
+    checks: bool = True,
+):
     """One damage form on one scheme: (doc entry, extrapolation checks, long-table rows, held-out).
 
     The full form first; when its parameters do not pass the gates (law/gates.py: a parameter the
@@ -325,13 +336,13 @@ def fit_form(data: SchemeData, form: str, all_rows: pl.DataFrame, n_boot: int, s
     why. When none passes, the full form is reported and the gates mark it."""
     from kbitlaw.law.gates import DAMAGE, gate_params
 
-    full = fit_one_form(data, form, all_rows, n_boot, seed, level, None)
+    full = fit_one_form(data, form, all_rows, n_boot, seed, level, None, checks)
     entry = full[0]
     if entry["status"] != OK or gate_params(json_safe(entry), DAMAGE, level=level).status == OK:
         return full
     x = data.design(form)
     for cols in nested_columns(free_columns(x))[1:]:
-        nested = fit_one_form(data, form, all_rows, n_boot, seed, level, cols)
+        nested = fit_one_form(data, form, all_rows, n_boot, seed, level, cols, checks)
         e = nested[0]
         if e["status"] == OK and gate_params(json_safe(e), DAMAGE, level=level).status == OK:
             extra = [p for p in e["dropped"] if p not in entry["dropped"]]
@@ -349,6 +360,7 @@ def fit_one_form(
     seed: int,
     level: float,
     cols: np.ndarray | None,
+    checks: bool = True,
 ):
     """One damage form on one scheme's points, on the design columns `cols` (default: all free)."""
     base = {
@@ -372,7 +384,7 @@ def fit_one_form(
     centre = x[:, cols].mean(axis=0)
     with np.errstate(over="ignore"):
         at_centre = np.exp(fit.boot @ centre)
-    held, checks = held_out_check(data, form, cols, n_boot, seed, level)
+    held, extrapolation = held_out_check(data, form, cols, n_boot, seed, level, checks)
     by_width = width_holdout(data, form, cols, seed)
     entry = {
         **base,
@@ -407,7 +419,7 @@ def fit_one_form(
         value=r["delta"],
         fitted=np.exp(x[:, cols] @ fit.theta),
     )
-    return entry, checks, [rows], (held, by_width)
+    return entry, extrapolation, [rows], (held, by_width)
 
 
 def heldout_errors(held: list[HeldOut | None]) -> list[float | None]:
@@ -432,12 +444,15 @@ def standardized_errors(held: list[HeldOut | None]) -> list[np.ndarray | None]:
     return [(h.predicted - h.observed) / sd for h in held]
 
 
-def fit_damage(points: pl.DataFrame, n_boot: int, seed: int, level: float) -> tuple[list, list, list]:
-    """Both damage forms per (family, scheme): doc entries, extrapolation checks, table rows."""
+def fit_damage(
+    points: pl.DataFrame, n_boot: int, seed: int, level: float, checks: bool = True
+) -> tuple[list, list, list]:
+    """Both damage forms per (family, scheme): doc entries, extrapolation checks, table rows.
+    `checks=False` (a refit that only chooses forms) skips the held-out checks' bootstrap."""
     dp = damage_points(points)
     entries, checks, rows = [], [], []
     for data in scheme_data(points):
-        both = [fit_form(data, form, dp, n_boot, seed, level) for form in FORMS]
+        both = [fit_form(data, form, dp, n_boot, seed, level, checks) for form in FORMS]
         helds = [h for *_, h in both]
         errors = heldout_errors([h and h[0] for h in helds])
         width_errors = standardized_errors([h and h[1] for h in helds])

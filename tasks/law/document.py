@@ -67,6 +67,8 @@ def warm_starts(previous: Mapping | None) -> dict:
         ),
     ):
         for e in (previous or {}).get(law, []):
+            if e.get("dropped"):
+                continue  # a nested form (E dropped: E = 0) starts nothing in the full form
             try:
                 theta = np.array(params(e), dtype=float)
                 key = (law, e["family"], e["quant"], e["metric"])

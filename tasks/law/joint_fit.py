@@ -102,8 +102,16 @@ def insufficient_entry(family: str, n_points: int) -> dict:
 
 def bands(boot: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     """Pointwise intervals of replicates [n_boot, m]: (lo [m], hi [m])."""
-    pairs = [interval(boot[:, j], level) for j in range(boot.shape[1])]
-    return tuple(np.array([p[i] if p[i] is not None else np.nan for p in pairs], dtype=float) for i in (0, 1))
+    # solve.interval column by column, in one pass: finite replicates only, NaN with fewer than 2
+    b = np.where(np.isfinite(boot), boot, np.nan)
+    tail = 50.0 * (1.0 - level)
+    enough = np.isfinite(b).sum(axis=0) >= 2
+    if not enough.any():
+        return np.full(b.shape[1], np.nan), np.full(b.shape[1], np.nan)
+    lo, hi = np.nanpercentile(b[:, enough], [tail, 100.0 - tail], axis=0)
+    out_lo, out_hi = np.full(b.shape[1], np.nan), np.full(b.shape[1], np.nan)
+    out_lo[enough], out_hi[enough] = lo, hi
+    return out_lo, out_hi
 
 
 def heading_rows(law: JointLaw, df: pl.DataFrame, level: float, n_grid: int) -> list[pl.DataFrame]:
