@@ -72,6 +72,8 @@ def fit_and_check(store: Path) -> dict:
         for e in fitdoc.entries(doc, section):
             assert e["status"] in STATUSES and isinstance(e.get("reason"), str) and e["reason"], e
     assert isinstance(doc["joint_law"], list)
+    check = kbitlaw("fit", "--store", str(store), "--check")  # reads the stored fit back
+    assert check.returncode == 0 and "every ok entry passes its gates" in check.stdout + check.stderr
     report = kbitlaw("report", "--store", str(store))
     assert report.returncode == 0, report.stderr[-2000:]
     index = Path(report.stdout.strip().removeprefix("file://"))

@@ -445,14 +445,14 @@ def standardized_errors(held: list[HeldOut | None]) -> list[np.ndarray | None]:
 
 
 def fit_damage(
-    points: pl.DataFrame, n_boot: int, seed: int, level: float, checks: bool = True
+    points: pl.DataFrame, n_boot: int, seed: int, level: float, with_checks: bool = True
 ) -> tuple[list, list, list]:
     """Both damage forms per (family, scheme): doc entries, extrapolation checks, table rows.
-    `checks=False` (a refit that only chooses forms) skips the held-out checks' bootstrap."""
+    `with_checks=False` (a refit that only chooses forms) skips the held-out checks' bootstrap."""
     dp = damage_points(points)
     entries, checks, rows = [], [], []
     for data in scheme_data(points):
-        both = [fit_form(data, form, dp, n_boot, seed, level, checks) for form in FORMS]
+        both = [fit_form(data, form, dp, n_boot, seed, level, with_checks) for form in FORMS]
         helds = [h for *_, h in both]
         errors = heldout_errors([h and h[0] for h in helds])
         width_errors = standardized_errors([h and h[1] for h in helds])

@@ -47,7 +47,7 @@ def holdout(df: pl.DataFrame, train: pl.Expr, name: str, config: FitConfig, warm
     others; None when the rest cannot be fitted."""
     rows, family = df.filter(train), df["family"][0]
     entries, _, _ = fit_damage(
-        rows.drop("scheme", "size"), config.n_boot, config.seed, config.level, checks=False
+        rows.drop("scheme", "size"), config.n_boot, config.seed, config.level, with_checks=False
     )
     forms = {
         s: (f["form"], f["entry"].get("dropped") or []) for s, f in choose_forms(entries, family).items()
