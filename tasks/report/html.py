@@ -266,7 +266,7 @@ def damage_table(entries: list[dict]) -> str:
     rows = [
         [
             esc(e.get("scheme")),
-            esc(e.get("form")) + (" ✓" if e.get("heldout_better") is True else ""),
+            esc(e.get("form")) + (" ✓" if usable(e) and e.get("heldout_better") is True else ""),
             *(
                 with_ci(e.get(p), path(e, "ci", p)) if usable(e) else "-"
                 for p in ("C", "beta", "alpha", "gamma")
