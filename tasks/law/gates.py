@@ -251,13 +251,13 @@ def gate_entry(section: str, entry: dict, level: float | None = None) -> Verdict
     if section == "power_law":
         return gate_params(entry, POWER_LAW, level=level)
     if section == "threshold":
-        v = gate_params(entry, THRESHOLD, level=level)
-        return v
+        return gate_params(entry, THRESHOLD, level=level)
     if section == "damage":
         v = gate_params(entry, DAMAGE, level=level)
         err = number(entry.get("heldout_error"))
         if err is not None and err > HELDOUT_NOISE_MULTIPLE:
-            msg = f"held-out latest checkpoint: RMS error {err:.3g}x the points' noise"
+            limit = f"(at most {HELDOUT_NOISE_MULTIPLE:g}x)"
+            msg = f"held-out latest checkpoint: RMS error {err:.3g}x the points' noise {limit}"
             return Verdict(v.unidentified, (*v.failures, msg))
         return v
     if section == "joint_law":
