@@ -136,3 +136,38 @@ def test_real_damage_is_ok_and_damage_within_noise_is_not(seed):
     assert noise and all(e["status"] in ("unidentified", "failed") for e in noise), [
         (e["form"], e["reason"], e.get("nested")) for e in noise
     ]
+
+
+def fit_floorless(alpha: float, seed: int) -> dict:
+    """The fp16 power-law entry for a truth with E = 0 (a straight line in log-log)."""
+    from test_law import PPL, SIZES, entry
+
+    from kbitlaw.law.document import FitConfig, fit_laws
+
+    df = simulate_results(
+        SIZES,
+        [1e10],
+        ["fp16"],
+        [PPL],
+        world=World(loss_noise=5e-4),
+        loss_fn=lambda n, d, spec, s: 40.0 * s**-alpha,
+        seed=seed,
+    )
+    return entry(fit_laws(df, FitConfig(n_boot=200, level=0.99, seed=1)).doc, "power_law", quant="fp16")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_loss_without_a_floor_is_fitted_in_the_nested_form(seed):
+    # a shallow truth with E = 0: the full form cannot separate E from A and alpha (E on its
+    # bound or its interval too wide); the nested form without E recovers the exponent
+    e = fit_floorless(0.05, seed)
+    assert e["status"] == "ok", e["reason"]
+    assert e["dropped"] == ["E"] and e["E"] == 0.0 and "E dropped" in e["nested"]
+    assert e["ci"]["alpha"][0] <= 0.05 <= e["ci"]["alpha"][1], (e["alpha"], e["ci"]["alpha"])
+
+
+def test_a_floor_the_data_pin_near_zero_keeps_the_full_form():
+    # steeper, the same truth identifies the full form: E's interval reaches down to ~0
+    e = fit_floorless(0.12, 1)
+    assert e["status"] == "ok" and e["dropped"] == [] and e["nested"] is None
+    assert e["ci"]["E"][0] < 1e-3 and e["ci"]["alpha"][0] <= 0.12 <= e["ci"]["alpha"][1]
