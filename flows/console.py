@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from kbitlaw.law.common import json_safe
+from kbitlaw.law.fitdoc import fmt
 from kbitlaw.status import NO_DATA
 
 
@@ -120,8 +121,8 @@ def _nats_interval(ci: Any, spec: str) -> str:
 
     lo, hi = interval(ci)
     unbounded = (hi is None and lo is not None) or (hi is not None and hi > UNBOUNDED_NATS)
-    top = "unbounded" if unbounded else _fmt(hi, spec)
-    return f"{_fmt(lo, spec)}..{top}"
+    top = "unbounded" if unbounded else fmt(hi, spec)
+    return f"{fmt(lo, spec)}..{top}"
 
 
 def _prediction_summary(doc: dict[str, Any], console: Any = None) -> None:
@@ -144,7 +145,7 @@ def _prediction_summary(doc: dict[str, Any], console: Any = None) -> None:
         return
     pct = f"{number(doc.get('level')) or 0.9:.0%}"
     law = doc.get("law") if isinstance(doc.get("law"), dict) else {}
-    p = {k: _fmt(number(law.get(k))) for k in ("E", "A", "alpha", "B", "beta")}
+    p = {k: fmt(number(law.get(k))) for k in ("E", "A", "alpha", "B", "beta")}
     unidentified = ", ".join(strings(law.get("unidentified")))
     say(
         f"family {family}: L(N, D) = {p['E']} + {p['A']}/N^{p['alpha']} + {p['B']}/D^{p['beta']} "
@@ -158,8 +159,8 @@ def _prediction_summary(doc: dict[str, Any], console: Any = None) -> None:
     )
     where = "outside" if doc.get("extrapolated") else "inside"
     say(
-        f"N = {_fmt(n)} params, D = {_fmt(d)} tokens ({where} the fitted range: "
-        f"N {_fmt(n0)}..{_fmt(n1)}, D {_fmt(d0)}..{_fmt(d1)})"
+        f"N = {fmt(n)} params, D = {fmt(d)} tokens ({where} the fitted range: "
+        f"N {fmt(n0)}..{fmt(n1)}, D {fmt(d0)}..{fmt(d1)})"
     )
     past_n, past_d = (number(path(doc, "beyond_range", k)) or 1.0 for k in ("n_params", "tokens"))
     if past_n > 1 or past_d > 1:
@@ -181,17 +182,17 @@ def _prediction_summary(doc: dict[str, Any], console: Any = None) -> None:
         say(
             f"{'[red]' if red else ''}held-out check ({escape(str(name)).replace('_', ' ')}): "
             f"{flagged:.0f} of {points:.0f} points outside their intervals, RMS error "
-            f"{_fmt(number(path(h, 'rms_error')))} nats{'[/]' if red else ''}"
+            f"{fmt(number(path(h, 'rms_error')))} nats{'[/]' if red else ''}"
         )
     table = Table("spec", "bits/param", "memory GB", "loss", f"{pct} interval", "damage", f"{pct} interval")
     for row in doc.get("predictions") or []:
         table.add_row(
             escape(text(row.get("quant"))),
-            _fmt(number(row.get("bits_per_param")), ".3f"),
-            _fmt(number(row.get("memory_gb")), ".3g"),
-            _fmt(number(row.get("loss")), ".4f"),
+            fmt(number(row.get("bits_per_param")), ".3f"),
+            fmt(number(row.get("memory_gb")), ".3g"),
+            fmt(number(row.get("loss")), ".4f"),
             _nats_interval(row.get("ci"), ".4f"),
-            _fmt(number(row.get("damage")), "+.4f"),
+            fmt(number(row.get("damage")), "+.4f"),
             _nats_interval(row.get("damage_ci"), "+.4f"),
         )
     console.print(table)
@@ -199,21 +200,21 @@ def _prediction_summary(doc: dict[str, Any], console: Any = None) -> None:
     _budget_line(doc.get("budget"), say)
     t = doc.get("damage_threshold") if isinstance(doc.get("damage_threshold"), dict) else {}
     reach = [
-        f"{escape(text(x.get('quant')))} {_fmt(number(x.get('tokens')))}"
+        f"{escape(text(x.get('quant')))} {fmt(number(x.get('tokens')))}"
         for x in t.get("tokens") or []
         if isinstance(x, dict) and number(x.get("tokens")) is not None
     ]
     if reach:
         say(
-            f"tokens until the damage reaches {_fmt(number(t.get('nats')), 'g')} nats at "
-            f"N = {_fmt(number(t.get('n_params')))}: " + ", ".join(reach)
+            f"tokens until the damage reaches {fmt(number(t.get('nats')), 'g')} nats at "
+            f"N = {fmt(number(t.get('n_params')))}: " + ", ".join(reach)
         )
     for run in doc.get("runs_in_progress") or []:
         preds = ", ".join(
-            f"{escape(text(q.get('quant')))} {_fmt(number(q.get('loss')), '.4f')}"
+            f"{escape(text(q.get('quant')))} {fmt(number(q.get('loss')), '.4f')}"
             for q in (run.get("predictions") or [])[:6]
         )
-        seen, planned = (_fmt(number(run.get(k))) for k in ("tokens_seen", "tokens_planned"))
+        seen, planned = (fmt(number(run.get(k))) for k in ("tokens_seen", "tokens_planned"))
         say(
             f"run in progress {escape(text(run.get('checkpoint_id')))}: {seen} of {planned} tokens; "
             f"predicted at the end: {preds}"
@@ -249,9 +250,9 @@ def _budget_line(b: Any, say: Any) -> None:
     fits_at = ", ".join(strings(path(b, "planned", "fits_at"))) or "no spec"
     best_quant = text(path(b, "planned", "best_quant"))
     say(
-        f"within {_fmt(number(b.get('memory_gb')), 'g')} GB at D = {_fmt(number(b.get('tokens')))}: "
-        f"best {escape(text(best.get('quant')))} at N = {_fmt(number(best.get('n_params')))} "
-        f"(loss {_fmt(number(best.get('loss')), '.4f')}, P(best) {_fmt(number(best.get('p_best')), '.2f')}"
+        f"within {fmt(number(b.get('memory_gb')), 'g')} GB at D = {fmt(number(b.get('tokens')))}: "
+        f"best {escape(text(best.get('quant')))} at N = {fmt(number(best.get('n_params')))} "
+        f"(loss {fmt(number(best.get('loss')), '.4f')}, P(best) {fmt(number(best.get('p_best')), '.2f')}"
         + (f"; {beyond:.3g}x the largest size measured" if beyond > 1 else "")
         + f"); the planned N fits at: {escape(fits_at)}"
         + (f" (best of those: {escape(best_quant)})" if best_quant else "")
@@ -261,10 +262,6 @@ def _budget_line(b: Any, say: Any) -> None:
 def _error(message: str) -> int:
     print(f"kbitlaw: error: {message}", file=sys.stderr)
     return 1
-
-
-def _fmt(x: Any, spec: str = ".3g") -> str:
-    return "-" if x is None else format(x, spec)
 
 
 def _summary(doc: Any, where: tuple[str, bool] | None) -> None:

@@ -12,20 +12,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from kbitlaw.law.fitdoc import FitDocument, describe, interval, number, path, status, text, usable
+from kbitlaw.law.fitdoc import FitDocument, describe, fmt, interval, number, path, status, text, usable
 
 THRESHOLD_METRIC = "mean_acc"  # the table shows S* of the headline metric (the JSON has every one)
 ALL_PASS = "every ok entry passes its gates"
 
 
-def _g(x: Any, spec: str = ".3g") -> str:
-    v = number(x)
-    return "-" if v is None else format(v, spec)
-
-
 def _span(ci: Any) -> str:
     lo, hi = interval(ci)
-    return f"{_g(lo)}..{_g(hi)}"
+    return f"{fmt(lo)}..{fmt(hi)}"
 
 
 def recommendation_line(doc: FitDocument) -> str:
@@ -40,12 +35,12 @@ def recommendation_line(doc: FitDocument) -> str:
     if not p_best:
         sure = "noise unknown (no P(best))"
     elif rec.get("clear") is True:
-        sure = f"clear, P(best) {_g(p_best.get(width, 0), '.2f')}"
+        sure = f"clear, P(best) {fmt(p_best.get(width, 0), '.2f')}"
     else:
         rivals = rec.get("contenders") if isinstance(rec.get("contenders"), list) else []
         named = [str(c) for c in rivals if isinstance(c, str | int) and not isinstance(c, bool)]
         named.sort(key=lambda w: -(number(p_best.get(w)) or 0))  # the likeliest first
-        sure = f"not clear, P(best) {_g(p_best.get(width, 0), '.2f')}, contenders " + (
+        sure = f"not clear, P(best) {fmt(p_best.get(width, 0), '.2f')}, contenders " + (
             ", ".join(f"{w}-bit" for w in named) or "none named"
         )
     share = number(rec.get("frontier_share"))
@@ -69,7 +64,7 @@ def _rows(doc: FitDocument) -> list[tuple[str, ...]]:
             text(e.get("quant")),
             text(e.get("metric")),
             lambda e=e: (
-                f"E={_g(e.get('E'))} A={_g(e.get('A'))} alpha={_g(e.get('alpha'))}",
+                f"E={fmt(e.get('E'))} A={fmt(e.get('A'))} alpha={fmt(e.get('alpha'))}",
                 f"alpha {_span(path(e, 'ci', 'alpha'))}",
             ),
         )
@@ -80,7 +75,7 @@ def _rows(doc: FitDocument) -> list[tuple[str, ...]]:
                 e,
                 text(e.get("quant")),
                 THRESHOLD_METRIC,
-                lambda e=e: (f"S*={_g(e.get('s_star_bits'))} bits", _span(e.get("ci"))),
+                lambda e=e: (f"S*={fmt(e.get('s_star_bits'))} bits", _span(e.get("ci"))),
             )
     for e in doc.entries("damage"):
         add(
@@ -89,8 +84,8 @@ def _rows(doc: FitDocument) -> list[tuple[str, ...]]:
             text(e.get("scheme")),
             "delta_loss",
             lambda e=e: (
-                f"C={_g(e.get('C'))} a={_g(e.get('alpha'))} b={_g(e.get('beta'))} g={_g(e.get('gamma'))}",
-                f"held-out err {_g(e.get('heldout_error'))}",
+                f"C={fmt(e.get('C'))} a={fmt(e.get('alpha'))} b={fmt(e.get('beta'))} g={fmt(e.get('gamma'))}",
+                f"held-out err {fmt(e.get('heldout_error'))}",
             ),
         )
     return rows
@@ -103,10 +98,10 @@ def joint_law_line(e: dict) -> str:
     ci = e.get("ci")
     form = text(path(e, "damage", "form")) or "none fitted"
     return (
-        f"joint law {family}: L = {_g(e.get('E'))} + {_g(e.get('A'))}/N^{_g(e.get('alpha'))} "
-        f"[{_span(path(ci, 'alpha')).replace('..', ', ')}] + {_g(e.get('B'))}/D^{_g(e.get('beta'))} "
+        f"joint law {family}: L = {fmt(e.get('E'))} + {fmt(e.get('A'))}/N^{fmt(e.get('alpha'))} "
+        f"[{_span(path(ci, 'alpha')).replace('..', ', ')}] + {fmt(e.get('B'))}/D^{fmt(e.get('beta'))} "
         f"[{_span(path(ci, 'beta')).replace('..', ', ')}] + damage ({form}); "
-        f"held-out error {_g(e.get('heldout_error'))} nats"
+        f"held-out error {fmt(e.get('heldout_error'))} nats"
     )
 
 
@@ -122,7 +117,7 @@ def fit_summary(raw: Any, where: tuple[str, bool] | None, console: Any = None) -
     def say(line: str) -> None:  # one line stays one line (a reader may grep it)
         console.print(line, soft_wrap=True)
 
-    rows, dropped = _g(doc.raw.get("n_rows"), "g"), _g(doc.raw.get("dropped_rows"), "g")
+    rows, dropped = fmt(doc.raw.get("n_rows"), "g"), fmt(doc.raw.get("dropped_rows"), "g")
     say(f"results {escape(doc.results_sha[:12])}  rows {rows}  dropped {dropped}")
     if where:
         say(f"fit {'computed' if where[1] else 'unchanged (stored)'}: {escape(str(where[0]))}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kbitlaw.law.fitdoc import FitDocument, describe, number, path, strings, text, usable
+from kbitlaw.law.fitdoc import FitDocument, describe, fmt, number, path, strings, text, usable
 from kbitlaw.report.web import clickable, public_url
 from kbitlaw.store import Store, StoreError
 
@@ -54,11 +54,6 @@ def _md(words: str) -> str:
     """Free text (a reason, a problem, a headline) for the UI's markdown: a `<...>` in it would be
     taken for an HTML tag and dropped."""
     return words.replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _g(x: Any, spec: str = ".3g") -> str:
-    v = number(x)
-    return "-" if v is None else format(v, spec)
 
 
 # -- what the fit says ---------------------------------------------------------------------------
@@ -177,8 +172,8 @@ def joint_law_markdown(fit_doc: Any, family: str | None) -> list[str]:
         loss = number(path(p, "loss"))
         if loss is not None:
             out.append(
-                f"- `{text(path(run, 'checkpoint_id'), '?')}` at {_g(path(run, 'tokens_seen'))} of "
-                f"{_g(path(run, 'tokens_planned'))} tokens: {text(path(p, 'quant'), '?')} loss {loss:.4f} "
+                f"- `{text(path(run, 'checkpoint_id'), '?')}` at {fmt(path(run, 'tokens_seen'))} of "
+                f"{fmt(path(run, 'tokens_planned'))} tokens: {text(path(p, 'quant'), '?')} loss {loss:.4f} "
                 "predicted at the end"
             )
     return [*out, ""]
@@ -200,7 +195,7 @@ def frontier_markdown(summary: dict | None, limit: int = FRONTIER_ROWS) -> list[
         start = "-" if bits is None else f"{bits / 8e9:.3g}"
         budget = f"{start} – {'…' if until is None else f'{until / 8e9:.3g}'}"
         spec = text(r.get("quant"), "?")
-        out.append(f"| {budget} | `{spec}` | {_g(r.get('n_params'))} | {_g(r.get('value'), '.4g')} |")
+        out.append(f"| {budget} | `{spec}` | {fmt(r.get('n_params'))} | {fmt(r.get('value'), '.4g')} |")
     if len(rows) > limit:
         out.append(f"\n{len(rows) - limit} more rows in the `{FRONTIER_KEY}` table artifact.")
     return [*out, ""]
@@ -287,13 +282,13 @@ def frontier_table(report: dict | None) -> list[dict[str, Any]]:
     rows = [r for r in summary.get("frontier") or [] if isinstance(r, dict)]
     return [
         {
-            "budget from (bits)": _g(r.get("total_bits")),
-            "budget to (bits)": _g(r.get("until")),
-            "memory from (GB)": _g((number(r.get("total_bits")) or 0) / 8e9),
+            "budget from (bits)": fmt(r.get("total_bits")),
+            "budget to (bits)": fmt(r.get("until")),
+            "memory from (GB)": fmt((number(r.get("total_bits")) or 0) / 8e9),
             "spec": text(r.get("quant"), "?"),
             "bits": r.get("bits"),
-            "parameters": _g(r.get("n_params")),
-            metric: _g(r.get("value"), ".4g"),
+            "parameters": fmt(r.get("n_params")),
+            metric: fmt(r.get("value"), ".4g"),
         }
         for r in rows
     ]

@@ -172,7 +172,13 @@ class HeldOut:
 
 
 def held_out_check(
-    data: SchemeData, form: str, cols: np.ndarray, n_boot: int, seed: int, level: float, checks: bool = True
+    data: SchemeData,
+    form: str,
+    cols: np.ndarray,
+    n_boot: int,
+    seed: int,
+    level: float,
+    with_checks: bool = True,
 ):
     """Refit without the latest checkpoint and predict its points: (HeldOut or None, checks).
 
@@ -188,7 +194,7 @@ def held_out_check(
     rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}|heldout")
     rows = np.flatnonzero(train)
     # without checks only the held-out errors are wanted (choosing a form): no bootstrap needed
-    fit = fit_damage_law(x[rows], y[rows], noise.take(rows), n_boot if checks else 0, rng)
+    fit = fit_damage_law(x[rows], y[rows], noise.take(rows), n_boot if with_checks else 0, rng)
     if fit is None:
         return None, []
     pred, pred_boot = predict(x[~train], fit)
@@ -326,7 +332,7 @@ def fit_form(
     n_boot: int,
     seed: int,
     level: float,
-    checks: bool = True,
+    with_checks: bool = True,
 ):
     """One damage form on one scheme: (doc entry, extrapolation checks, long-table rows, held-out).
 
@@ -336,18 +342,18 @@ def fit_form(
     why. When none passes, the full form is reported and the gates mark it."""
     from kbitlaw.law.gates import DAMAGE, gate_params
 
-    full = fit_one_form(data, form, all_rows, n_boot, seed, level, None, checks)
+    full = fit_one_form(data, form, all_rows, n_boot, seed, level, None, with_checks)
     entry = full[0]
-    if entry["status"] != OK or gate_params(json_safe(entry), DAMAGE, level=level).status == OK:
+    verdict = gate_params(json_safe(entry), DAMAGE, level=level)
+    if entry["status"] != OK or verdict.status == OK:
         return full
     x = data.design(form)
     for cols in nested_columns(free_columns(x))[1:]:
-        nested = fit_one_form(data, form, all_rows, n_boot, seed, level, cols, checks)
+        nested = fit_one_form(data, form, all_rows, n_boot, seed, level, cols, with_checks)
         e = nested[0]
         if e["status"] == OK and gate_params(json_safe(e), DAMAGE, level=level).status == OK:
             extra = [p for p in e["dropped"] if p not in entry["dropped"]]
-            why = gate_params(json_safe(entry), DAMAGE, level=level).reason
-            e["nested"] = f"{', '.join(extra)} dropped from the form: in the full form, {why}"
+            e["nested"] = f"{', '.join(extra)} dropped from the form: in the full form, {verdict.reason}"
             return nested
     return full
 
@@ -360,7 +366,7 @@ def fit_one_form(
     seed: int,
     level: float,
     cols: np.ndarray | None,
-    checks: bool = True,
+    with_checks: bool = True,
 ):
     """One damage form on one scheme's points, on the design columns `cols` (default: all free)."""
     base = {
@@ -384,7 +390,7 @@ def fit_one_form(
     centre = x[:, cols].mean(axis=0)
     with np.errstate(over="ignore"):
         at_centre = np.exp(fit.boot @ centre)
-    held, extrapolation = held_out_check(data, form, cols, n_boot, seed, level, checks)
+    held, extrapolation = held_out_check(data, form, cols, n_boot, seed, level, with_checks)
     by_width = width_holdout(data, form, cols, seed)
     entry = {
         **base,

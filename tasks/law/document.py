@@ -137,9 +137,6 @@ def fit_laws(
     thresholds, t_checks, t_rows = fit_thresholds(latest, comp_latest, config, warm)
     power, p_checks, p_rows = fit_power_laws_by_spec(latest, config, warm)
     damage, d_checks, d_rows = fit_damage(points, config.n_boot, config.seed, config.level)
-    damage = [
-        gates.apply("damage", e, config.level) for e in json_safe(damage)
-    ]  # the joint law uses only ok forms
     joint, j_rows, _ = fit_joint_laws(points, damage, config, previous)
     curves = linear_curves(latest, config.min_sizes)
     table = pl.concat(

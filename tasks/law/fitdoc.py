@@ -45,6 +45,12 @@ def number(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def fmt(x: Any, spec: str = ".3g") -> str:
+    """A number as text, "-" for anything that is not a finite number (a reader's table cell)."""
+    v = number(x)
+    return "-" if v is None else format(v, spec)
+
+
 def interval(x: Any) -> tuple[float | None, float | None]:
     """A [lo, hi] pair of finite floats (None for an end that is not one)."""
     if isinstance(x, (list, tuple)) and len(x) == 2:

@@ -173,15 +173,12 @@ def width_factor(level: float | None) -> float:
     return float(norm.ppf(0.5 + level / 2) / norm.ppf(0.5 + REFERENCE_LEVEL / 2))
 
 
-def gate_params(
-    entry: dict, gates: LawGates, used: list[str] | None = None, level: float | None = None
-) -> Verdict:
-    """Gates 1-4 for the parameters of one entry (those in `used`, else every parameter that the
-    entry does not list as dropped from its form), its intervals at `level` (else the entry's
-    own `level`, else 90%)."""
+def gate_params(entry: dict, gates: LawGates, level: float | None = None) -> Verdict:
+    """Gates 1-4 for the parameters of one entry (every parameter that the entry does not list as
+    dropped from its form), its intervals at `level` (else the entry's own `level`, else 90%)."""
     widen = width_factor(level if level is not None else number(entry.get("level")))
     dropped = set(strings(entry.get("dropped")))
-    names = [p for p in gates.params if p.name not in dropped and (used is None or p.name in used)]
+    names = [p for p in gates.params if p.name not in dropped]
     unidentified = list(strings(entry.get("unidentified")))
     failures = []
     for p in names:
@@ -211,11 +208,8 @@ def gate_params(
 
 def heldout_failure(entry: dict, level: float | None = None) -> str | None:
     """Gate 5 for the joint law: every hold-out's RMS standardized error within 3x."""
-    for name, h in (
-        (path(entry, "held_out", default={}) or {}).items()
-        if isinstance(path(entry, "held_out"), dict)
-        else []
-    ):
+    held_out = entry.get("held_out")
+    for name, h in held_out.items() if isinstance(held_out, dict) else []:
         z = standardized_rms(path(h, "checks", default=[]), level or REFERENCE_LEVEL)
         if z is not None and z > HELDOUT_NOISE_MULTIPLE:
             what = name.replace("_", " ")
