@@ -1,6 +1,7 @@
 """Benchmark: the nightly flow on the demo family, run as a user runs it (`kbitlaw nightly --json`).
 
-Three runs, each a fresh `kbitlaw nightly` process with its own ephemeral Prefect server:
+Three runs, each a fresh `kbitlaw nightly` process, the first on a fresh PREFECT_HOME (it starts the
+local Prefect API), the others reusing that API as a user's later commands do:
   1. full:   every checkpoint of the demo family, nothing in the store yet but the checkpoints;
   2. no-op:  the same again: nothing new, so no model is loaded (target: <= 30 s, start-up included);
   3. one new checkpoint: a copy of the store without one checkpoint's results (and no fit or
@@ -26,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+PREFECT_HOME = Path(tempfile.mkdtemp(prefix="kbitlaw-bench-prefect-"))  # stopped at the end
 
 from kbitlaw.checkpoints import discover  # noqa: E402
 from kbitlaw.store import Store  # noqa: E402
@@ -34,7 +36,7 @@ from kbitlaw.store import Store  # noqa: E402
 def nightly(store: Path, grid: str, workers: int) -> tuple[float, dict]:
     cmd = [sys.executable, "-m", "kbitlaw", "nightly", "--store", str(store), "--grid", grid]
     cmd += ["--workers", str(workers), "--json"]
-    env = {**os.environ, "PREFECT_API_URL": ""}  # each run starts its own ephemeral server, as a user's would
+    env = {**os.environ, "PREFECT_API_URL": "", "PREFECT_HOME": str(PREFECT_HOME)}  # the bench's own API
     began = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
     wall = time.perf_counter() - began
@@ -108,4 +110,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # the bench's local Prefect API goes with it
+        stop = [sys.executable, "-m", "kbitlaw", "api", "stop"]
+        subprocess.run(stop, env={**os.environ, "PREFECT_HOME": str(PREFECT_HOME)}, capture_output=True)
+        shutil.rmtree(PREFECT_HOME, ignore_errors=True)

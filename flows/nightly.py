@@ -46,9 +46,9 @@ from kbitlaw.flows.problems import (
 )
 from kbitlaw.flows.refit import current_results, fit_and_report, fit_lock
 from kbitlaw.flows.runners import claim, task_resources, task_runner  # noqa: F401 (task_runner: for callers)
-from kbitlaw.flows.server import record_process
+from kbitlaw.flows.stale_runs import record_process
 from kbitlaw.quant.spec import resolve_grid
-from kbitlaw.store import Store, StoreError
+from kbitlaw.store import CHECKPOINTS, Store, StoreError, parse_result_key
 
 quiet_planned_failures()  # a deployment run that fails as planned logs one line, not a traceback
 
@@ -192,7 +192,7 @@ def sweep(
     record_process(runtime.flow_run.id)  # a later run can tell when this one was killed
     s = Store(store)
     specs = [str(q) for q in resolve_grid(grid)]
-    location = family or os.environ.get("KBITLAW_CHECKPOINTS") or s.url("checkpoints")
+    location = family or os.environ.get("KBITLAW_CHECKPOINTS") or s.url(CHECKPOINTS)
     found, targets, unusable = discover_all(location, only)
     members = {c["fingerprint"]: c for c in found + targets}
     refs, bad_data, in_tasks = prepare_datasets(s, dataset_specs)
@@ -234,7 +234,10 @@ def sweep(
             "failed": failed_evaluations,
         },
         "fit": fitted["fit"],
-        "fit_scope": {"checkpoints": len({k.split("/")[1] for k in keys}), "results": len(keys)},
+        "fit_scope": {
+            "checkpoints": len({p.fingerprint for k in keys if (p := parse_result_key(k))}),
+            "results": len(keys),
+        },
         "report": report,
         "unusable_checkpoints": unusable,
         "invalid_datasets": bad_data,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kbitlaw.flows.serve import CHECKPOINT_EVENT, DEPLOYMENTS, runner_deployments
+from kbitlaw.flows.deploy import CHECKPOINT_EVENT, DEPLOYMENTS, runner_deployments
 
 ROOT = Path(__file__).resolve().parents[1]
 

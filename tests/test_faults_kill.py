@@ -1,9 +1,9 @@
-"""Fault injection, `kill -9` of a nightly that runs its own (ephemeral) Prefect API: nothing it
-started outlives it, and the next run marks the killed flow run Crashed and finishes its work.
+"""Fault injection, `kill -9` of a nightly that uses the local Prefect API kept for its
+PREFECT_HOME: nothing the command started outlives it except that shared API, and the next run
+reuses the API, marks the killed flow run Crashed and finishes its work.
 
 PREFECT_API_URL is unset and PREFECT_HOME is a temporary folder, as for a user without a Prefect
-server: the command starts the API server itself (SQLite under PREFECT_HOME), and a second run
-sees the first run's database."""
+server: the first command starts the local API (SQLite under PREFECT_HOME), the second reuses it."""
 
 from __future__ import annotations
 
@@ -46,12 +46,17 @@ def flow_runs(prefect_home: Path) -> list[dict]:
     return runs
 
 
-def test_kill_9_leaves_no_server_and_the_next_run_crashes_the_stale_run(tmp_path):
+def api_server(home: Path) -> dict:
+    return json.loads((home / "kbitlaw-api" / "server.json").read_text())
+
+
+def test_kill_9_leaves_only_the_shared_api_and_the_next_run_crashes_the_stale_run(tmp_path):
     store, home = tmp_path / "store", tmp_path / "prefect"
     make_family(store / "checkpoints")  # 4 checkpoints
     specs = write_specs(tmp_path / "specs")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "KBITLAW_"))}
     env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env["KBITLAW_API_IDLE_S"] = "600"  # the API waits for the second run however busy the machine
     args = [sys.executable, "-m", "kbitlaw", "nightly", "--store", str(store), "--grid", "fp16"]
     args += ["--dataset-specs", str(specs), "--datasets", "text", "--json"]
 
@@ -64,19 +69,19 @@ def test_kill_9_leaves_no_server_and_the_next_run_crashes_the_stale_run(tmp_path
             assert time.monotonic() < deadline, "no result within 240 s"
             time.sleep(0.1)
         assert first.poll() is None, (tmp_path / "first.err").read_text()[-3000:]
-        servers = processes_with(f"KBITLAW_API_SERVER_PARENT={first.pid}".encode())
-        assert len(servers) == 1, servers  # the API server the command started, and only it
+        server = api_server(home)["pid"]
         started_by_it = processes_with(str(home).encode())
-        assert first.pid in started_by_it and set(servers) <= set(started_by_it)
+        assert first.pid in started_by_it and server in started_by_it and server != first.pid
     finally:
         first.kill()  # SIGKILL: no handler, no atexit
         first.wait()
     killed = time.monotonic()
     print(f"first result after {killed - t0:.1f}s")
-    while (alive := processes_with(str(home).encode())) and time.monotonic() < killed + 20:
+    while (alive := set(processes_with(str(home).encode())) - {server}) and time.monotonic() < killed + 20:
         time.sleep(0.1)
     assert not alive, f"still alive 20 s after kill -9: {alive}"
     print(f"orphans gone {time.monotonic() - killed:.2f}s after kill -9")
+    assert server in processes_with(str(home).encode())  # the shared API stays for the next command
     done_before = len(Store(str(store)).list("results"))
     assert 1 <= done_before < 4
     [stale] = flow_runs(home)
@@ -88,6 +93,7 @@ def test_kill_9_leaves_no_server_and_the_next_run_crashes_the_stale_run(tmp_path
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads(second.stdout)
     assert summary["evaluations"]["failed"] == 0
+    assert api_server(home)["pid"] == server  # reused, not started again
     assert summary["evaluations"]["cached"] == done_before  # the missing work, and only it
     assert summary["evaluations"]["computed"] == 4 - done_before
     assert len(Store(str(store)).list("results")) == 4
@@ -99,4 +105,7 @@ def test_kill_9_leaves_no_server_and_the_next_run_crashes_the_stale_run(tmp_path
     assert "RUNNING" not in runs[stale["id"]]["task_states"]
     [new] = [r for r in runs.values() if r["id"] != stale["id"]]
     assert new["state_type"] == "COMPLETED"
-    assert not processes_with(str(home).encode())  # a normal exit stops the server too
+    assert server in processes_with(str(home).encode())  # a normal exit leaves the API for the next
+    stop = subprocess.run([sys.executable, "-m", "kbitlaw", "api", "stop"], env=env, capture_output=True)
+    assert stop.returncode == 0 and f"pid {server}" in stop.stdout.decode()
+    assert not processes_with(str(home).encode())

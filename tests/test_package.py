@@ -163,7 +163,7 @@ def test_the_wheel_installs_only_kbitlaw(wheel_venv):
         ).strip()
     )
     assert not (site / "tasks").exists() and not (site / "flows").exists()
-    assert (site / "kbitlaw" / "flows" / "cli.py").is_file()
+    assert (site / "kbitlaw" / "flows" / "cli" / "__init__.py").is_file()
     assert sorted(p.name for p in (site / "kbitlaw" / "dataset_specs").glob("*.yaml")) == sorted(
         p.name for p in (ROOT / "datasets").glob("*.yaml")
     )

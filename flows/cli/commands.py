@@ -1,6 +1,5 @@
-"""The `kbitlaw` command line: thin wrappers that call flows and tasks. This file has the main
-commands; `datasets` is in cli_datasets.py, the deployment commands in cli_serve.py, what they share
-in cli_common.py.
+"""The main `kbitlaw` commands: demo, nightly, evaluate, fit, predict, report, checkpoints. Thin
+wrappers that call flows and tasks.
 
 `--json` prints one JSON document on stdout and nothing else there; logs go to stderr.
 """
@@ -15,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from kbitlaw.flows.cli_common import (
+from kbitlaw.flows.cli.common import (
     CalibrationOpt,
     JsonOpt,
     OldSpecDirOpt,
@@ -43,12 +42,12 @@ def demo(
     """Build the embedded demo (datasets + checkpoint family) and run nightly (two nights when new
     checkpoints arrive: all but the last round, then the last round)."""
     _quiet_libraries()
+    from kbitlaw.flows.api_server import ensure_api
     from kbitlaw.flows.demo import DEMO_GRID, describe, run_demo
-    from kbitlaw.flows.server import ensure_api
     from kbitlaw.store import StoreError
 
     try:
-        ensure_api()  # without PREFECT_API_URL: an ephemeral server that dies with this process
+        ensure_api()  # without PREFECT_API_URL: the local API kept for this PREFECT_HOME
         summary = run_demo(
             store,
             arrive=arrive,
@@ -98,7 +97,7 @@ def nightly(
     if runner not in ("thread", "dask"):
         _fail(f"--runner must be thread or dask, got {runner!r}")
     from kbitlaw.eval.calibration import calibration_ref, parse_calibration
-    from kbitlaw.flows.server import prepare_api, probe_stores
+    from kbitlaw.flows.stale_runs import prepare_api, probe_stores
     from kbitlaw.quant.spec import resolve_grid
     from kbitlaw.store import StoreError
 
@@ -110,7 +109,7 @@ def nightly(
             calibration_ref(calibration, specs or old_specs)
         probe_stores(store, checkpoints)  # an unreachable store: one line, before the flow starts
         _quiet_libraries()
-        crashed = prepare_api()  # without PREFECT_API_URL: a server that dies with this process
+        crashed = prepare_api()  # without PREFECT_API_URL: the local API kept for this PREFECT_HOME
     except (RuntimeError, StoreError, ValueError) as exc:
         _fail(str(exc))
     from kbitlaw.flows import nightly as nightly_module
@@ -319,17 +318,3 @@ def list_checkpoints(
         for e in errors:
             typer.echo(f"error: {e}", err=True)
     raise typer.Exit(1 if errors and not found else 0)
-
-
-# Registered after the commands above, so `kbitlaw --help` lists demo, nightly, .. first.
-from kbitlaw.flows import cli_datasets, cli_serve  # noqa: E402, F401
-
-
-def main() -> None:
-    # The ephemeral Prefect server would try to send telemetry and log an ERROR with no network.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from kbitlaw.flows.cli_common import StoreOpt, _fail, app
+from kbitlaw.flows.cli.common import StoreOpt, _fail, app
 
 
 @app.command()
@@ -22,10 +22,10 @@ def serve(
     """Serve the deployments of prefect.yaml with their schedules and trigger (no work pool needed)."""
     from prefect import serve as prefect_serve
 
-    from kbitlaw.flows.serve import runner_deployments, work_pool_collisions
-    from kbitlaw.flows.server import ensure_api
+    from kbitlaw.flows.api_server import ensure_api
+    from kbitlaw.flows.deploy import runner_deployments, work_pool_collisions
 
-    ensure_api()  # without PREFECT_API_URL: an ephemeral server that dies with this process
+    ensure_api()  # without PREFECT_API_URL: the local API kept for this PREFECT_HOME
     taken = work_pool_collisions()
     if taken:
         _fail(
@@ -72,7 +72,7 @@ def emit_checkpoint(
 ) -> None:
     """Announce a new checkpoint (a Prefect event that triggers its evaluation and a refit)."""
     from kbitlaw.checkpoints import CheckpointError
-    from kbitlaw.flows.serve import emit_checkpoint as emit
+    from kbitlaw.flows.deploy import emit_checkpoint as emit
 
     try:
         event_id = emit(uri, grid)

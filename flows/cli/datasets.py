@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from kbitlaw.flows.cli_common import JsonOpt, OldSpecDirOpt, SpecDirOpt, StoreOpt, _fail, datasets_app
+from kbitlaw.flows.cli.common import JsonOpt, OldSpecDirOpt, SpecDirOpt, StoreOpt, _fail, datasets_app
 
 
 @datasets_app.command("clean")

@@ -1,5 +1,5 @@
 """What the `kbitlaw` commands share: the Typer apps, the option types, the one-line failure and
-the library log settings. The commands live in cli.py, cli_datasets.py and cli_serve.py."""
+the library log settings."""
 
 from __future__ import annotations
 
