@@ -21,7 +21,7 @@ from typing import Any
 from kbitlaw.demo.family_store import publish_next, staged_rounds
 from kbitlaw.demo.story import story
 from kbitlaw.demo.train import BuildReport, Progress, TrainConfig, build_family, family_sizes
-from kbitlaw.store import Store
+from kbitlaw.store import CHECKPOINTS, Store, checkpoint_prefix
 
 DEMO_FAMILY = "demo"
 DEMO_GRID = "demo"  # kbitlaw.quant.spec.GRIDS["demo"]
@@ -108,7 +108,7 @@ def run_demo(
         while staged_rounds(s, DEMO_FAMILY) > 1:
             report.published += publish_next(s, DEMO_FAMILY)
         if staged_rounds(s, DEMO_FAMILY) == 1:
-            if any(k.endswith("/config.json") for k in s.list(f"checkpoints/{DEMO_FAMILY}")):
+            if any(k.endswith("/config.json") for k in s.list(checkpoint_prefix(CHECKPOINTS, DEMO_FAMILY))):
                 first_night = run_nightly(s, grid, workers)
                 first_night["seconds"] = round(time.perf_counter() - built, 2)
             report.published += publish_next(s, DEMO_FAMILY)

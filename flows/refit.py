@@ -23,7 +23,7 @@ from kbitlaw.flows.fit import fit_task
 from kbitlaw.flows.problems import one_line, retry_transient
 from kbitlaw.report.headline import headline_line
 from kbitlaw.report.web import public_url
-from kbitlaw.store import Store, StoreError
+from kbitlaw.store import Store, StoreError, parse_result_key, result_keys
 
 
 @task(
@@ -89,15 +89,15 @@ def current_results(
     evals = {eval_key(d) for d in datasets}
     gptq_evals = {eval_key(d, calibration) for d in datasets} if calibration else set()
     keys = []
-    for key in store.list("results"):
-        parts = key.split("/")  # results/<fingerprint>/<quant>/<eval_key>.parquet
-        if len(parts) != 4 or parts[1] not in fingerprints:
+    for key in result_keys(store):
+        parts = parse_result_key(key)
+        if parts is None or parts.fingerprint not in fingerprints:
             continue
         try:
-            current = gptq_evals if is_gptq(parts[2]) else evals
+            current = gptq_evals if is_gptq(parts.quant) else evals
         except ValueError:  # a spec this version cannot parse: keyed as before GPTQ existed
             current = evals
-        if parts[3].removesuffix(".parquet") in current:
+        if parts.eval_key in current:
             keys.append(key)
     return sorted(keys)
 

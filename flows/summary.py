@@ -15,6 +15,7 @@ from typing import Any
 from kbitlaw.law.fitdoc import FitDocument, describe, fmt, number, path, strings, text, usable
 from kbitlaw.report.web import clickable, public_url
 from kbitlaw.store import Store, StoreError
+from kbitlaw.vocab import gb
 
 FRONTIER_KEY = "kbitlaw-pareto-frontier"
 # The figures (ids of the PNGs the report writes beside its page) that answer "which precision":
@@ -192,8 +193,8 @@ def frontier_markdown(summary: dict | None, limit: int = FRONTIER_ROWS) -> list[
     out += [f"| budget (GB) | spec | parameters | {metric} |", "|---|---|---|---|"]
     for r in rows[:limit]:
         bits, until = number(r.get("total_bits")), number(r.get("until"))
-        start = "-" if bits is None else f"{bits / 8e9:.3g}"
-        budget = f"{start} – {'…' if until is None else f'{until / 8e9:.3g}'}"
+        start = "-" if bits is None else f"{gb(bits):.3g}"
+        budget = f"{start} – {'…' if until is None else f'{gb(until):.3g}'}"
         spec = text(r.get("quant"), "?")
         out.append(f"| {budget} | `{spec}` | {fmt(r.get('n_params'))} | {fmt(r.get('value'), '.4g')} |")
     if len(rows) > limit:
@@ -284,7 +285,7 @@ def frontier_table(report: dict | None) -> list[dict[str, Any]]:
         {
             "budget from (bits)": fmt(r.get("total_bits")),
             "budget to (bits)": fmt(r.get("until")),
-            "memory from (GB)": fmt((number(r.get("total_bits")) or 0) / 8e9),
+            "memory from (GB)": fmt(gb(number(r.get("total_bits")) or 0)),
             "spec": text(r.get("quant"), "?"),
             "bits": r.get("bits"),
             "parameters": fmt(r.get("n_params")),

@@ -51,7 +51,7 @@ from kbitlaw.checkpoint_files import (
     safetensors_header,
     where_of,
 )
-from kbitlaw.store import Store, StoreError, sha256_bytes
+from kbitlaw.store import Store, StoreError, key_name, key_parent, sha256_bytes
 
 SIDECAR = "kbitlaw.json"
 # Sidecar fields in the fingerprint; tokens_planned is deliberately not one (module docstring).
@@ -159,8 +159,7 @@ def discover(uri: str) -> tuple[list[Checkpoint], list[CheckpointError]]:
     store = Store(uri)
     by_dir: dict[str, list[str]] = defaultdict(list)
     for key in store.list():
-        directory, _, name = key.rpartition("/")
-        by_dir[directory].append(name)
+        by_dir[key_parent(key)].append(key_name(key))
     found, errors = [], []
     for directory, names in sorted(by_dir.items()):
         if not _looks_like_checkpoint(names):

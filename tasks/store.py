@@ -15,7 +15,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import fsspec
 import polars as pl
@@ -315,20 +315,64 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
     return _sha_memo[memo_key]
 
 
-# -- the store layout (DESIGN.md): every key kbitlaw reads or writes is built here -------------------
+# -- the store layout (DESIGN.md): every key kbitlaw reads or writes is built and parsed here -------
 
-LATEST_FIT = "fits/latest.json"
-LATEST_REPORT = "reports/latest.json"
+RESULTS = "results"  # results/<checkpoint_fp>/<quant>/<eval_key>.parquet
+SAMPLES = "samples"  # samples/<checkpoint_fp>/<quant>/<eval_key>.parquet
+FITS = "fits"  # fits/<results_sha>/fit.json and fit.parquet
+REPORTS = "reports"  # reports/<results_sha>/<name>
+VALIDATION = "datasets/validation"  # datasets/validation/<name>/<sha>.json and .html
+CHECKPOINTS = "checkpoints"  # checkpoints/<family>/<size>/step-<n>/
+STAGING = "staging"  # the same, trained but not yet published (the demo's arrive mode)
+LATEST_FIT = f"{FITS}/latest.json"
+LATEST_REPORT = f"{REPORTS}/latest.json"
+FIT_DOCUMENT, FIT_TABLE = "fit.json", "fit.parquet"
+_PARQUET = ".parquet"
+
+
+def key_parent(key: str) -> str:
+    """The key without its last part ('' for a one-part key)."""
+    return key.rpartition("/")[0]
+
+
+def key_name(key: str) -> str:
+    """The last part of a key (a file name)."""
+    return key.rpartition("/")[2]
 
 
 def checkpoint_prefix(area: str, family: str, size: str | None = None, step: int | None = None) -> str:
-    """checkpoints/<family>[/<size>[/step-<n>]] (area "staging": trained, not yet published)."""
+    """checkpoints/<family>[/<size>[/step-<n>]] (area STAGING: trained, not yet published)."""
     parts = [area, family, *([size] if size else []), *([f"step-{step}"] if step is not None else [])]
     return "/".join(parts)
 
 
+def checkpoint_step(prefix: str) -> int:
+    """n of a checkpoint prefix <area>/<family>/<size>/step-<n>."""
+    return int(prefix.rsplit("step-", 1)[1])
+
+
+def published_prefix(staged: str) -> str:
+    """Where a staged checkpoint (staging/<family>/<size>/step-<n>) is published: checkpoints/..."""
+    return CHECKPOINTS + staged.removeprefix(STAGING)
+
+
+def checkpoint_id(prefix: str) -> str:
+    """<family>/<size>/step-<n>: a checkpoint prefix without its area."""
+    return prefix.split("/", 1)[1]
+
+
 def optimizer_key(family: str, size: str, step: int) -> str:
     return f"train/{family}/{size}/step-{step}.optim"
+
+
+def tokenizer_prefix(family: str, vocab_size: int) -> str:
+    """The family's tokenizer files (trained once, shared by all sizes)."""
+    return f"train/{family}/tokenizer-v{vocab_size}"
+
+
+def corpus_key(family: str, digest: str) -> str:
+    """The family's training corpus as one token stream (safetensors bytes)."""
+    return f"train/{family}/corpus-{digest}.st"
 
 
 def clean_keys(name: str, sha: str) -> dict[str, str]:
@@ -340,24 +384,66 @@ def clean_keys(name: str, sha: str) -> dict[str, str]:
     }
 
 
+def validation_prefix(name: str) -> str:
+    """Every validation of a dataset: datasets/validation/<name>."""
+    return f"{VALIDATION}/{name}"
+
+
 def validation_keys(name: str, sha: str) -> dict[str, str]:
-    base = f"datasets/validation/{name}/{sha}"
+    base = f"{validation_prefix(name)}/{sha}"
     return {"json": f"{base}.json", "html": f"{base}.html"}
 
 
 def result_key(fingerprint: str, quant: str, eval_key: str) -> str:
-    return f"results/{fingerprint}/{quant}/{eval_key}.parquet"
+    return f"{RESULTS}/{fingerprint}/{quant}/{eval_key}{_PARQUET}"
 
 
 def samples_key(fingerprint: str, quant: str, eval_key: str) -> str:
     """Per-example scores beside result_key's metrics (written first: a result implies its samples)."""
-    return f"samples/{fingerprint}/{quant}/{eval_key}.parquet"
+    return f"{SAMPLES}/{fingerprint}/{quant}/{eval_key}{_PARQUET}"
+
+
+class ResultKey(NamedTuple):
+    fingerprint: str
+    quant: str
+    eval_key: str
+
+
+def parse_result_key(key: str) -> ResultKey | None:
+    """The parts of a result_key; None for any other key (another layout, a part that is not a
+    valid key part)."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != RESULTS or not parts[3].endswith(_PARQUET):
+        return None
+    fingerprint, quant, eval_key = parts[1], parts[2], parts[3].removesuffix(_PARQUET)
+    if not all(_KEY_PART.match(p) and p not in (".", "..") for p in (fingerprint, quant, eval_key)):
+        return None
+    return ResultKey(fingerprint, quant, eval_key)
+
+
+def result_keys(store: Store) -> list[str]:
+    """Every result in the store (each .parquet under results/), sorted."""
+    return [k for k in store.list(RESULTS) if k.endswith(_PARQUET)]
 
 
 def fit_keys(results_sha: str) -> tuple[str, str]:
-    return f"fits/{results_sha}/fit.json", f"fits/{results_sha}/fit.parquet"
+    return f"{FITS}/{results_sha}/{FIT_DOCUMENT}", f"{FITS}/{results_sha}/{FIT_TABLE}"
+
+
+def fit_table_key(fit_key: str) -> str:
+    """fit.parquet beside a fit document's key (found from the key, not from the document)."""
+    head = key_parent(fit_key)
+    return f"{head}/{FIT_TABLE}" if head else FIT_TABLE
+
+
+def parse_fit_key(key: str) -> str | None:
+    """The results sha of a fit document's key fits/<results_sha>/fit.json; None for another key."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == FITS and parts[2] == FIT_DOCUMENT and parts[1] not in ("", ".", ".."):
+        return parts[1]
+    return None
 
 
 def report_key(results_sha: str, name: str = "index.html") -> str:
     """reports/<results_sha>/<name>: index.html, summary.json and the figures' PNGs."""
-    return f"reports/{results_sha}/{name}"
+    return f"{REPORTS}/{results_sha}/{name}"

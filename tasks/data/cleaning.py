@@ -19,12 +19,9 @@ import math
 
 import polars as pl
 
+from kbitlaw.vocab import DATASET_COLUMNS
+
 CLEANING_VERSION = "1"  # part of every clean dataset's key: bump when a rule changes
-CANONICAL = {
-    "multiple_choice": ("id", "context", "choices", "gold"),
-    "cloze": ("id", "text"),
-    "perplexity": ("id", "text"),
-}
 OPTIONAL = {"multiple_choice": ("continuation",)}  # winogrande-style partial scoring
 NOT_A_LIST, NOT_AN_INTEGER = "choices not a JSON list", "gold not an integer"
 _SCALAR = (pl.String, pl.Boolean, pl.Null)
@@ -112,7 +109,7 @@ def normalise(df: pl.DataFrame, kind: str) -> pl.DataFrame:
 
 def _reasons(kind: str, columns: list[str], max_chars: int) -> list[tuple[str, pl.Expr]]:
     """(reason, condition) pairs, checked in order; conditions may assume earlier ones are false."""
-    fields = CANONICAL[kind]
+    fields = DATASET_COLUMNS[kind]
     rules = [("null field", pl.any_horizontal([pl.col(c).is_null() for c in fields]))]
     if kind == "multiple_choice":
         empty = (pl.col("context").str.len_chars() == 0) & ~pl.lit("continuation" in columns)
@@ -148,7 +145,7 @@ def _reasons(kind: str, columns: list[str], max_chars: int) -> list[tuple[str, p
 
 def _content_hash(kind: str, columns: list[str]) -> pl.Expr:
     """Hash of a row's normalised content without its id: equal content, equal hash."""
-    parts = [c for c in CANONICAL[kind] + OPTIONAL.get(kind, ()) if c != "id" and c in columns]
+    parts = [c for c in DATASET_COLUMNS[kind] + OPTIONAL.get(kind, ()) if c != "id" and c in columns]
     cols = [pl.col(c).list.join("\x1f") if c == "choices" else pl.col(c).cast(pl.String) for c in parts]
     return pl.concat_str(cols, separator="\x1e", ignore_nulls=True).hash(seed=0)
 
@@ -157,7 +154,7 @@ def clean_frame(
     raw: pl.DataFrame, kind: str, *, max_chars: int = 20_000
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(clean rows, quarantined rows with `reason`). `raw` has the canonical columns and `row`."""
-    columns = [c for c in CANONICAL[kind] + OPTIONAL.get(kind, ()) if c in raw.columns]
+    columns = [c for c in DATASET_COLUMNS[kind] + OPTIONAL.get(kind, ()) if c in raw.columns]
     norm = normalise(coerce(raw.select(["row", *columns]), kind), kind)
     reason = pl.lit(None, dtype=pl.String)
     for label, condition in reversed(_reasons(kind, columns, max_chars)):

@@ -19,8 +19,9 @@ from pathlib import Path
 import polars as pl
 
 from kbitlaw.data.cleaning import NOT_A_LIST, NOT_AN_INTEGER, OPTIONAL, clean_frame, json_choices
-from kbitlaw.eval.engine import SCHEMAS, EvaluationError
+from kbitlaw.eval.engine import EvaluationError
 from kbitlaw.store import Store
+from kbitlaw.vocab import DATASET_COLUMNS, KINDS
 
 log = logging.getLogger("kbitlaw")
 MAX_CHARS = 20_000  # a dataset spec's default max_chars: longer rows are quarantined as "too long"
@@ -135,13 +136,13 @@ def read_dataset_frame(
         if not {"context", "choices", "gold"} <= set(df.columns):
             raise EvaluationError(f"{source}: cannot tell cloze from perplexity data: pass --kind")
         kind = "multiple_choice"
-    if kind not in SCHEMAS:
-        raise EvaluationError(f"{source}: unknown kind {kind!r} (expected one of {', '.join(SCHEMAS)})")
-    missing = [c for c in SCHEMAS[kind] if c not in df.columns]
+    if kind not in KINDS:
+        raise EvaluationError(f"{source}: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
+    missing = [c for c in DATASET_COLUMNS[kind] if c not in df.columns]
     if missing:
         raise EvaluationError(f"{source}: missing column(s) {', '.join(missing)} for kind {kind}")
     extra = [c for c in OPTIONAL.get(kind, ()) if c in df.columns]
-    raw = (df.head(limit) if limit else df).select([*SCHEMAS[kind], *extra]).with_row_index("row")
+    raw = (df.head(limit) if limit else df).select([*DATASET_COLUMNS[kind], *extra]).with_row_index("row")
     try:
         clean, quarantine = clean_frame(raw, kind, max_chars=max_chars)
     except (ValueError, pl.exceptions.PolarsError) as exc:

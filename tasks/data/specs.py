@@ -30,9 +30,10 @@ import yaml
 
 from kbitlaw.data import world
 from kbitlaw.data.adapters import KIND, adapt
-from kbitlaw.data.cleaning import CANONICAL, CLEANING_VERSION, clean_frame, summary
+from kbitlaw.data.cleaning import CLEANING_VERSION, clean_frame, summary
 from kbitlaw.data.files import DatasetError, parse_table, read_bytes, read_dataset_file, read_dataset_frame
 from kbitlaw.store import Store, clean_keys, sha256_bytes
+from kbitlaw.vocab import DATASET_COLUMNS, KINDS
 
 __all__ = [  # read_dataset_* and DatasetError live in data/files.py; importing them from here still works
     "BUILTIN_SPECS",
@@ -128,8 +129,8 @@ def parse_dataset_spec(obj: Any, path: str) -> DatasetSpec:
         if not obj.get(required):
             raise DatasetError(f"{path}: missing field '{required}'")
     kind = obj["kind"]
-    if kind not in CANONICAL:
-        raise DatasetError(f"{path}: field 'kind': {kind!r} is not one of {', '.join(CANONICAL)}")
+    if kind not in KINDS:
+        raise DatasetError(f"{path}: field 'kind': {kind!r} is not one of {', '.join(KINDS)}")
     adapter = obj.get("adapter")
     if adapter and KIND.get(adapter) not in (None, kind):
         raise DatasetError(f"{path}: adapter {adapter!r} gives {KIND[adapter]} data, not {kind}")
@@ -240,7 +241,7 @@ def canonical(raw: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     """Map raw rows to the canonical columns (adapter, column mapping, or already canonical)."""
     if spec.adapter:
         return adapt(raw, spec.adapter, spec.source)
-    mapping = {canon: spec.columns.get(canon, canon) for canon in CANONICAL[spec.kind]}
+    mapping = {canon: spec.columns.get(canon, canon) for canon in DATASET_COLUMNS[spec.kind]}
     if "continuation" in spec.columns or "continuation" in raw.columns:
         mapping["continuation"] = spec.columns.get("continuation", "continuation")
     missing = [raw_col for raw_col in mapping.values() if raw_col not in raw.columns]

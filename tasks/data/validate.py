@@ -31,8 +31,8 @@ from typing import Any
 
 import polars as pl
 
-from kbitlaw.data.cleaning import CANONICAL
 from kbitlaw.store import validation_keys
+from kbitlaw.vocab import DATASET_COLUMNS, KINDS
 
 VALIDATOR_VERSION = 1  # bump when a suite changes: stored validation results are then re-run
 EXAMPLES = 5  # unexpected values (and their ids) kept per failed expectation
@@ -251,9 +251,9 @@ def validate_frame(
     extra: list[dict] | None = None,
 ) -> ValidationReport:
     """Run the kind's suite (and `extra`) on a clean frame; never raises for bad data, only bad specs."""
-    if kind not in CANONICAL:
-        raise ValueError(f"dataset {name}: unknown kind {kind!r} (expected one of {', '.join(CANONICAL)})")
-    missing = [c for c in CANONICAL[kind] if c not in df.columns]
+    if kind not in KINDS:
+        raise ValueError(f"dataset {name}: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
+    missing = [c for c in DATASET_COLUMNS[kind] if c not in df.columns]
     if missing:
         raise ValueError(f"dataset {name}: missing column(s) {', '.join(missing)} for kind {kind}")
     derived = _derive(df, kind)

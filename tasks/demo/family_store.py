@@ -3,7 +3,7 @@
     checkpoints/<family>/<size>/step-<n>/   config.json, model.safetensors, tokenizer, kbitlaw.json
     staging/<family>/<size>/step-<n>/       the same, trained but not yet published (arrive mode)
     train/<family>/tokenizer-v<V>/          the family's tokenizer (trained once, shared by all sizes)
-    train/<family>/corpus-<hash>.safetensors  the training corpus as one token stream
+    train/<family>/corpus-<hash>.st         the training corpus as one token stream (safetensors)
     train/<family>/<size>/step-<n>.optim    AdamW moments at that step (safetensors bytes): resume
 
 Upload order: tokenizer files and kbitlaw.json first, the weights, config.json LAST. Every single
@@ -21,27 +21,37 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from kbitlaw.store import Store, checkpoint_prefix
+from kbitlaw.store import (
+    CHECKPOINTS,
+    STAGING,
+    Store,
+    checkpoint_id,
+    checkpoint_prefix,
+    checkpoint_step,
+    key_name,
+    key_parent,
+    published_prefix,
+)
 
 
 def find_checkpoint(store: Store, family: str, size: str, step: int, recipe: str) -> str | None:
     """The complete checkpoint's prefix (published or staged), None if absent; a checkpoint made by
     another recipe (other budget, sizes, learning rate or corpus) under the same name is an error."""
-    for area in ("checkpoints", "staging"):
+    for area in (CHECKPOINTS, STAGING):
         prefix = checkpoint_prefix(area, family, size, step)
         if store.exists(f"{prefix}/config.json"):
             stamped = store.read_json(f"{prefix}/kbitlaw.json").get("recipe")
             if stamped != recipe:
                 raise ValueError(
                     f"{store.url(prefix)}: made by another training recipe ({stamped} != {recipe}); "
-                    f"use another family name or remove {store.url(f'{area}/{family}')}"
+                    f"use another family name or remove {store.url(checkpoint_prefix(area, family))}"
                 )
             return prefix
     return None
 
 
 def _upload_order(name: str) -> tuple[bool, bool, str]:
-    base = name.rsplit("/", 1)[-1]
+    base = key_name(name)
     return base == "config.json", base.endswith(".safetensors"), base
 
 
@@ -54,8 +64,8 @@ def upload_dir(store: Store, local: Path, prefix: str) -> None:
 def staged_rounds(store: Store, family: str = "demo") -> int:
     """How many rounds (distinct steps) of checkpoints wait in staging/ to be published."""
     steps = {
-        key.rsplit("/", 1)[0].rsplit("step-", 1)[1]
-        for key in store.list(f"staging/{family}")
+        checkpoint_step(key_parent(key))
+        for key in store.list(checkpoint_prefix(STAGING, family))
         if key.endswith("/config.json")
     }
     return len(steps)
@@ -65,21 +75,21 @@ def publish_next(store: Store, family: str = "demo") -> list[str]:
     """Publish the next round of staged checkpoints (every size's earliest staged step) from
     staging/ to checkpoints/; returns their ids, [] when nothing is left to publish."""
     staged: dict[int, list[str]] = {}
-    for key in store.list(f"staging/{family}"):
+    for key in store.list(checkpoint_prefix(STAGING, family)):
         if key.endswith("/config.json"):
-            prefix = key.rsplit("/", 1)[0]
-            staged.setdefault(int(prefix.rsplit("step-", 1)[1]), []).append(prefix)
+            prefix = key_parent(key)
+            staged.setdefault(checkpoint_step(prefix), []).append(prefix)
     if not staged:
         return []
     published = []
     for prefix in sorted(staged[min(staged)]):
-        target = "checkpoints" + prefix.removeprefix("staging")
+        target = published_prefix(prefix)
         keys = sorted(store.list(prefix), key=_upload_order)
         for key in keys:
             store.write_bytes(target + key.removeprefix(prefix), store.read_bytes(key))
         for key in reversed(keys):  # config.json first: the staged copy stops counting at once
             store.delete(key)
-        published.append(target.removeprefix("checkpoints/"))
+        published.append(checkpoint_id(target))
     return published
 
 
@@ -97,7 +107,7 @@ def load_tokenizer(store: Store, prefix: str):
         return None
     with tempfile.TemporaryDirectory() as tmp:
         for key in store.list(prefix):
-            store.get_file(key, Path(tmp) / key.rsplit("/", 1)[1])
+            store.get_file(key, Path(tmp) / key_name(key))
         return PreTrainedTokenizerFast.from_pretrained(tmp)
 
 

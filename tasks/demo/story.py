@@ -20,7 +20,8 @@ import polars as pl
 from kbitlaw.checkpoints import discover
 from kbitlaw.data.specs import clean_dataset, load_dataset_specs
 from kbitlaw.eval.run import evaluate_specs
-from kbitlaw.store import Store
+from kbitlaw.store import CHECKPOINTS, Store, checkpoint_prefix, parse_result_key, result_keys
+from kbitlaw.vocab import ACC, LOSS
 
 ACC_SUITES = ("logic", "causal", "induction", "arithmetic", "cloze")  # metric `acc`
 LOSS_SUITE = "text"  # metric `loss` (nats per token)
@@ -38,7 +39,7 @@ def story_table(
 ) -> pl.DataFrame:
     """acc / loss of the family's checkpoints (steps: "final" = each size's last, or "all") on the
     builtin suites, for every spec; one row per (checkpoint, spec, dataset, metric)."""
-    found, errors = discover(store.url(f"checkpoints/{family}"))
+    found, errors = discover(store.url(checkpoint_prefix(CHECKPOINTS, family)))
     if errors:
         raise ValueError(str(errors[0]))
     if sizes is not None:
@@ -56,7 +57,7 @@ def story_table(
         df = store.read_parquet(clean.key).drop("row", strict=False)
         for ckpt in found:
             for r in evaluate_specs(ckpt.uri, df, spec.kind, specs, dataset=name, delimiter=spec.delimiter):
-                if r["metric"] in ("acc", "loss"):
+                if r["metric"] in (ACC, LOSS):
                     rows.append(
                         {
                             "size": ckpt.sidecar["size"],
@@ -78,13 +79,13 @@ def stored_story_table(store: Store, family: str = "demo") -> pl.DataFrame:
     from kbitlaw.law.io import read_results_store
 
     quants = set(STORY_SPECS.split(","))
-    keys = [k for k in store.list("results") if k.endswith(".parquet") and k.split("/")[2] in quants]
+    keys = [k for k in result_keys(store) if (parts := parse_result_key(k)) and parts.quant in quants]
     if not keys:
         return pl.DataFrame()
     df = read_results_store(store, keys).filter(
         pl.col("checkpoint_id").str.starts_with(f"{family}/")
         & pl.col("dataset").is_in([*ACC_SUITES, LOSS_SUITE])
-        & pl.col("metric").is_in(["acc", "loss"])
+        & pl.col("metric").is_in([ACC, LOSS])
     )
     newest = df.sort("created_at").group_by("dataset").agg(pl.col("dataset_sha").last())
     df = df.join(newest, on=["dataset", "dataset_sha"])

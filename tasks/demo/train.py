@@ -49,7 +49,15 @@ from kbitlaw.demo.family_store import (
     save_tokens,
     upload_dir,
 )
-from kbitlaw.store import Store, checkpoint_prefix, optimizer_key
+from kbitlaw.store import (
+    CHECKPOINTS,
+    STAGING,
+    Store,
+    checkpoint_prefix,
+    corpus_key,
+    optimizer_key,
+    tokenizer_prefix,
+)
 
 __all__ = ["FAMILY", "BuildReport", "Progress", "Size", "TrainConfig", "build_family", "publish_next"]
 
@@ -129,7 +137,7 @@ class TrainConfig:
         doc = {k: v for k, v in asdict(self).items() if k in ("vocab_size", "corpus_docs", "seed")}
         doc["corpus"] = corpus_fingerprint(self.seed)
         digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
-        return f"train/{family}/corpus-{digest}"
+        return corpus_key(family, digest)
 
 
 @dataclass(frozen=True)
@@ -192,7 +200,7 @@ def corpus_tokens(tokenizer, docs: list[str]) -> torch.Tensor:
 def prepare_data(store: Store, family: str, config: TrainConfig, progress: ProgressFn = None):
     """The family's tokenizer and token stream, made once and kept in the store (so a resumed or
     extended build, and every worker process, encodes exactly as the first build did)."""
-    tok_prefix, data_key = f"train/{family}/tokenizer-v{config.vocab_size}", config.data_key(family) + ".st"
+    tok_prefix, data_key = tokenizer_prefix(family, config.vocab_size), config.data_key(family)
     tokenizer, data = load_tokenizer(store, tok_prefix), load_tokens(store, data_key)
     if tokenizer is not None and data is not None:
         return tokenizer, data
@@ -366,7 +374,7 @@ def build_family(
     began = time.perf_counter()
     config = replace(config, budget_tokens=budget_tokens) if budget_tokens else config
     report = BuildReport(family)
-    area = "staging" if arrive else "checkpoints"
+    area = STAGING if arrive else CHECKPOINTS
     todo: list[tuple] = []
     for size in sorted(sizes, key=lambda s: -s.non_embedding_params):  # the longest job first
         existing = {}

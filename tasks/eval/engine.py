@@ -43,13 +43,18 @@ from kbitlaw.eval.encoding import (
 )
 from kbitlaw.eval.results import SAMPLE_SCHEMAS
 from kbitlaw.eval.scoring import Request, Scorer
+from kbitlaw.vocab import (
+    ACC,
+    ACC_NORM,
+    BITS_PER_BYTE,
+    BYTE_PERPLEXITY,
+    DATASET_COLUMNS,
+    KINDS,
+    LOSS,
+    PERPLEXITY,
+    WORD_PERPLEXITY,
+)
 
-KINDS = ("multiple_choice", "cloze", "perplexity")
-SCHEMAS = {
-    "multiple_choice": ("id", "context", "choices", "gold"),
-    "cloze": ("id", "text"),
-    "perplexity": ("id", "text"),
-}
 EVALUATOR_VERSION = "1"  # bump when a metric's definition or the request building changes
 
 
@@ -83,7 +88,7 @@ def prepare(
     """Tokenize a canonical dataset into scoring requests (done once per tokenizer)."""
     if kind not in KINDS:
         raise EvaluationError(f"{name}: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
-    missing = [c for c in SCHEMAS[kind] if c not in df.columns]
+    missing = [c for c in DATASET_COLUMNS[kind] if c not in df.columns]
     if missing:
         raise EvaluationError(f"{name}: missing column(s) {', '.join(missing)} for kind {kind}")
     if df.height == 0:
@@ -270,20 +275,20 @@ def sample_metrics(kind: str, samples: pl.DataFrame) -> list[dict[str, Any]]:
 
     if kind == "multiple_choice":
         return [
-            row("acc", *_mean_stderr(floats("correct"))),
-            row("acc_norm", *_mean_stderr(floats("correct_norm"))),
+            row(ACC, *_mean_stderr(floats("correct"))),
+            row(ACC_NORM, *_mean_stderr(floats("correct_norm"))),
         ]
     if kind == "cloze":
         perplexity = math.exp(-sum(floats("loglikelihood")) / n)
-        return [row("acc", *_mean_stderr(floats("correct"))), row("perplexity", perplexity, None)]
+        return [row(ACC, *_mean_stderr(floats("correct"))), row(PERPLEXITY, perplexity, None)]
     losses, tokens = floats("loss"), floats("n_tokens")
     total = sum(losses)
     words, nbytes = sum(samples["n_words"].to_list()), sum(samples["n_bytes"].to_list())
     return [
-        row("word_perplexity", math.exp(total / words), None),
-        row("byte_perplexity", math.exp(total / nbytes), None),
-        row("bits_per_byte", total / nbytes / math.log(2), None),
-        row("loss", total / sum(tokens), ratio_stderr(losses, tokens)),
+        row(WORD_PERPLEXITY, math.exp(total / words), None),
+        row(BYTE_PERPLEXITY, math.exp(total / nbytes), None),
+        row(BITS_PER_BYTE, total / nbytes / math.log(2), None),
+        row(LOSS, total / sum(tokens), ratio_stderr(losses, tokens)),
     ]
 
 

@@ -1,5 +1,6 @@
-"""The results schema (DESIGN.md): one long-format row per (checkpoint, quant spec, dataset, metric),
-and the samples schemas: one row per dataset row with the per-example scores the metrics average."""
+"""Result rows in the results schema (kbitlaw.vocab.RESULT_SCHEMA: one long-format row per
+(checkpoint, quant spec, dataset, metric)), and the samples schemas: one row per dataset row with
+the per-example scores the metrics average."""
 
 from __future__ import annotations
 
@@ -9,36 +10,7 @@ from typing import Any
 
 import polars as pl
 
-RESULT_SCHEMA: dict[str, pl.DataType] = {
-    "checkpoint_id": pl.String,
-    "checkpoint_uri": pl.String,
-    "family": pl.String,
-    "step": pl.Int64,
-    "tokens_seen": pl.Int64,
-    "tokens_planned": pl.Int64,  # beyond DESIGN.md: the run's planned total tokens (null: not given)
-    "n_params": pl.Int64,
-    "n_params_quantized": pl.Int64,
-    "quant": pl.String,
-    "dtype": pl.String,
-    "bits": pl.Int64,
-    "block_size": pl.Int64,
-    "outlier_pct": pl.Float64,
-    "bits_per_param": pl.Float64,
-    "total_bits": pl.Float64,
-    "calibration": pl.String,  # beyond DESIGN.md: GPTQ's calibration data, NAME:N (null: round-to-nearest)
-    "dataset": pl.String,
-    "dataset_sha": pl.String,
-    "kind": pl.String,
-    "metric": pl.String,
-    "value": pl.Float64,
-    "stderr": pl.Float64,
-    "n_examples": pl.Int64,
-    "n_truncated": pl.Int64,  # beyond DESIGN.md: examples left-truncated to fit the model window
-    "seconds": pl.Float64,
-    "device": pl.String,
-    "kbitlaw_version": pl.String,
-    "created_at": pl.String,
-}
+from kbitlaw.vocab import RESULT_SCHEMA
 
 # samples/<checkpoint_fp>/<quant>/<eval_key>.parquet, by dataset kind; rows in the dataset's order.
 SAMPLE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {

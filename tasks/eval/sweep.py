@@ -34,7 +34,7 @@ from kbitlaw.eval.results import result_rows, results_frame
 from kbitlaw.eval.scoring import Scorer
 from kbitlaw.quant.fake import quantize_model
 from kbitlaw.quant.spec import QuantSpec
-from kbitlaw.store import Store, sha256_bytes
+from kbitlaw.store import Store, result_keys, sha256_bytes
 from kbitlaw.store import result_key as store_result_key
 from kbitlaw.store import samples_key as store_samples_key
 
@@ -205,7 +205,7 @@ def plan(
     """Every (checkpoint, spec) with its missing datasets, ordered for model reuse: checkpoints in
     groups of `width` (one per worker), specs interleaved within a group. GPTQ specs' results are
     looked up under their `calibration` data."""
-    have = set(store.list("results"))
+    have = set(result_keys(store))
     work = []
     for start in range(0, len(checkpoints), width):
         group = checkpoints[start : start + width]

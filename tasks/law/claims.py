@@ -5,7 +5,7 @@ A verdict is one of: supported, contradicted, inconclusive (the difference is wi
 (the specs are there, but too few model sizes or points). Each claim also carries its criterion
 and the numbers behind the verdict, so a reader can disagree with the rule and still use them.
 
-Inputs: `latest`, each model size's latest checkpoint as points (law_table.metric_points +
+Inputs: `latest`, each model size's latest checkpoint as points (table.metric_points +
 latest_per_size) of one family; `points`, all its checkpoints; `doc`, the fit document.
 Comparisons use "advantage" = score(a) - score(b), score being accuracy, or -loss.
 """
@@ -22,7 +22,6 @@ from kbitlaw.law.claims_loss import damage_grows_with_tokens, per_bit_factor, pe
 from kbitlaw.law.claims_methods import gptq_improves_3bit, scale_formats
 from kbitlaw.law.frontier import headline_recommendation
 from kbitlaw.law.stats import (
-    BASELINES,
     CONTRADICTED,
     INCONCLUSIVE,
     NO_DATA,
@@ -39,6 +38,7 @@ from kbitlaw.law.stats import (
     score,
 )
 from kbitlaw.quant.spec import QuantSpec
+from kbitlaw.vocab import BASELINES, LOSS, MEAN_ACC, METRIC_WORDS
 
 ACC_CLOSE, LOSS_CLOSE = 0.01, 0.01  # "close to fp16": within 1 accuracy point / 0.01 nats
 
@@ -46,7 +46,7 @@ ACC_CLOSE, LOSS_CLOSE = 0.01, 0.01  # "close to fp16": within 1 accuracy point /
 def headline_metric(points: pl.DataFrame) -> str | None:
     """Mean zero-shot accuracy when measured, else loss; None when neither is there."""
     metrics = set(points["metric"].unique().to_list()) if points.height else set()
-    return next((m for m in ("mean_acc", "loss") if m in metrics), None)
+    return next((m for m in (MEAN_ACC, LOSS) if m in metrics), None)
 
 
 def is_plain(quant: str) -> bool:
@@ -135,7 +135,7 @@ def four_bit_optimal(scored: pl.DataFrame, metric: str, doc: dict) -> dict:
     if rec.get("status") != "ok":
         return say(NO_DATA, ["no equal-budget comparison (too few sizes or widths)"])
     numbers = [
-        f"compared on {METRIC_WORD.get(rec['metric'], rec['metric'])}; share of budgets won: "
+        f"compared on {METRIC_WORDS.get(rec['metric'], rec['metric'])}; share of budgets won: "
         + ", ".join(f"{_name(int(k))} {v:.0%}" for k, v in _by_width(rec))
     ]
     p_best = rec.get("p_best")
@@ -153,9 +153,6 @@ def four_bit_optimal(scored: pl.DataFrame, metric: str, doc: dict) -> dict:
 def _by_width(shares: dict) -> list[tuple[str, float]]:
     items = shares.get("shares_by_bits", shares) if "shares_by_bits" in shares else shares
     return sorted(items.items(), key=lambda kv: int(kv[0]))
-
-
-METRIC_WORD = {"mean_acc": "mean zero-shot accuracy", "loss": "loss"}
 
 
 PARALLEL_TOL = 0.25  # slopes within 25% of each other count as parallel
@@ -177,7 +174,7 @@ def parallel_curves(scored: pl.DataFrame, metric: str) -> dict:
         return say(NO_DATA, ["needs 3 model sizes per width"])
     ref = lines[wide[-1]]
     # In the metric's own terms: accuracy points, or nats of loss (the score is -loss).
-    scale, unit = (100, "pts") if metric != "loss" else (-1, "nats")
+    scale, unit = (100, "pts") if metric != LOSS else (-1, "nats")
     numbers = [
         f"{_name(k)} slope {scale * ln.slope:+.3g} ± {abs(scale) * ln.slope_se:.2g} {unit} per doubling"
         for k, ln in sorted(lines.items())
@@ -205,8 +202,8 @@ def parallel_curves(scored: pl.DataFrame, metric: str) -> dict:
 
 def eight_bit_safe(scored: pl.DataFrame, metric: str, samples: pl.DataFrame | None = None) -> dict:
     paper = "8-bit is close to fp16; at 6-8 bits no data type or block size changes the curves."
-    close = ACC_CLOSE if metric != "loss" else LOSS_CLOSE
-    tol = "1 accuracy point" if metric != "loss" else "0.01 nats"
+    close = ACC_CLOSE if metric != LOSS else LOSS_CLOSE
+    tol = "1 accuracy point" if metric != LOSS else "0.01 nats"
     crit = (
         f"Every 8-bit spec vs the 16-bit baseline on the same checkpoints. Supported when each "
         f"difference's 2-SE interval lies within {tol} of zero (an equivalence test); contradicted "
@@ -281,10 +278,10 @@ DTYPE_ORDER = (
 
 def dtypes_at_4_bits(points: pl.DataFrame, samples: pl.DataFrame | None = None) -> dict:
     paper = "Data types at 4-bit, by perplexity: quantile >= float > int ~ dynamic exponent."
-    metric = "loss" if (points["metric"] == "loss").any() else "mean_acc"
+    metric = LOSS if (points["metric"] == LOSS).any() else MEAN_ACC
     crit = (
         "Same block size, same checkpoints, by "
-        + ("loss." if metric == "loss" else "mean accuracy (no loss measured).")
+        + ("loss." if metric == LOSS else "mean accuracy (no loss measured).")
         + " Contradicted when an expected-worse type wins beyond 2 SE; supported when every strict"
         " '>' holds beyond 2 SE (Holm's correction over the pairs)."
     )

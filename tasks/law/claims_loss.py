@@ -12,7 +12,6 @@ import numpy as np
 import polars as pl
 
 from kbitlaw.law.stats import (
-    BASELINES,
     CONTRADICTED,
     INCONCLUSIVE,
     NO_DATA,
@@ -22,6 +21,7 @@ from kbitlaw.law.stats import (
     claim,
     holm_signs,
 )
+from kbitlaw.vocab import BASELINES, LOSS, MEAN_ACC
 
 # -- 7: perplexity vs accuracy ------------------------------------------------------------------------
 
@@ -33,10 +33,10 @@ def perplexity_tracks_accuracy(points: pl.DataFrame) -> dict:
         "contradicted >= -0.3."
     )
     say = partial(claim, "ppl_tracks_acc", "Perplexity tracks accuracy", paper, crit)
-    acc = points.filter(pl.col("metric") == "mean_acc").select(
+    acc = points.filter(pl.col("metric") == MEAN_ACC).select(
         "checkpoint_id", "quant", pl.col("value").alias("acc")
     )
-    loss = points.filter(pl.col("metric") == "loss").select(
+    loss = points.filter(pl.col("metric") == LOSS).select(
         "checkpoint_id", "quant", pl.col("value").alias("loss")
     )
     if acc.height == 0 or loss.height == 0:
@@ -75,7 +75,7 @@ def _damage_claim(
     level: float,
 ) -> dict:
     """A claim over the damage fits: one judged line per scheme with an ok fit."""
-    if not (points["metric"] == "loss").any() or not points["quant"].is_in(BASELINES).any():
+    if not (points["metric"] == LOSS).any() or not points["quant"].is_in(BASELINES).any():
         return say(NOT_TESTABLE, ["needs a perplexity dataset and an fp16/bf16 baseline"])
     if points["tokens_seen"].n_unique() < 2:
         return say(NOT_TESTABLE, ["every checkpoint saw the same number of tokens"])

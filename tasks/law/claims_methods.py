@@ -29,8 +29,9 @@ from kbitlaw.law.stats import (
     paired,
 )
 from kbitlaw.quant.spec import QuantSpec
+from kbitlaw.vocab import LOSS, MEAN_ACC
 
-CLOSE = {"mean_acc": 0.01, "loss": 0.01}  # "costs little": within 1 accuracy point / 0.01 nats
+CLOSE = {MEAN_ACC: 0.01, LOSS: 0.01}  # "costs little": within 1 accuracy point / 0.01 nats
 
 
 def _specs(scored: pl.DataFrame) -> dict[str, QuantSpec]:
@@ -104,7 +105,7 @@ def scale_formats(scored: pl.DataFrame, metric: str) -> dict:
         "little against fp16 absmax scales."
     )
     close = CLOSE.get(metric, 0.01)
-    tol = "1 accuracy point" if metric != "loss" else "0.01 nats"
+    tol = "1 accuracy point" if metric != LOSS else "0.01 nats"
     crit = (
         "Each spec with 8-bit block scales vs its twin with fp16 scales (same data type, bits and "
         f"block size) at equal total bits: supported when every difference's 2-SE interval lies "

@@ -15,6 +15,7 @@ from scipy.stats import t as student_t
 
 from kbitlaw.law.solve import interval
 from kbitlaw.status import NO_DATA, OK  # noqa: F401  (re-exported to the law modules)
+from kbitlaw.vocab import MEAN_ACC
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class FitConfig:
     min_sizes_power_law: int = 4  # 3 parameters: a 4th size is the least that leaves a residual
     min_sizes_frontier: int = 2
     n_budgets: int = 64
-    recommend_metric: str = "mean_acc"  # falls back to "loss" when there is no accuracy data
+    recommend_metric: str = MEAN_ACC  # falls back to "loss" when there is no accuracy data
     chance: Mapping[str, float] | None = None  # dataset -> chance accuracy; absent: fitted
     threshold_resample: str = "parametric"  # or "examples" / "sizes" / "sizes+examples" (law/threshold.py)
     grid_points: int = 32  # fitted-curve samples per law in the long table

@@ -34,6 +34,7 @@ from kbitlaw.law.common import NO_DATA, OK, extrapolation_entry, json_safe, num,
 from kbitlaw.law.damage_fit import DamageFit, Noise, fit_damage_law
 from kbitlaw.law.solve import child_rng, interval
 from kbitlaw.quant.spec import QuantSpec
+from kbitlaw.vocab import BASELINES, LOSS
 
 FORMS = ("power", "exponential")
 PARAMS = ("C", "beta", "alpha", "gamma")  # coefficient order: log C, beta, alpha, gamma-term
@@ -48,9 +49,9 @@ def scheme_column(quant: pl.Series) -> pl.Expr:
 def damage_points(points: pl.DataFrame) -> pl.DataFrame:
     """dL per (checkpoint, quantized spec) against the checkpoint's fp16 (else bf16) loss, with the
     16-bit loss (`base`) and its stderr (`base_stderr`)."""
-    loss = points.filter(pl.col("metric") == "loss")
+    loss = points.filter(pl.col("metric") == LOSS)
     base = (
-        loss.filter(pl.col("quant").is_in(["fp16", "bf16"]))
+        loss.filter(pl.col("quant").is_in(list(BASELINES)))
         .sort("quant", descending=True)  # fp16 before bf16
         .group_by(["family", "checkpoint_id"], maintain_order=True)
         .first()

@@ -1,12 +1,12 @@
 """Fit the k-bit inference scaling laws to a results table: the fit document and its long table.
 
-fit_laws() prepares the points (law_table.py), then computes, each in its own module:
-- the Pareto frontier of (total bits, quality) and the recommended precision (law_frontier.py);
-- the critical size S* and the loss power law over model sizes, per spec (law_scaling.py);
-- the quantization-damage laws across training (law_damage.py);
-- the joint law L(N, D, spec) over every checkpoint (law/joint.py, joint_fit.py): one entry, or a
+fit_laws() prepares the points (table.py), then computes, each in its own module:
+- the Pareto frontier of (total bits, quality) and the recommended precision (frontier.py);
+- the critical size S* and the loss power law over model sizes, per spec (scaling.py);
+- the quantization-damage laws across training (damage.py, damage_fit.py);
+- the joint law L(N, D, spec) over every checkpoint (joint.py, joint_fit.py): one entry, or a
   list when the results hold several families;
-- the per-spec linear curves in log2 total bits (law_table.py),
+- the per-spec linear curves in log2 total bits (scaling.py),
 and assembles the `fit --json` document (DESIGN.md) and the long table stored as fit.parquet.
 
 A number is never invented: a law with too little data reports "insufficient data" and nulls,

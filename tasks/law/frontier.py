@@ -19,6 +19,7 @@ import polars as pl
 
 from kbitlaw.law.budget import recommend_by_budget
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, table_rows
+from kbitlaw.vocab import LOSS, MEAN_ACC
 
 INSUFFICIENT = {"status": NO_DATA}
 
@@ -63,7 +64,7 @@ def fit_frontiers(latest: pl.DataFrame, config: FitConfig) -> tuple[dict, list, 
         scopes.append(("all", latest))
     recs, rows = [], []
     for scope, pts in scopes:
-        for metric, higher in (("mean_acc", True), ("loss", False)):
+        for metric, higher in ((MEAN_ACC, True), (LOSS, False)):
             m = pts.filter(pl.col("metric") == metric)
             rec = recommend_by_budget(
                 m,
@@ -110,7 +111,7 @@ def fit_frontiers(latest: pl.DataFrame, config: FitConfig) -> tuple[dict, list, 
     headline_scope = "all" if len(families) > 1 else (families[0] if families else None)
     by_key = {(r["family"], r["metric"]): r for r in recs}
     rec = headline_recommendation(
-        [by_key.get((headline_scope, m), {"status": NO_DATA}) for m in (config.recommend_metric, "loss")]
+        [by_key.get((headline_scope, m), {"status": NO_DATA}) for m in (config.recommend_metric, LOSS)]
     )
     return rec if rec["status"] == OK else dict(INSUFFICIENT), recs, rows
 

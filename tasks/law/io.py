@@ -1,6 +1,6 @@
 """Results in, fits out: read results (a file or the store) and fit incrementally into the store.
 
-A fit is keyed by results_sha, the hash of the canonical result rows (law_table.results_sha):
+A fit is keyed by results_sha, the hash of the canonical result rows (table.results_sha):
 - unchanged results: the stored fits/<sha>/fit.json is read back, nothing is refit;
 - changed results: the laws are refit, warm-started from the previous fit that fits/latest.json
   points at, and written as fits/<sha>/fit.parquet then fits/<sha>/fit.json (the JSON is written
@@ -24,7 +24,7 @@ from kbitlaw.law.document import LAW_VERSION, FitConfig, fit_laws
 from kbitlaw.law.paired import read_samples_store
 from kbitlaw.law.runs import looks_like_runs, runs_to_results
 from kbitlaw.law.table import REQUIRED_COLUMNS, ResultsError, normalise, require_usable, results_sha
-from kbitlaw.store import LATEST_FIT, Store, StoreError, clean_keys, fit_keys
+from kbitlaw.store import LATEST_FIT, Store, StoreError, clean_keys, fit_keys, result_keys
 
 LATEST = LATEST_FIT
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def read_results_store(store: Store, keys: list[str] | None = None) -> pl.DataFr
     dataset version that has since changed are not mixed into the fit.
     """
     if keys is None:
-        keys = [k for k in store.list("results") if k.endswith(".parquet")]
+        keys = result_keys(store)
     if not keys:
         raise ResultsError(f"{store.uri}: no results under results/")
     frames = []
@@ -150,7 +150,7 @@ def fit_store(store: Store, config: FitConfig | None = None, keys: list[str] | N
     if stored is not None and _same_settings(stored, config):
         outcome = StoredFit(stored, refitted=False, key=json_key)
     else:
-        keys = keys if keys is not None else [k for k in store.list("results") if k.endswith(".parquet")]
+        keys = keys if keys is not None else result_keys(store)
         samples = read_samples_store(store, keys)
         fit = fit_laws(results, config, previous=_previous_doc(store), samples=samples)
         store.write_parquet(parquet_key, fit.table)

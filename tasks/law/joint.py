@@ -30,6 +30,7 @@ from kbitlaw.law.common import OK, FitConfig
 from kbitlaw.law.damage import PARAMS as DAMAGE_PARAMS
 from kbitlaw.law.damage import DamageModel, fit_damage_model, free_columns, scheme_column, scheme_data
 from kbitlaw.law.solve import child_rng
+from kbitlaw.vocab import BASELINES, LOSS
 
 DEFAULT_FORM = "power"
 SIZE_TOLERANCE = 1.02  # sizes within 2% are one model size (published sizes are read off plots)
@@ -42,7 +43,7 @@ def loss_points(points: pl.DataFrame, family: str) -> pl.DataFrame:
     """The family's loss points with positive tokens, each with its `scheme` and size group."""
     df = points.filter(
         pl.col("family") == family,
-        pl.col("metric") == "loss",
+        pl.col("metric") == LOSS,
         pl.col("tokens_seen").is_finite(),
         pl.col("tokens_seen") > 0,
         pl.col("value").is_finite(),
@@ -67,7 +68,7 @@ def size_groups(n: pl.Series) -> pl.Series:
 def sixteen_bit(df: pl.DataFrame) -> pl.DataFrame:
     """One 16-bit loss per checkpoint: fp16, else bf16."""
     return (
-        df.filter(pl.col("quant").is_in(["fp16", "bf16"]))
+        df.filter(pl.col("quant").is_in(list(BASELINES)))
         .sort(["checkpoint_id", "quant"], descending=[False, True])
         .group_by("checkpoint_id", maintain_order=True)
         .first()
@@ -101,7 +102,7 @@ class JointLaw:
         est, boot = self.surface.loss(n, d)
         info = self.specs.get(quant)
         if info is None:
-            return (est, boot) if quant in ("fp16", "bf16") else None
+            return (est, boot) if quant in BASELINES else None
         if info.bits >= 16:
             return est, boot
         model = self.damage.get(info.scheme)

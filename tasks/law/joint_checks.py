@@ -10,6 +10,7 @@ import polars as pl
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, extrapolation_entry, num
 from kbitlaw.law.damage import fit_damage
 from kbitlaw.law.joint import JointLaw, choose_forms, fit_joint, warm_theta
+from kbitlaw.vocab import LOSS
 
 RUNNING_CHECK_KEEP = 1000  # running-check entries kept across fits
 
@@ -28,7 +29,7 @@ def predict_points(law: JointLaw, held: pl.DataFrame, name: str, level: float) -
             name,
             law.family,
             r["quant"],
-            "loss",
+            LOSS,
             r["checkpoint_id"],
             float(est[0]),
             boot[:, 0],

@@ -17,6 +17,7 @@ from kbitlaw.law.joint_checks import held_out_checks, running_check
 from kbitlaw.law.joint_model import JointModel
 from kbitlaw.law.predict import runs_in_progress
 from kbitlaw.law.solve import interval
+from kbitlaw.vocab import LOSS
 
 HORIZON = 4.0  # the heading figure draws each size out to this many times its latest tokens
 
@@ -123,7 +124,7 @@ def heading_rows(law: JointLaw, df: pl.DataFrame, level: float, n_grid: int) -> 
             "observed",
             "joint",
             family=law.family,
-            metric="loss",
+            metric=LOSS,
             quant=df["quant"],
             bits=df["bits"],
             n_params=df["n_params"],
@@ -155,7 +156,7 @@ def heading_rows(law: JointLaw, df: pl.DataFrame, level: float, n_grid: int) -> 
             if pred is None:
                 continue
             est, boot = pred
-            curves = [("joint", "loss", est, boot)]
+            curves = [("joint", LOSS, est, boot)]
             if info.bits < 16:  # the damage on its own, from the same replicates (paired)
                 curves.append(("joint_damage", "delta_loss", est - base_est, boot - base_boot[: len(boot)]))
             for name, metric, fitted, replicates in curves:

@@ -16,7 +16,8 @@ import math
 
 import polars as pl
 
-from kbitlaw.law.table import ACCURACY_KINDS
+from kbitlaw.store import SAMPLES, parse_result_key, samples_key
+from kbitlaw.vocab import ACC_OF, ACCURACY_KINDS, is_accuracy
 
 SAMPLE_COLUMNS = {"id": pl.String, "correct": pl.Float64, "loss": pl.Float64, "n_tokens": pl.Float64}
 
@@ -25,8 +26,8 @@ def read_samples_store(store, result_keys: list[str]) -> pl.DataFrame | None:
     """The per-example scores of the given results keys, long: checkpoint_id, quant, dataset, kind,
     id, correct (accuracy kinds), loss and n_tokens (perplexity). Results without samples (stores
     older than samples) are left out; None when none has any."""
-    wanted = {k.replace("results/", "samples/", 1): k for k in result_keys if k.startswith("results/")}
-    present = set(store.list("samples")) & set(wanted)
+    wanted = {samples_key(*parts): k for k in result_keys if (parts := parse_result_key(k))}
+    present = set(store.list(SAMPLES)) & set(wanted)
     if not present:
         return None
     # the result beside each samples file names its checkpoint, spec and dataset (one batched read)
@@ -74,10 +75,10 @@ def paired_samples(
     has samples for both specs."""
     if samples is None:
         return None
-    if metric == "mean_acc" or metric.startswith("acc:"):
+    if is_accuracy(metric):
         rows = samples.filter(pl.col("kind").is_in(ACCURACY_KINDS))
-        if metric.startswith("acc:"):
-            rows = rows.filter(pl.col("dataset") == metric.removeprefix("acc:"))
+        if metric.startswith(ACC_OF):
+            rows = rows.filter(pl.col("dataset") == metric.removeprefix(ACC_OF))
     else:
         rows = samples.filter(pl.col("kind") == "perplexity")
     diffs, variances = [], []

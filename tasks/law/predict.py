@@ -32,10 +32,10 @@ from kbitlaw.law.joint import JointLaw
 from kbitlaw.law.joint_model import JointModel, ModelError, Run, usable_part
 from kbitlaw.law.joint_model import in_progress as in_progress_runs
 from kbitlaw.status import NO_DATA, OK
+from kbitlaw.vocab import gb, gb_bits
 
 DEFAULT_THRESHOLD = 0.1  # nats
 TRUST = ("status", "points", "flagged", "rms_error", "n_params")  # what predict shows of a hold-out
-GB_BITS = 8e9
 UNBOUNDED_NATS = 100.0  # no language model's loss comes near it: an interval end past it is no bound
 LAW_PARAMS = ("E", "A", "alpha", "B", "beta")
 
@@ -80,7 +80,7 @@ def loss_at(law: JointLaw, n: float, d: float, level: float) -> list[dict]:
                 "quant": quant,
                 "bits": int(law.specs[quant].bits),
                 "bits_per_param": num(law.specs[quant].bits_per_param),
-                "memory_gb": num(law.memory_bits(n, quant) / GB_BITS),
+                "memory_gb": num(gb(law.memory_bits(n, quant))),
                 "loss": num(est[0]),
                 "ci": _ci(boot[:, 0], level),
                 "damage": num(est[0] - base_est[0]),
@@ -115,7 +115,7 @@ def budget(law: JointLaw, memory_gb: float, n: float, d: float, level: float, n_
     `beyond_range`: how many times the largest measured size (n_max) an option's size is."""
     options, draws = [], []
     for quant in spec_order(law):
-        size = size_for_memory(law, memory_gb * GB_BITS, quant)
+        size = size_for_memory(law, gb_bits(memory_gb), quant)
         pred = law.loss(np.array([size]), np.array([d]), quant)
         if pred is None:
             continue
@@ -139,7 +139,7 @@ def budget(law: JointLaw, memory_gb: float, n: float, d: float, level: float, n_
     for option, p in zip(options, wins, strict=True):
         option["p_best"] = num(p)
     best = min(options, key=lambda o: _order_key(o["loss"]))
-    fitting = [o["quant"] for o in options if law.memory_bits(n, o["quant"]) <= memory_gb * GB_BITS]
+    fitting = [o["quant"] for o in options if law.memory_bits(n, o["quant"]) <= gb_bits(memory_gb)]
     planned = loss_at(law, n, d, level)
     in_budget = [p for p in planned if p["quant"] in fitting]
     return {
@@ -282,7 +282,7 @@ def _check_request(n_params: float, tokens: float, memory_gb: float | None, thre
     finite = all(math.isfinite(v) for v in (n_params, tokens))
     if not (finite and n_params > 0 and tokens > 0):
         raise PredictError(f"--n-params and --tokens must be > 0, got {n_params:g} and {tokens:g}")
-    if memory_gb is not None and not (math.isfinite(memory_gb * GB_BITS) and memory_gb > 0):
+    if memory_gb is not None and not (math.isfinite(gb_bits(memory_gb)) and memory_gb > 0):
         raise PredictError(f"--memory-gb must be > 0, got {memory_gb:g}")
     if not (math.isfinite(threshold) and threshold > 0):
         raise PredictError(f"--threshold must be > 0 nats, got {threshold:g}")

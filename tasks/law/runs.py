@@ -25,6 +25,7 @@ import polars as pl
 
 from kbitlaw.law.table import ResultsError
 from kbitlaw.quant.spec import QuantSpec
+from kbitlaw.vocab import LOSS
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def runs_to_results(df: pl.DataFrame, name: str) -> tuple[pl.DataFrame, int]:
         outlier_pct=pl.col("quant").replace_strict(outliers, return_dtype=pl.Float64),
         dataset=pl.lit("published"),
         kind=pl.lit("perplexity"),
-        metric=pl.lit("loss"),
+        metric=pl.lit(LOSS),
         value=pl.col("loss"),
     ).with_columns(total_bits=pl.col("n_params") * pl.col("bits_per_param"))
     return out.drop("loss", "tokens", "flop", "excluded", strict=False), excluded

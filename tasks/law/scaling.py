@@ -2,8 +2,8 @@
 
 Both run per (family, quant spec, metric) on each size's latest checkpoint, with S = total model
 bits. Each group is also refit without its largest model, which is then predicted (the
-extrapolation check; its noise and the power law's prediction interval: law_holdout.py). All
-groups of a law, and their extrapolation refits, go through one batched bootstrap (law_fit.py).
+extrapolation check; its noise and the power law's prediction interval: holdout.py). All
+groups of a law, and their extrapolation refits, go through one batched bootstrap (nonlinear.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from kbitlaw.law.nonlinear import (
     power_law_predict,
 )
 from kbitlaw.law.threshold import ThresholdProblem, bootstrap_thresholds, threshold_bounds, threshold_predict
+from kbitlaw.vocab import ACC, ACC_OF, LOSS, MEAN_ACC
 
-ACCURACY_METRIC = (pl.col("metric") == "mean_acc") | pl.col("metric").str.starts_with("acc:")
+ACCURACY_METRIC = (pl.col("metric") == MEAN_ACC) | pl.col("metric").str.starts_with(ACC_OF)
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def _accuracy_arrays(comp: pl.DataFrame, group: SizeGroup, datasets: list[str]) 
     sub = comp.filter(
         pl.col("family") == group.family,
         pl.col("quant") == group.quant,
-        pl.col("component") == "acc",
+        pl.col("component") == ACC,
         pl.col("dataset").is_in(datasets),
     )
     lookup = {(r["checkpoint_id"], r["dataset"]): r for r in sub.iter_rows(named=True)}
@@ -232,13 +233,11 @@ def fit_thresholds(
 ) -> tuple[list, list, list]:
     """Critical size S* per (family, spec, accuracy metric): doc entries, checks, table rows."""
     groups = size_groups(latest, ACCURACY_METRIC)
-    acc_ds = (
-        comp.filter(pl.col("component") == "acc").group_by("family").agg(pl.col("dataset").unique().sort())
-    )
+    acc_ds = comp.filter(pl.col("component") == ACC).group_by("family").agg(pl.col("dataset").unique().sort())
     family_datasets = dict(zip(acc_ds["family"], acc_ds["dataset"].to_list(), strict=True))
 
     def datasets(g: SizeGroup) -> list[str]:
-        return family_datasets[g.family] if g.metric == "mean_acc" else [g.metric.removeprefix("acc:")]
+        return family_datasets[g.family] if g.metric == MEAN_ACC else [g.metric.removeprefix(ACC_OF)]
 
     def chance(g: SizeGroup) -> float | None:
         known = config.chance or {}
@@ -336,7 +335,7 @@ def fit_power_laws_by_spec(latest: pl.DataFrame, config: FitConfig, warm: Mappin
     from kbitlaw.law.common import json_safe
     from kbitlaw.law.gates import POWER_LAW, gate_params
 
-    groups = size_groups(latest, (pl.col("metric") == "loss") & (pl.col("value") > 0))
+    groups = size_groups(latest, (pl.col("metric") == LOSS) & (pl.col("value") > 0))
     full = _power_laws(groups, config, warm, drop_e=False, minimum=config.min_sizes_power_law)
     failing = [
         i
@@ -363,8 +362,8 @@ def _power_laws(
 
     def make(g: SizeGroup, keep: np.ndarray | None) -> PowerLawProblem:
         s, v = g.points["total_bits"].to_numpy(), g.points["value"].to_numpy()
-        w = None if drop_e else warm.get(("power_law", g.family, g.quant, "loss"))
-        key = f"power_law|{g.family}|{g.quant}|loss{tag}"
+        w = None if drop_e else warm.get(("power_law", g.family, g.quant, LOSS))
+        key = f"power_law|{g.family}|{g.quant}|{LOSS}{tag}"
         if keep is None:
             return PowerLawProblem(key, s, v, warm=w, drop_e=drop_e)
         s_next = float(s[~keep][0])
@@ -395,7 +394,7 @@ def power_law_checks(
     groups: list[SizeGroup], held: list, config: FitConfig, drop_e: bool = False
 ) -> list[dict | None]:
     """Each group's extrapolation check (None without a refit). The prediction interval is a
-    parametric bootstrap of the refit, all groups in one batch (law_holdout.py)."""
+    parametric bootstrap of the refit, all groups in one batch (holdout.py)."""
     noises, refits = {}, {}
     for i, (g, h) in enumerate(zip(groups, held, strict=True)):
         if h is None:

@@ -14,8 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from kbitlaw.law.table import RESULT_COLUMNS
 from kbitlaw.quant.spec import QuantSpec
+from kbitlaw.vocab import (
+    ACC,
+    ACC_NORM,
+    BITS_PER_BYTE,
+    BYTE_PERPLEXITY,
+    LOSS,
+    PERPLEXITY,
+    RESULT_COLUMNS,
+    WORD_PERPLEXITY,
+)
 
 EMBEDDING_SHARE = 0.15  # parameters that stay 16-bit (embeddings, LM head)
 
@@ -118,17 +127,17 @@ def simulate_results(
             observed = loss * np.exp(world.loss_noise * noise)
             if ds.kind == "perplexity":
                 metrics = {
-                    "loss": observed,
-                    "word_perplexity": np.exp(observed * 1.3),
-                    "byte_perplexity": np.exp(observed / 4),
-                    "bits_per_byte": observed / 4 / np.log(2),
+                    LOSS: observed,
+                    WORD_PERPLEXITY: np.exp(observed * 1.3),
+                    BYTE_PERPLEXITY: np.exp(observed / 4),
+                    BITS_PER_BYTE: observed / 4 / np.log(2),
                 }
                 stderr = observed * world.loss_noise  # the evaluation noise, known here
             else:
                 p = np.clip((acc_fn or (lambda l_, ds_, _: world.accuracy(l_, ds_)))(loss, ds, total), 0, 1)
                 acc = rng.binomial(ds.n_examples, p) / ds.n_examples
-                metrics = {"acc": acc}
-                metrics["acc_norm" if ds.kind == "multiple_choice" else "perplexity"] = (
+                metrics = {ACC: acc}
+                metrics[ACC_NORM if ds.kind == "multiple_choice" else PERPLEXITY] = (
                     np.clip(acc + 0.01, 0, 1) if ds.kind == "multiple_choice" else np.exp(observed)
                 )
                 stderr = np.sqrt(acc * (1 - acc) / ds.n_examples)
@@ -145,7 +154,7 @@ def simulate_results(
                             "n_params_quantized": n_q.astype(np.int64),
                             "total_bits": total,
                             "value": value,
-                            "stderr": stderr if metric in ("acc", "loss") else np.full(len(n), np.nan),
+                            "stderr": stderr if metric in (ACC, LOSS) else np.full(len(n), np.nan),
                             "n_examples": np.full(len(n), ds.n_examples, dtype=np.int64),
                         }
                     ).with_columns(

@@ -16,17 +16,17 @@ import polars as pl
 
 from kbitlaw.law.paired import paired_samples
 from kbitlaw.status import NO_DATA  # noqa: F401  (re-exported to the report modules)
+from kbitlaw.vocab import LOSS, MEAN_ACC
 
 Z = 2.0  # standard errors for a difference to count as real (about 95% two-sided)
 SUPPORTED = "supported"
 CONTRADICTED = "contradicted"
 INCONCLUSIVE = "inconclusive"
 NOT_TESTABLE = "not testable with this grid"
-BASELINES = ("fp16", "bf16")  # the unquantized references
 
 
 def higher_is_better(metric: str) -> bool:
-    return metric != "loss"
+    return metric != LOSS
 
 
 def score(points: pl.DataFrame, metric: str) -> pl.DataFrame:
@@ -107,7 +107,7 @@ def paired(
     both = a.join(b, on="checkpoint_id", suffix="_b")
     if both.height == 0:
         return None
-    metric = scored["metric"][0] if "metric" in scored.columns and scored.height else "mean_acc"
+    metric = scored["metric"][0] if "metric" in scored.columns and scored.height else MEAN_ACC
     by_example = paired_samples(samples, both["checkpoint_id"].to_list(), quant_a, quant_b, metric)
     if by_example is not None:
         return Diff(*by_example)

@@ -16,33 +16,17 @@ from __future__ import annotations
 
 import polars as pl
 
-RESULT_COLUMNS = (
-    "checkpoint_id",
-    "checkpoint_uri",
-    "family",
-    "step",
-    "tokens_seen",
-    "n_params",
-    "n_params_quantized",
-    "quant",
-    "dtype",
-    "bits",
-    "block_size",
-    "outlier_pct",
-    "bits_per_param",
-    "total_bits",
-    "dataset",
-    "dataset_sha",
-    "kind",
-    "metric",
-    "value",
-    "stderr",
-    "n_examples",
-    "seconds",
-    "device",
-    "kbitlaw_version",
-    "created_at",
+from kbitlaw.vocab import (
+    ACC,
+    ACC_OF,
+    ACCURACY_KINDS,
+    LATER_COLUMNS,
+    LOSS,
+    MEAN_ACC,
+    RESULT_COLUMNS,
+    VOLATILE_COLUMNS,
 )
+
 REQUIRED_COLUMNS = (
     "checkpoint_id",
     "family",
@@ -70,7 +54,6 @@ FLOAT_COLUMNS = (
     "tokens_planned",  # optional, not in RESULT_COLUMNS: counted in results_sha like `calibration`
 )
 STRING_COLUMNS = ("checkpoint_id", "family", "quant", "dtype", "dataset", "kind", "metric", "calibration")
-ACCURACY_KINDS = ("multiple_choice", "cloze")
 POINT_KEYS = ("family", "checkpoint_id", "quant")
 
 
@@ -151,13 +134,13 @@ def components(df: pl.DataFrame) -> pl.DataFrame:
 
     tokens_planned is the checkpoint's across all its rows: results cached under its fingerprint
     before the sidecar gave a plan have none, and would otherwise leave some points without it."""
-    wanted = (pl.col("kind").is_in(ACCURACY_KINDS) & (pl.col("metric") == "acc")) | (
-        (pl.col("kind") == "perplexity") & (pl.col("metric") == "loss")
+    wanted = (pl.col("kind").is_in(ACCURACY_KINDS) & (pl.col("metric") == ACC)) | (
+        (pl.col("kind") == "perplexity") & (pl.col("metric") == LOSS)
     )
     return (
         df.filter(wanted)
         .with_columns(
-            component=pl.when(pl.col("metric") == "acc").then(pl.lit("acc")).otherwise(pl.lit("loss")),
+            component=pl.when(pl.col("metric") == ACC).then(pl.lit(ACC)).otherwise(pl.lit(LOSS)),
             tokens_planned=pl.col("tokens_planned").max().over(["family", "checkpoint_id"]),
         )
         .group_by([*POINT_KEYS, "component", "dataset"])
@@ -171,8 +154,8 @@ def metric_points(comp: pl.DataFrame) -> tuple[pl.DataFrame, int]:
 
     Returns the table and the number of (point, mean metric) pairs left out as incomplete.
     """
-    per_dataset = comp.filter(pl.col("component") == "acc").with_columns(
-        metric=pl.lit("acc:") + pl.col("dataset"), n_datasets=pl.lit(1, dtype=pl.UInt32)
+    per_dataset = comp.filter(pl.col("component") == ACC).with_columns(
+        metric=pl.lit(ACC_OF) + pl.col("dataset"), n_datasets=pl.lit(1, dtype=pl.UInt32)
     )
     # The family's dataset set per component; a mean is only taken over all of it.
     need = comp.group_by(["family", "component"]).agg(n_need=pl.col("dataset").n_unique())
@@ -190,7 +173,7 @@ def metric_points(comp: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     complete = means.filter(pl.col("n_datasets") == pl.col("n_need"))
     incomplete = means.height - complete.height
     complete = complete.with_columns(
-        metric=pl.when(pl.col("component") == "acc").then(pl.lit("mean_acc")).otherwise(pl.lit("loss"))
+        metric=pl.when(pl.col("component") == ACC).then(pl.lit(MEAN_ACC)).otherwise(pl.lit(LOSS))
     )
     cols = [
         *POINT_KEYS,
@@ -253,11 +236,6 @@ def matched_per_size(points: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, str]
             picked.append(latest_per_size(fam))
             how[family] = "latest checkpoint of each size (no token count shared by two sizes)"
     return (pl.concat(picked) if picked else points.head(0)), how
-
-
-VOLATILE_COLUMNS = ("seconds", "created_at", "device", "kbitlaw_version")
-# Columns added after results were first hashed: each counts only where some row has a value.
-LATER_COLUMNS = ("calibration", "tokens_planned")
 
 
 def results_sha(df: pl.DataFrame) -> str:

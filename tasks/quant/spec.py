@@ -14,9 +14,10 @@ import math
 import re
 from dataclasses import dataclass, replace
 
+from kbitlaw.vocab import BASELINES
+
 DTYPES = ("int", "fp", "nf", "quantile", "dynamic")
 MIN_BITS, MAX_BITS = 2, 8
-BASELINES = ("fp16", "bf16")
 MIN_BLOCK, MAX_BLOCK = 16, 4096
 SCALE_BITS = 16  # an fp16 (default) or bf16 block scale
 # How a block's scale is stored, and its bits: fp16/bf16 absmax (the paper's), e8m0 (a power of two,

@@ -1,6 +1,6 @@
 """The report's figures, drawn with matplotlib's object API (no pyplot: no global state, any thread).
 
-Each function takes one family's points (law_table points, `latest`: each size's latest checkpoint),
+Each function takes one family's points (law/table.py's points, `latest`: each size's latest checkpoint),
 the fit document and/or its long table (fit.parquet), and returns a Figure record: PNG bytes, or
 no image and a note saying why ("not testable with this grid", "insufficient data").
 Numbers drawn are measured points and fitted curves from the fit; nothing is smoothed or invented.
@@ -16,7 +16,8 @@ import numpy as np
 import polars as pl
 
 from kbitlaw.law.claims import best_per_bits, headline_metric, specs_of
-from kbitlaw.law.stats import BASELINES, NO_DATA, NOT_TESTABLE, higher_is_better, score
+from kbitlaw.law.stats import NO_DATA, NOT_TESTABLE, higher_is_better, score
+from kbitlaw.vocab import ACC_OF, BASELINES, LOSS, MEAN_ACC, gb, gb_bits
 
 DPI = 100
 WIDTH = 11.0  # inches: 1100 px, readable in a 1280 px window
@@ -36,7 +37,7 @@ DTYPE_COLORS = {
     "int": "#d62728",
     "dynamic": "#9467bd",
 }
-METRIC_LABEL = {"mean_acc": "Mean zero-shot accuracy", "loss": "Loss (nats/token, lower is better)"}
+METRIC_LABEL = {MEAN_ACC: "Mean zero-shot accuracy", LOSS: "Loss (nats/token, lower is better)"}
 TOTAL_BITS = "Total model bits (log scale)"
 
 
@@ -55,7 +56,7 @@ def bit_color(k: int) -> str:
 
 
 def metric_label(metric: str) -> str:
-    return METRIC_LABEL.get(metric, f"Accuracy on {metric.removeprefix('acc:')}")
+    return METRIC_LABEL.get(metric, f"Accuracy on {metric.removeprefix(ACC_OF)}")
 
 
 def new_figure(ncols: int = 1, height: float = 5.2):
@@ -77,8 +78,8 @@ def png(fig) -> bytes:
 
 
 def memory_axis(ax) -> None:
-    """A second x axis on top in gigabytes (total bits / 8e9), for the reader who thinks in GPU memory."""
-    top = ax.secondary_xaxis("top", functions=(lambda b: b / 8e9, lambda g: g * 8e9))
+    """A second x axis on top in gigabytes of the total bits, for the reader who thinks in GPU memory."""
+    top = ax.secondary_xaxis("top", functions=(gb, gb_bits))
     top.set_xlabel("Memory (GB)", fontsize=10)
     top.tick_params(labelsize=9)
 
@@ -101,7 +102,7 @@ def scaling_plot(latest: pl.DataFrame, table: pl.DataFrame, family: str, scope: 
         "budget on the x axis, the best model that fits. Dettmers & Zettlemoyer found 4-bit on it almost "
         "everywhere."
     )
-    metrics = [m for m in ("mean_acc", "loss") if (latest["metric"] == m).any()]
+    metrics = [m for m in (MEAN_ACC, LOSS) if (latest["metric"] == m).any()]
     if not metrics:
         return Figure("scaling", title, caption, note=NO_DATA)
     fig, axes = new_figure(len(metrics), height=5.6)
@@ -154,15 +155,15 @@ def versus_baseline(latest: pl.DataFrame, metric: str) -> tuple[pl.DataFrame, st
     )
     if base.height == 0:
         return pts.with_columns(y=pl.col("value")), metric_label(metric)
-    sign = 1.0 if metric == "loss" else -1.0
+    sign = 1.0 if metric == LOSS else -1.0
     damaged = pts.join(base, on="checkpoint_id").with_columns(y=(pl.col("value") - pl.col("base")) * sign)
-    label = "Loss increase over 16-bit (nats/token)" if metric == "loss" else "Accuracy lost vs 16-bit"
+    label = "Loss increase over 16-bit (nats/token)" if metric == LOSS else "Accuracy lost vs 16-bit"
     return damaged, label
 
 
 def dtype_plot(latest: pl.DataFrame, family: str) -> Figure:
     """At 3 and 4 bits: one line per data type, at the block size where most types were run."""
-    metric = "loss" if (latest["metric"] == "loss").any() else headline_metric(latest)
+    metric = LOSS if (latest["metric"] == LOSS).any() else headline_metric(latest)
     title = "Data types compared at 3 and 4 bits"
     caption = (
         "Same bit width and block size, one line per spec, drawn as the damage against the same "

@@ -13,8 +13,8 @@ import polars as pl
 from kbitlaw.law.fitdoc import FitDocument, entries, interval, joint_law_for, number, status, usable
 from kbitlaw.law.stats import NO_DATA
 from kbitlaw.report.figures import Figure, bit_color, empty_note, new_figure, png
+from kbitlaw.vocab import BASELINES
 
-SIXTEEN = ("fp16", "bf16")
 TOKENS_LABEL = "Training tokens seen (log scale)"
 
 
@@ -42,7 +42,7 @@ def joint_rows(table: pl.DataFrame, family: str) -> tuple[pl.DataFrame, pl.DataF
 
 
 def sixteen_bit_quant(quants: list[str]) -> str | None:
-    return next((q for q in SIXTEEN if q in quants), None)
+    return next((q for q in BASELINES if q in quants), None)
 
 
 def quantized_specs(fit: pl.DataFrame, size: float, base: str, d_last: float, preferred: str | None) -> list:

@@ -13,7 +13,7 @@ import polars as pl
 
 from kbitlaw.law.claims import best_per_bits
 from kbitlaw.law.fitdoc import FitDocument, describe, interval, number, text, usable
-from kbitlaw.law.stats import BASELINES, NO_DATA, NOT_TESTABLE, score
+from kbitlaw.law.stats import NO_DATA, NOT_TESTABLE, score
 from kbitlaw.quant.spec import QuantSpec
 from kbitlaw.report.figures import (
     TOTAL_BITS,
@@ -24,6 +24,7 @@ from kbitlaw.report.figures import (
     new_figure,
     png,
 )
+from kbitlaw.vocab import BASELINES, MEAN_ACC
 
 SPEC_COLORS = ("#1f77b4", "#444444", "#d62728", "#2ca02c")
 
@@ -54,9 +55,9 @@ def threshold_specs(latest: pl.DataFrame, fit: FitDocument, family: str) -> list
     fits = {
         e["quant"]: e
         for e in family_entries(fit, "threshold", family)
-        if e.get("metric") == "mean_acc" and isinstance(e.get("quant"), str) and drawable(e, "s_star_bits")
+        if e.get("metric") == MEAN_ACC and isinstance(e.get("quant"), str) and drawable(e, "s_star_bits")
     }
-    best = best_per_bits(score(latest, "mean_acc")) if (latest["metric"] == "mean_acc").any() else {}
+    best = best_per_bits(score(latest, MEAN_ACC)) if (latest["metric"] == MEAN_ACC).any() else {}
     wanted = [fit.recommendation.get("quant"), *BASELINES, best.get(3), best.get(8)]
     chosen: list[str] = []
     for q in wanted:
@@ -76,12 +77,12 @@ def threshold_plot(latest: pl.DataFrame, table: pl.DataFrame, doc: dict, family:
     fit = FitDocument.of(doc)
     entries = threshold_specs(latest, fit, family)
     if not entries:
-        on_acc = [e for e in family_entries(fit, "threshold", family) if e.get("metric") == "mean_acc"]
+        on_acc = [e for e in family_entries(fit, "threshold", family) if e.get("metric") == MEAN_ACC]
         return Figure(
             "threshold", title, caption, note=not_drawn_note(on_acc, "threshold fit on mean accuracy")
         )
     fig, (ax,) = new_figure(1, height=5.6)
-    pts = latest.filter(pl.col("metric") == "mean_acc")
+    pts = latest.filter(pl.col("metric") == MEAN_ACC)
     shown: list[float | None] = []  # S* and its interval ends, kept in view near the data
     for color, e in zip(SPEC_COLORS, entries, strict=False):
         q = e["quant"]
@@ -91,7 +92,7 @@ def threshold_plot(latest: pl.DataFrame, table: pl.DataFrame, doc: dict, family:
             pl.col("law") == "threshold",
             pl.col("family") == family,
             pl.col("quant") == q,
-            pl.col("metric") == "mean_acc",
+            pl.col("metric") == MEAN_ACC,
         ).sort("total_bits")
         s_star, ci = number(e["s_star_bits"]), interval(e.get("ci"))
         label = f"{q}: S* = {s_star:.3g} bits" + (

@@ -13,13 +13,12 @@ import polars as pl
 
 from kbitlaw.law.fitdoc import FitDocument, describe, interval, number, path, status, strings, text, usable
 from kbitlaw.status import FAILED, NO_DATA, OK
-from kbitlaw.store import Store, StoreError, clean_keys
+from kbitlaw.store import Store, StoreError, clean_keys, key_name, validation_prefix
+from kbitlaw.vocab import LOSS, MEAN_ACC, METRIC_WORDS, gb
 
-METRIC_NAME = {"mean_acc": "mean zero-shot accuracy", "loss": "loss"}
 
-
-def gb(bits: float) -> str:
-    return f"{bits / 8e9:.3g} GB"
+def gb_text(bits: float) -> str:
+    return f"{gb(bits):.3g} GB"
 
 
 def frontier_rows(table: pl.DataFrame, family: str, metric: str) -> pl.DataFrame:
@@ -58,12 +57,12 @@ def family_recommendation(fit: FitDocument, family: str) -> tuple[dict | None, s
     top = fit.recommendation
     if top.get("family") in (family, None) and not usable(top):
         return None, status(top), describe(top)
-    wanted = text(top.get("metric")) or "mean_acc"
+    wanted = text(top.get("metric")) or MEAN_ACC
     recs: dict[str, dict] = {}
     for r in fit.entries("recommendations"):
         if r.get("family") == family and isinstance(r.get("metric"), str):
             recs.setdefault(r["metric"], r)
-    for metric in (wanted, "mean_acc", "loss"):
+    for metric in (wanted, MEAN_ACC, LOSS):
         r = recs.get(metric)
         if (
             r is not None
@@ -103,7 +102,7 @@ def shares(x: Any) -> dict[str, float]:
 def confidence(rec: dict, ranges: list[list[float]], n_sizes: int) -> str:
     """Plain sentences: which width wins at equal memory, how sure (P(best) under the evaluation
     noise), and the contenders when it is not clear."""
-    metric = METRIC_NAME.get(rec["metric"], rec["metric"])
+    metric = METRIC_WORDS.get(rec["metric"], rec["metric"])
     k, share_ = rec["bits"], rec["budget_share"]
     p_best = {int(w): p for w, p in rec["p_best"].items()}
     spec_share = rec["shares_by_quant"].get(rec["quant"], share_)
@@ -132,7 +131,7 @@ def recommendation_summary(fit: FitDocument, table: pl.DataFrame, family: str, n
     rec, state, why = family_recommendation(fit, family)
     if rec is None:
         return {"status": state, "reason": why}
-    metric = text(rec.get("metric"), "mean_acc")
+    metric = text(rec.get("metric"), MEAN_ACC)
     front = frontier_rows(table, family, metric)
     ranges = budget_ranges(front, rec["quant"])
     frontier_share = share(rec.get("frontier_share"))
@@ -161,7 +160,7 @@ def s_star_summary(fit: FitDocument, family: str, quant: str | None) -> dict:
         (
             e
             for e in fit.entries("threshold")
-            if e.get("family") == family and e.get("quant") == quant and e.get("metric") == "mean_acc"
+            if e.get("family") == family and e.get("quant") == quant and e.get("metric") == MEAN_ACC
         ),
         None,
     )
@@ -192,9 +191,7 @@ def s_star_summary(fit: FitDocument, family: str, quant: str | None) -> dict:
 def headline_lines(rec: dict, s_star: dict, claims: list[dict], fit: FitDocument, family: str) -> list[str]:
     lines = []
     if rec["status"] == "ok":
-        spans = [
-            f"{lo:.2g}–{hi:.2g} bits ({lo / 8e9:.2g}–{hi / 8e9:.2g} GB)" for lo, hi in rec["budgets_bits"]
-        ]
+        spans = [f"{lo:.2g}–{hi:.2g} bits ({gb(lo):.2g}–{gb(hi):.2g} GB)" for lo, hi in rec["budgets_bits"]]
         more = f" and {len(spans) - 3} more stretches" if len(spans) > 3 else ""
         lines.append(
             f"{rec['quant']} is on the Pareto frontier at budgets {'; '.join(spans[:3]) or '(none)'}{more}."
@@ -205,7 +202,7 @@ def headline_lines(rec: dict, s_star: dict, claims: list[dict], fit: FitDocument
         where = "" if s_star.get("in_range") else " (outside the measured sizes: an extrapolation)"
         lines.append(
             f"Critical size S* at {s_star['quant']}: {s_star['s_star_bits']:.3g} bits "
-            f"({gb(s_star['s_star_bits'])}){interval_}{where}; accuracy is halfway from chance to its "
+            f"({gb_text(s_star['s_star_bits'])}){interval_}{where}; accuracy is halfway from chance to its "
             "ceiling there."
         )
     else:
@@ -342,7 +339,7 @@ def datasets_from_store(store: Store, versions: list[tuple[str, str]]) -> list[d
             clean = clean_keys(name, sha)["summary"]
             if store.exists(clean):
                 entry["summary"], entry["status"] = store.read_json(clean), "-"
-            pages = [k for k in store.list(f"datasets/validation/{name}") if sha in k.rsplit("/", 1)[-1]]
+            pages = [k for k in store.list(validation_prefix(name)) if sha in key_name(k)]
             vjson = next((k for k in pages if k.endswith(".json")), None)
             vhtml = next((k for k in pages if k.endswith(".html")), None)
             if vjson:

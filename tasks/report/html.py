@@ -17,6 +17,7 @@ from typing import Any
 
 from kbitlaw.law.fitdoc import describe, interval, number, path, strings, text, usable
 from kbitlaw.report.figures import Figure
+from kbitlaw.vocab import gb
 
 MAX_TABLE_ROWS = 3000  # the metrics table; beyond this the fit's table (fit.parquet) is the reference
 
@@ -236,7 +237,7 @@ def threshold_table(entries: list[dict]) -> str:
                 esc(e.get("metric")),
                 fmt(s_star if ok else None),
                 f"{fmt(lo)} – {fmt(hi)}" if ok and None not in (lo, hi) else "-",
-                fmt(s_star / 8e9 if ok and s_star is not None else None),
+                fmt(gb(s_star) if ok and s_star is not None else None),
                 fmt(number(e.get("n_sizes")), "g"),
                 status_cell(e),
             ]

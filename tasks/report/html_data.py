@@ -9,6 +9,7 @@ import polars as pl
 
 from kbitlaw.report.html import MAX_TABLE_ROWS, esc, fmt, link, table
 from kbitlaw.report.inputs import PREDATES_POINTS
+from kbitlaw.vocab import ACC_OF, LOSS, MEAN_ACC
 
 
 def metrics_html(points: pl.DataFrame, predates: bool = False) -> str:
@@ -29,8 +30,8 @@ def metrics_html(points: pl.DataFrame, predates: bool = False) -> str:
         attrs, on=keys, how="left", nulls_equal=True
     )
     wide = wide.sort(["n_params", "tokens_seen", "bits", "quant"], descending=[False, False, True, False])
-    metrics = [m for m in ("mean_acc", "loss") if m in wide.columns] + sorted(
-        c for c in wide.columns if c.startswith("acc:")
+    metrics = [m for m in (MEAN_ACC, LOSS) if m in wide.columns] + sorted(
+        c for c in wide.columns if c.startswith(ACC_OF)
     )
     shown = wide.head(MAX_TABLE_ROWS)
     rows = [

@@ -13,6 +13,7 @@ from typing import Any
 from kbitlaw.law.fitdoc import describe, entries, interval, number, path, strings, text, usable
 from kbitlaw.law.predict import UNBOUNDED_NATS
 from kbitlaw.report.html import esc, fmt, table
+from kbitlaw.vocab import BASELINES
 
 RUNNING_CHECK_ROWS = 30  # the newest running-check entries shown
 DAMAGE_LAWS = {
@@ -165,7 +166,7 @@ def newest_first(entries: list[dict]) -> list[dict]:
             -batches[str(e.get("predicted_by"))],
             -(number(e.get("tokens_seen")) or 0.0),
             -(number(e.get("n_params")) or 0.0),
-            e.get("quant") not in ("fp16", "bf16"),
+            e.get("quant") not in BASELINES,
             str(e.get("quant")),
         )
 

@@ -16,7 +16,7 @@ import polars as pl
 
 from kbitlaw.law.common import POINT_COLUMNS, TABLE_SCHEMA
 from kbitlaw.law.fitdoc import FitDocument, text
-from kbitlaw.store import Store, StoreError
+from kbitlaw.store import Store, StoreError, fit_table_key, parse_fit_key
 
 # The points' columns as the figures and tables read them (the law stage's names for them).
 POINT_SCHEMA = {c: TABLE_SCHEMA[c] for c in POINT_COLUMNS}
@@ -106,16 +106,9 @@ def dataset_versions(fit: FitDocument) -> list[tuple[str, str]]:
     ]
 
 
-def table_key(fit_key: str) -> str:
-    """fit.parquet beside fit.json: found from the document's key, not from its (maybe broken)
-    results_sha."""
-    head, _, _ = fit_key.rpartition("/")
-    return f"{head}/fit.parquet" if head else "fit.parquet"
-
-
 def load_inputs(store: Store, fit_key: str, doc: Any, results_keys: list[str] | None = None) -> Inputs:
     """The report's inputs from the document (already read) and the table stored beside it."""
-    table, problems = read_table(store, table_key(fit_key))
+    table, problems = read_table(store, fit_table_key(fit_key))  # not from its (maybe broken) results_sha
     return inputs_from(doc, table, results_keys, problems)
 
 
@@ -142,8 +135,7 @@ def report_sha(fit_key: str, doc: Any) -> str:
     """The results sha the report is filed under: the one in the fit's key (fits/<sha>/fit.json),
     which names what was fitted whatever the document says; else the document's, when it is a
     plain hex string (a key part from a broken document must not leave reports/); else 'unknown'."""
-    parts = fit_key.split("/")
-    if len(parts) == 3 and parts[0] == "fits" and parts[2] == "fit.json" and parts[1] not in ("", ".", ".."):
-        return parts[1]
+    if (from_key := parse_fit_key(fit_key)) is not None:
+        return from_key
     sha = text(doc.get("results_sha")) if isinstance(doc, dict) else ""
     return sha if re.fullmatch(r"[0-9a-f]{8,128}", sha) else "unknown"

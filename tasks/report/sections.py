@@ -30,6 +30,7 @@ from kbitlaw.report.html_data import RawHtml, datasets_html, metrics_html, prove
 from kbitlaw.report.html_joint import in_progress_html, joint_law_html, running_check_table
 from kbitlaw.report.inputs import PREDATES_POINTS, Inputs, as_key
 from kbitlaw.store import Store
+from kbitlaw.vocab import MEAN_ACC
 
 # id, title (the title names a figure that failed before it could say its own)
 FIGURES = (
@@ -77,8 +78,8 @@ def laws_html(guard: Guard, inp: Inputs, by_id: dict[str, str]) -> str:
     lists every entry of the family, with numbers only for the ok ones."""
     fam = inp.family
     mine = {s: [e for e in inp.fit.entries(s) if e.get("family") == fam] for s in ("threshold", "power_law")}
-    on_acc = [e for e in mine["threshold"] if e.get("metric") == "mean_acc"]
-    per_dataset = [e for e in mine["threshold"] if e.get("metric") != "mean_acc"]
+    on_acc = [e for e in mine["threshold"] if e.get("metric") == MEAN_ACC]
+    per_dataset = [e for e in mine["threshold"] if e.get("metric") != MEAN_ACC]
     damage = [e for e in inp.fit.entries("damage") if e.get("family") == fam]
     checks = [c for c in inp.fit.entries("extrapolation") if c.get("family") == fam]
     return (

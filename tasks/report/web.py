@@ -24,18 +24,15 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import PurePosixPath
 
-from kbitlaw.store import LATEST_REPORT, Store, StoreError, report_key, validate_key, validation_keys
+from kbitlaw.store import LATEST_REPORT, REPORTS, VALIDATION, Store, StoreError, validate_key
 
 REPORT_URL_ENV = "KBITLAW_REPORT_URL"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 
-# What may be served, derived from the layout's key builders so that a change of layout cannot
-# silently widen it: "reports/" and "datasets/validation/".
-SERVED_PREFIXES = (
-    report_key("sha").split("/", 1)[0] + "/",
-    validation_keys("name", "sha")["html"].rsplit("/", 2)[0] + "/",
-)
+# What may be served, the layout's own prefixes (so that a change of layout cannot silently widen
+# it): "reports/" and "datasets/validation/".
+SERVED_PREFIXES = (f"{REPORTS}/", f"{VALIDATION}/")
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".png": "image/png",
