@@ -16,11 +16,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kbitlaw.law.damage import fit_damage  # noqa: E402
+from kbitlaw.law.damage.law import fit_damage  # noqa: E402
 from kbitlaw.law.document import FitConfig, fit_laws  # noqa: E402
-from kbitlaw.law.frontier import fit_frontiers  # noqa: E402
-from kbitlaw.law.scaling import fit_power_laws_by_spec, fit_thresholds, linear_curves  # noqa: E402
+from kbitlaw.law.recommend.frontier import fit_frontiers  # noqa: E402
 from kbitlaw.law.sim import simulate_results  # noqa: E402
+from kbitlaw.law.size.fit import fit_power_laws_by_spec, fit_thresholds, linear_curves  # noqa: E402
 from kbitlaw.law.table import (  # noqa: E402
     components,
     drop_unusable,

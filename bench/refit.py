@@ -5,7 +5,7 @@ one with the most tokens_seen among the largest n_params, all its rows); then, i
 (warm, cold, warm, cold, ...) for --repeats runs each:
   - warm: fit_laws(all results, config, previous=previous.doc)
   - cold: fit_laws(all results, config)
-and the same for the joint law alone (law/joint_fit.py fit_joint_laws, damage laws fitted once).
+and the same for the joint law alone (law/joint/fit.py fit_joint_laws, damage laws fitted once).
 The config is the nightly's: FitConfig(chance=default_chance(results)), --boot resamples.
 
 Inputs: (a) the demo family in a store (--store, default .kbitlaw/store; skipped when it has no
@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kbitlaw.law.common import OK  # noqa: E402
-from kbitlaw.law.damage import fit_damage  # noqa: E402
+from kbitlaw.law.damage.law import fit_damage  # noqa: E402
 from kbitlaw.law.document import FitConfig, fit_laws  # noqa: E402
 from kbitlaw.law.io import default_chance, read_results_store  # noqa: E402
-from kbitlaw.law.joint_fit import fit_joint_laws  # noqa: E402
+from kbitlaw.law.joint.fit import fit_joint_laws  # noqa: E402
 from kbitlaw.law.sim import simulate_results  # noqa: E402
 from kbitlaw.law.table import components, drop_unusable, metric_points, normalise  # noqa: E402
 from kbitlaw.store import Store  # noqa: E402

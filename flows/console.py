@@ -88,7 +88,7 @@ def predict_command(
 ) -> int:
     """`kbitlaw predict`: the stored joint law's predictions for a planned (N, D). Exit 1 on bad
     input or an unreadable fit; 0 when the joint law is not usable (it says why, no prediction)."""
-    from kbitlaw.law.predict import PredictError, predict_from_document
+    from kbitlaw.law.joint.predict import PredictError, predict_from_document
     from kbitlaw.law.table import ResultsError
     from kbitlaw.store import StoreError
 
@@ -117,7 +117,7 @@ def _nats_interval(ci: Any, spec: str) -> str:
     """'lo..hi', with 'unbounded' for an upper end the data do not bound (bootstrap refits of a
     noise-dominated damage law diverge when extrapolated; the JSON keeps the numbers)."""
     from kbitlaw.law.fitdoc import interval
-    from kbitlaw.law.predict import UNBOUNDED_NATS
+    from kbitlaw.law.joint.predict import UNBOUNDED_NATS
 
     lo, hi = interval(ci)
     unbounded = (hi is None and lo is not None) or (hi is not None and hi > UNBOUNDED_NATS)

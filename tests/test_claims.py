@@ -6,9 +6,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kbitlaw.law.claims import check_claims
+from kbitlaw.law.claims.paper import check_claims
 from kbitlaw.law.document import FitConfig, fit_laws
 from kbitlaw.law.io import default_chance
+from kbitlaw.law.numerics.stats import Diff, holm, holm_signs, paired, score
 from kbitlaw.law.sim import (
     DEFAULT_DATASETS,
     Dataset,
@@ -18,7 +19,6 @@ from kbitlaw.law.sim import (
     peaked_quality,
     simulate_results,
 )
-from kbitlaw.law.stats import Diff, holm, holm_signs, paired, score
 from kbitlaw.law.table import components, matched_per_size, metric_points, normalise
 
 WORLD = World(loss_noise=0.001)

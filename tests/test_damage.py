@@ -7,10 +7,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kbitlaw.law.damage import SchemeData, damage_points, fit_damage
-from kbitlaw.law.damage_fit import Noise, fit_damage_law
+from kbitlaw.law.damage.fit import Noise, fit_damage_law
+from kbitlaw.law.damage.law import SchemeData, damage_points, fit_damage
+from kbitlaw.law.numerics.solve import child_rng
 from kbitlaw.law.sim import Dataset, World, simulate_results
-from kbitlaw.law.solve import child_rng
 from kbitlaw.law.table import components, drop_unusable, metric_points, normalise
 
 PPL = Dataset("ppl", "perplexity")

@@ -11,7 +11,7 @@ import pytest
 from test_damage import PPL, SIZES, SPECS, TOKENS, points
 
 from kbitlaw.law import gates
-from kbitlaw.law.damage import fit_damage, nested_columns
+from kbitlaw.law.damage.law import fit_damage, nested_columns
 from kbitlaw.law.sim import World, simulate_results
 
 GOOD_POWER_LAW = {

@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kbitlaw.law.damage import fit_damage
+from kbitlaw.law.damage.law import fit_damage
 from kbitlaw.law.document import FitConfig, fit_laws
-from kbitlaw.law.joint_fit import fit_joint_laws
+from kbitlaw.law.joint.fit import fit_joint_laws
 from kbitlaw.law.sim import Dataset, World, simulate_results
 from kbitlaw.law.table import components, drop_unusable, metric_points, normalise
 from kbitlaw.quant.spec import QuantSpec

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from kbitlaw.law.document import FitConfig, fit_laws
-from kbitlaw.law.frontier import budget_grid, pareto_frontier
+from kbitlaw.law.recommend.frontier import budget_grid, pareto_frontier
 from kbitlaw.law.sim import Dataset, World, simulate_results
 
 PPL = Dataset("ppl", "perplexity")

@@ -5,15 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kbitlaw.law.nonlinear import (
+from kbitlaw.law.numerics.nonlinear import (
     PowerLawProblem,
     bootstrap_power_laws,
     fit_power_law,
     power_law_predict,
     refit_power_law_batch,
 )
-from kbitlaw.law.solve import bootstrap_linear, interval, resample_indices, robust_loss, solve_batched
-from kbitlaw.law.threshold import ThresholdProblem, bootstrap_thresholds, threshold_predict
+from kbitlaw.law.numerics.solve import (
+    bootstrap_linear,
+    interval,
+    resample_indices,
+    robust_loss,
+    solve_batched,
+)
+from kbitlaw.law.numerics.threshold import ThresholdProblem, bootstrap_thresholds, threshold_predict
 
 E, A, ALPHA = 1.8, 400.0, 0.3  # the power-law truth used throughout
 S = np.geomspace(1e8, 1e11, 8)  # total bits of 8 model sizes

@@ -20,7 +20,7 @@ from rich.console import Console
 from kbitlaw.flows.console import _prediction_summary
 from kbitlaw.law import fitdoc
 from kbitlaw.law.common import json_safe
-from kbitlaw.law.predict import PredictError, predict_from_document
+from kbitlaw.law.joint.predict import PredictError, predict_from_document
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ import sys
 import polars as pl
 import pytest
 
-from kbitlaw.law.budget import isotonic, recommend_by_budget
 from kbitlaw.law.document import FitConfig
-from kbitlaw.law.frontier import fit_frontiers
+from kbitlaw.law.recommend.budget import isotonic, recommend_by_budget
+from kbitlaw.law.recommend.frontier import fit_frontiers
 from kbitlaw.law.sim import World, bits_cost, effective_size_loss, peaked_quality, simulate_results
 from kbitlaw.law.table import components, matched_per_size, metric_points, normalise
 

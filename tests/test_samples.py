@@ -156,7 +156,7 @@ def test_sweep_writes_samples_beside_results(store_uri, tmp_path):
     assert again["computed"] == [] and len(store.list("samples")) == len(specs) * len(refs)
     # The fit reads them back, labelled by the result beside each, and pairs the two specs on them.
     from kbitlaw.law.io import read_results_store
-    from kbitlaw.law.paired import paired_samples, read_samples_store
+    from kbitlaw.law.numerics.paired import paired_samples, read_samples_store
 
     back = read_samples_store(store, store.list("results"))
     assert back.height == sum(

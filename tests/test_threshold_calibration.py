@@ -15,9 +15,9 @@ import polars as pl
 import pytest
 
 from kbitlaw.law.document import FitConfig, fit_laws
+from kbitlaw.law.numerics.solve import interval, resample_indices
+from kbitlaw.law.numerics.threshold import ThresholdProblem, bootstrap_thresholds
 from kbitlaw.law.sim import Dataset, simulate_results
-from kbitlaw.law.solve import interval, resample_indices
-from kbitlaw.law.threshold import ThresholdProblem, bootstrap_thresholds
 
 M, W, CEILING, CHANCE = 31.0, 1.5, 0.85, 0.25  # log2 S*, width (doublings), ceiling, chance
 N_EXAMPLES = 1000

@@ -13,7 +13,7 @@ import polars as pl
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
-from kbitlaw.law.solve import interval
+from kbitlaw.law.numerics.solve import interval
 from kbitlaw.status import NO_DATA, OK  # noqa: F401  (re-exported to the law modules)
 from kbitlaw.vocab import MEAN_ACC
 
@@ -29,7 +29,7 @@ class FitConfig:
     n_budgets: int = 64
     recommend_metric: str = MEAN_ACC  # falls back to "loss" when there is no accuracy data
     chance: Mapping[str, float] | None = None  # dataset -> chance accuracy; absent: fitted
-    threshold_resample: str = "parametric"  # or "examples" / "sizes" / "sizes+examples" (law/threshold.py)
+    threshold_resample: str = "parametric"  # or examples / sizes / sizes+examples (numerics/threshold.py)
     grid_points: int = 32  # fitted-curve samples per law in the long table
 
     def describe(self) -> dict[str, Any]:

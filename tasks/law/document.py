@@ -1,12 +1,12 @@
 """Fit the k-bit inference scaling laws to a results table: the fit document and its long table.
 
 fit_laws() prepares the points (table.py), then computes, each in its own module:
-- the Pareto frontier of (total bits, quality) and the recommended precision (frontier.py);
-- the critical size S* and the loss power law over model sizes, per spec (scaling.py);
-- the quantization-damage laws across training (damage.py, damage_fit.py);
-- the joint law L(N, D, spec) over every checkpoint (joint.py, joint_fit.py): one entry, or a
+- the Pareto frontier of (total bits, quality) and the recommended precision (law/recommend/frontier.py);
+- the critical size S* and the loss power law over model sizes, per spec (size/fit.py);
+- the quantization-damage laws across training (damage/law.py, damage/fit.py);
+- the joint law L(N, D, spec) over every checkpoint (joint/law.py, joint/fit.py): one entry, or a
   list when the results hold several families;
-- the per-spec linear curves in log2 total bits (scaling.py),
+- the per-spec linear curves in log2 total bits (size/fit.py),
 and assembles the `fit --json` document (DESIGN.md) and the long table stored as fit.parquet.
 
 A number is never invented: a law with too little data reports "insufficient data" and nulls,
@@ -24,11 +24,11 @@ import polars as pl
 
 from kbitlaw.law import gates
 from kbitlaw.law.common import OK, POINT_COLUMNS, FitConfig, json_safe, table_rows
-from kbitlaw.law.damage import fit_damage
+from kbitlaw.law.damage.law import fit_damage
 from kbitlaw.law.fitdoc import FIT_SCHEMA_VERSION
-from kbitlaw.law.frontier import fit_frontiers
-from kbitlaw.law.joint_fit import fit_joint_laws
-from kbitlaw.law.scaling import fit_power_laws_by_spec, fit_thresholds, linear_curves
+from kbitlaw.law.joint.fit import fit_joint_laws
+from kbitlaw.law.recommend.frontier import fit_frontiers
+from kbitlaw.law.size.fit import fit_power_laws_by_spec, fit_thresholds, linear_curves
 from kbitlaw.law.table import (
     components,
     drop_unusable,
@@ -122,7 +122,7 @@ def fit_laws(
 ) -> FitResult:
     """Every law on one results table (the long results schema). `previous`: an earlier fit
     document whose parameters warm-start this fit; `samples`: per-example scores
-    (law/paired.py), which make the claims' same-checkpoint comparisons paired."""
+    (law/numerics/paired.py), which make the claims' same-checkpoint comparisons paired."""
     df = normalise(results)
     sha = results_sha(df)
     df, dropped = drop_unusable(df)
@@ -182,8 +182,8 @@ def fit_laws(
 def family_claims(
     latest: pl.DataFrame, points: pl.DataFrame, doc: dict, samples: pl.DataFrame | None = None
 ) -> list[dict]:
-    """The papers' checkable claims put to each family's data (law/claims.py), each with its family."""
-    from kbitlaw.law.claims import check_claims
+    """The papers' checkable claims put to each family's data (law/claims/paper.py), each with its family."""
+    from kbitlaw.law.claims.paper import check_claims
 
     out = []
     for family in doc["families"]:

@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 
 from kbitlaw.law.document import LAW_VERSION, FitConfig, fit_laws
-from kbitlaw.law.paired import read_samples_store
+from kbitlaw.law.numerics.paired import read_samples_store
 from kbitlaw.law.runs import looks_like_runs, runs_to_results
 from kbitlaw.law.table import REQUIRED_COLUMNS, ResultsError, normalise, require_usable, results_sha
 from kbitlaw.store import LATEST_FIT, Store, StoreError, clean_keys, fit_keys, result_keys

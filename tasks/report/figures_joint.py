@@ -1,4 +1,4 @@
-"""Figures of the joint law L(N, D, spec) = E + A/N^alpha + B/D^beta + dL (law/joint.py): where the
+"""Figures of the joint law L(N, D, spec) = E + A/N^alpha + B/D^beta + dL (law/joint/law.py): where the
 family is heading (the 16-bit loss per size over training tokens, and the damage of the best 4- and
 3-bit specs at the largest size), and its running check (past predictions against what came in).
 Curves and bands are the fit's "joint" rows of the long table; points are the observed losses."""
@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from kbitlaw.law.fitdoc import FitDocument, entries, interval, joint_law_for, number, status, usable
-from kbitlaw.law.stats import NO_DATA
+from kbitlaw.law.numerics.stats import NO_DATA
 from kbitlaw.report.figures import Figure, bit_color, empty_note, new_figure, png
 from kbitlaw.vocab import BASELINES
 
@@ -69,7 +69,7 @@ def quantized_specs(fit: pl.DataFrame, size: float, base: str, d_last: float, pr
 
 
 def nearest_size(n: pl.Series, sizes: list[float]) -> pl.Series:
-    """Each n_params mapped to the closest fitted size (a size group's median, law/joint.py)."""
+    """Each n_params mapped to the closest fitted size (a size group's median, law/joint/law.py)."""
     grid = np.log(np.asarray(sizes, float))
     idx = np.abs(np.log(n.to_numpy().astype(float))[:, None] - grid[None, :]).argmin(axis=1)
     return pl.Series("size", np.asarray(sizes, float)[idx], dtype=pl.Float64)

@@ -11,9 +11,9 @@ import math
 import numpy as np
 import polars as pl
 
-from kbitlaw.law.claims import best_per_bits
+from kbitlaw.law.claims.paper import best_per_bits
 from kbitlaw.law.fitdoc import FitDocument, describe, interval, number, text, usable
-from kbitlaw.law.stats import NO_DATA, NOT_TESTABLE, score
+from kbitlaw.law.numerics.stats import NO_DATA, NOT_TESTABLE, score
 from kbitlaw.quant.spec import QuantSpec
 from kbitlaw.report.figures import (
     TOTAL_BITS,

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from kbitlaw.law.fitdoc import describe, entries, interval, number, path, strings, text, usable
-from kbitlaw.law.predict import UNBOUNDED_NATS
+from kbitlaw.law.joint.predict import UNBOUNDED_NATS
 from kbitlaw.report.html import esc, fmt, table
 from kbitlaw.vocab import BASELINES
 

@@ -11,7 +11,7 @@ from statistics import NormalDist
 import numpy as np
 import polars as pl
 
-from kbitlaw.law.stats import (
+from kbitlaw.law.numerics.stats import (
     CONTRADICTED,
     INCONCLUSIVE,
     NO_DATA,

@@ -1,6 +1,6 @@
 """The joint law as the fit document stores it for `kbitlaw predict`: each joint-law entry's `model`.
 
-The law stage fits the joint law (law/joint.py) and writes, beside the entry's parameters and
+The law stage fits the joint law (law/joint/law.py) and writes, beside the entry's parameters and
 intervals, everything a forward prediction needs, so that `predict` reads the law back instead of
 refitting it (DESIGN.md: the fit document is the law stage's one output). Layout (version 1):
 
@@ -39,11 +39,11 @@ import numpy as np
 import polars as pl
 
 from kbitlaw.law import fitdoc
-from kbitlaw.law.chinchilla import THETA, Surface
-from kbitlaw.law.damage import FORMS, DamageModel
-from kbitlaw.law.damage import PARAMS as DAMAGE_PARAMS
-from kbitlaw.law.damage_fit import DamageFit
-from kbitlaw.law.joint import JointLaw, SpecInfo
+from kbitlaw.law.damage.fit import DamageFit
+from kbitlaw.law.damage.law import FORMS, DamageModel
+from kbitlaw.law.damage.law import PARAMS as DAMAGE_PARAMS
+from kbitlaw.law.joint.chinchilla import THETA, Surface
+from kbitlaw.law.joint.law import JointLaw, SpecInfo
 from kbitlaw.status import FAILED, NO_DATA, NOT_TESTABLE, OK, UNIDENTIFIED
 
 MODEL_VERSION = 1
@@ -77,7 +77,7 @@ class JointModel:
 
     @classmethod
     def of(cls, law: JointLaw, points: pl.DataFrame) -> JointModel:
-        """The model of a law fitted on `points` (the family's loss points, law/joint.py)."""
+        """The model of a law fitted on `points` (the family's loss points, law/joint/law.py)."""
         n, d = points["n_params"].cast(pl.Float64), points["tokens_seen"].cast(pl.Float64)
         return cls(
             law, (float(n.min()), float(n.max())), (float(d.min()), float(d.max())), in_progress(points)

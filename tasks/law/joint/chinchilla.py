@@ -7,7 +7,7 @@ Hoffmann et al. (2022, App. D.2) and the Besiroglu et al. (2024) replication fit
 by minimising the sum of Huber losses (delta = 1e-3) of the log residuals with L-BFGS from a grid
 of starting points: alpha, beta in {0, 0.5, .., 2}, e in {-1, -0.5, .., 1}, a, b in {0, 5, .., 25}
 (4,500 starts). L-BFGS-B from all of them costs ~20 s per fit. Here the objective is evaluated at
-every grid point (milliseconds), the batched Gauss-Newton solver (law/solve.py, which minimises the
+every grid point (milliseconds), the batched Gauss-Newton solver (law/numerics/solve.py, which minimises the
 same Huber objective) runs from the N_STARTS best, and L-BFGS-B polishes its POLISHED best optima.
 On the Chinchilla data this reaches the replication's optimum (tests/test_chinchilla.py). A warm
 fit (a refit after new checkpoints) starts from the previous fit's parameters plus the WARM_STARTS
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from kbitlaw.law.solve import interval, solve_batched
+from kbitlaw.law.numerics.solve import interval, solve_batched
 
 HUBER_DELTA = 1e-3
 # The objective is ~1e-3 at the optimum, and L-BFGS-B's stopping rule compares its decrease with
@@ -213,7 +213,7 @@ def negligible_terms(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) ->
 
 def refit(args: tuple[np.ndarray, ...], theta0: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Minimise the Huber objective for B problems at once: problem i on the points idx[i] from
-    theta0[i], by the batched Gauss-Newton solver (law/solve.py; its reweighting majorises the
+    theta0[i], by the batched Gauss-Newton solver (law/numerics/solve.py; its reweighting majorises the
     Huber function, so every step lowers it). Returns (theta [B, 5], objective [B])."""
     log_n, log_d, log_l = args
 

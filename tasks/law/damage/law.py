@@ -8,7 +8,7 @@ e.g. `int<k>-b64`) in two forms:
 - exponential (Kumar et al.):   dL = C * D^beta / N^alpha * exp(-k/gamma)
 with N = n_params (the results schema has no non-embedding count; Ouyang use non-embedding N, so
 alpha here is not numerically comparable), D = tokens_seen, k = bits. Both are fitted to dL itself
-by weighted nonlinear least squares (damage_fit.py): points with dL <= 0 are kept (noise makes
+by weighted nonlinear least squares (law/damage/fit.py): points with dL <= 0 are kept (noise makes
 small damages come out negative; dropping them, as a fit of log dL must, biased the exponents
 toward 0) and counted in `nonpositive`. Weights come from the losses' stderrs, or, when the losses
 have none, from noise relative to the loss with a scale estimated from the residuals, plus any
@@ -31,8 +31,8 @@ import numpy as np
 import polars as pl
 
 from kbitlaw.law.common import NO_DATA, OK, extrapolation_entry, json_safe, num, table_rows
-from kbitlaw.law.damage_fit import DamageFit, Noise, fit_damage_law
-from kbitlaw.law.solve import child_rng, interval
+from kbitlaw.law.damage.fit import DamageFit, Noise, fit_damage_law
+from kbitlaw.law.numerics.solve import child_rng, interval
 from kbitlaw.quant.spec import QuantSpec
 from kbitlaw.vocab import BASELINES, LOSS
 

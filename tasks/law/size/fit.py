@@ -2,8 +2,8 @@
 
 Both run per (family, quant spec, metric) on each size's latest checkpoint, with S = total model
 bits. Each group is also refit without its largest model, which is then predicted (the
-extrapolation check; its noise and the power law's prediction interval: holdout.py). All
-groups of a law, and their extrapolation refits, go through one batched bootstrap (nonlinear.py).
+extrapolation check; its noise and the power law's prediction interval: law/numerics/holdout.py). All
+groups of a law, and their extrapolation refits, go through one batched bootstrap (law/numerics/nonlinear.py).
 """
 
 from __future__ import annotations
@@ -15,8 +15,13 @@ import numpy as np
 import polars as pl
 
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, ci_pair, extrapolation_entry, num, table_rows
-from kbitlaw.law.holdout import HeldOutNoise, PowerLawRefit, held_out_noise, power_law_prediction_boot
-from kbitlaw.law.nonlinear import (
+from kbitlaw.law.numerics.holdout import (
+    HeldOutNoise,
+    PowerLawRefit,
+    held_out_noise,
+    power_law_prediction_boot,
+)
+from kbitlaw.law.numerics.nonlinear import (
     POWER_LAW_HI,
     POWER_LAW_LO,
     Bootstrapped,
@@ -24,7 +29,12 @@ from kbitlaw.law.nonlinear import (
     bootstrap_power_laws,
     power_law_predict,
 )
-from kbitlaw.law.threshold import ThresholdProblem, bootstrap_thresholds, threshold_bounds, threshold_predict
+from kbitlaw.law.numerics.threshold import (
+    ThresholdProblem,
+    bootstrap_thresholds,
+    threshold_bounds,
+    threshold_predict,
+)
 from kbitlaw.vocab import ACC, ACC_OF, LOSS, MEAN_ACC
 
 ACCURACY_METRIC = (pl.col("metric") == MEAN_ACC) | pl.col("metric").str.starts_with(ACC_OF)
@@ -394,7 +404,7 @@ def power_law_checks(
     groups: list[SizeGroup], held: list, config: FitConfig, drop_e: bool = False
 ) -> list[dict | None]:
     """Each group's extrapolation check (None without a refit). The prediction interval is a
-    parametric bootstrap of the refit, all groups in one batch (holdout.py)."""
+    parametric bootstrap of the refit, all groups in one batch (law/numerics/holdout.py)."""
     noises, refits = {}, {}
     for i, (g, h) in enumerate(zip(groups, held, strict=True)):
         if h is None:

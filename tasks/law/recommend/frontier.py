@@ -4,7 +4,7 @@ Each point is one model size at one quant spec. For a memory budget S the best m
 point with total_bits <= S, so the frontier is a step function of the budget: what the report
 draws and tabulates. The recommended precision is not read off this frontier (within one model more
 bits is always a little better, so the frontier's shares follow the grid's spacing): it comes from
-the equal-budget comparison of per-spec curves in budget.py.
+the equal-budget comparison of per-spec curves in law/recommend/budget.py.
 
 Ties are broken deterministically, always in favour of the cheaper choice:
 - equal quality at different total bits: the point with fewer total bits holds the frontier;
@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from kbitlaw.law.budget import recommend_by_budget
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, table_rows
+from kbitlaw.law.recommend.budget import recommend_by_budget
 from kbitlaw.vocab import LOSS, MEAN_ACC
 
 INSUFFICIENT = {"status": NO_DATA}

@@ -14,7 +14,7 @@ from statistics import NormalDist
 import numpy as np
 import polars as pl
 
-from kbitlaw.law.paired import paired_samples
+from kbitlaw.law.numerics.paired import paired_samples
 from kbitlaw.status import NO_DATA  # noqa: F401  (re-exported to the report modules)
 from kbitlaw.vocab import LOSS, MEAN_ACC
 
@@ -96,7 +96,7 @@ def paired(
 ) -> Diff | None:
     """Mean score difference a - b over the checkpoints evaluated at both specs.
 
-    With per-example samples for both specs (law/paired.py) the standard error is that of the
+    With per-example samples for both specs (law/numerics/paired.py) the standard error is that of the
     paired per-example differences: the specs score the same examples. Without them it is the
     larger of the spread of the differences across checkpoints and the two points' stderrs in
     quadrature (treated as independent: conservative, since same-example noise mostly cancels).

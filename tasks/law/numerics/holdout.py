@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kbitlaw.law.nonlinear import Bootstrapped, power_law_predict, refit_power_law_batch
-from kbitlaw.law.solve import child_rng, pad_rows
+from kbitlaw.law.numerics.nonlinear import Bootstrapped, power_law_predict, refit_power_law_batch
+from kbitlaw.law.numerics.solve import child_rng, pad_rows
 
 
 @dataclass(frozen=True)

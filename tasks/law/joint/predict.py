@@ -1,7 +1,7 @@
-"""Forward predictions from the joint law (law/joint.py): `kbitlaw predict`.
+"""Forward predictions from the joint law (law/joint/law.py): `kbitlaw predict`.
 
 Predict reads the fit document; it never fits. Each joint-law entry of the document stores its law
-as `model` (law/joint_model.py), and `predict_from_document` rebuilds it and predicts, honouring
+as `model` (law/joint/model.py), and `predict_from_document` rebuilds it and predicts, honouring
 every status on the way (law/fitdoc.py): a joint law that is not ok gives no prediction (the output
 says why, `status` and `reason`, and `predictions` is empty), and a quantized spec whose scheme's
 damage law is not ok is left out (`left_out` names it and why). A document too broken to read
@@ -12,7 +12,7 @@ every spec the family was measured at, each with its interval; for a memory budg
 (size, spec) that fits it at D tokens and whether the planned model fits; the tokens past which
 each spec's damage exceeds a threshold (Ouyang et al.'s "tokens until 4-bit costs 0.1 nats"); and
 for each run in progress (its latest checkpoint's `tokens_planned` beyond its `tokens_seen`), the
-losses predicted at the end of the run. Intervals are the bootstrap's (law/joint.py); a budget's
+losses predicted at the end of the run. Intervals are the bootstrap's (law/joint/law.py); a budget's
 choice carries P(best), the share of replicates in which that spec predicts the lowest loss. How far
 to trust it: `law.held_out` (how well the law predicted the family's largest size and latest
 checkpoints when fitted without them) and `beyond_range` (how far N and D lie past the data).
@@ -28,9 +28,9 @@ import polars as pl
 
 from kbitlaw.law import fitdoc
 from kbitlaw.law.common import num
-from kbitlaw.law.joint import JointLaw
-from kbitlaw.law.joint_model import JointModel, ModelError, Run, usable_part
-from kbitlaw.law.joint_model import in_progress as in_progress_runs
+from kbitlaw.law.joint.law import JointLaw
+from kbitlaw.law.joint.model import JointModel, ModelError, Run, usable_part
+from kbitlaw.law.joint.model import in_progress as in_progress_runs
 from kbitlaw.status import NO_DATA, OK
 from kbitlaw.vocab import gb, gb_bits
 
@@ -201,7 +201,7 @@ def run_predictions(law: JointLaw, runs: tuple[Run, ...], level: float) -> list[
 
 def runs_in_progress(law: JointLaw, points: pl.DataFrame, level: float) -> list[dict]:
     """Per size whose latest checkpoint plans more tokens than it has seen (the family's loss
-    points, law/joint.py): the losses predicted at the end of the run (the fit document's
+    points, law/joint/law.py): the losses predicted at the end of the run (the fit document's
     `in_progress`)."""
     return run_predictions(law, in_progress_runs(points), level)
 

@@ -1,4 +1,4 @@
-"""The joint law checked forwards (law/joint.py): refit on part of a family's checkpoints and predict
+"""The joint law checked forwards (law/joint/law.py): refit on part of a family's checkpoints and predict
 the rest. The largest size and every size's latest checkpoint are left out by cold refits; the
 running check refits on the checkpoints the previous fit had and predicts the ones new since."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, extrapolation_entry, num
-from kbitlaw.law.damage import fit_damage
-from kbitlaw.law.joint import JointLaw, choose_forms, fit_joint, warm_theta
+from kbitlaw.law.damage.law import fit_damage
+from kbitlaw.law.joint.law import JointLaw, choose_forms, fit_joint, warm_theta
 from kbitlaw.vocab import LOSS
 
 RUNNING_CHECK_KEEP = 1000  # running-check entries kept across fits

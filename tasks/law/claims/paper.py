@@ -17,11 +17,9 @@ from functools import partial
 
 import polars as pl
 
-from kbitlaw.law.budget import CLEAR
-from kbitlaw.law.claims_loss import damage_grows_with_tokens, per_bit_factor, perplexity_tracks_accuracy
-from kbitlaw.law.claims_methods import gptq_improves_3bit, scale_formats
-from kbitlaw.law.frontier import headline_recommendation
-from kbitlaw.law.stats import (
+from kbitlaw.law.claims.loss import damage_grows_with_tokens, per_bit_factor, perplexity_tracks_accuracy
+from kbitlaw.law.claims.methods import gptq_improves_3bit, scale_formats
+from kbitlaw.law.numerics.stats import (
     CONTRADICTED,
     INCONCLUSIVE,
     NO_DATA,
@@ -37,6 +35,8 @@ from kbitlaw.law.stats import (
     paired,
     score,
 )
+from kbitlaw.law.recommend.budget import CLEAR
+from kbitlaw.law.recommend.frontier import headline_recommendation
 from kbitlaw.quant.spec import QuantSpec
 from kbitlaw.vocab import BASELINES, LOSS, MEAN_ACC, METRIC_WORDS
 
@@ -51,7 +51,7 @@ def headline_metric(points: pl.DataFrame) -> str | None:
 
 def is_plain(quant: str) -> bool:
     """Round-to-nearest with fp16 block scales: the paper's setting, which its claims are about
-    (GPTQ and MX/NV scale formats are compared in law/claims_methods.py)."""
+    (GPTQ and MX/NV scale formats are compared in law/claims/methods.py)."""
     try:
         spec = QuantSpec.parse(quant)
     except ValueError:
@@ -400,7 +400,7 @@ def check_claims(
     latest: pl.DataFrame, points: pl.DataFrame, doc: dict, samples: pl.DataFrame | None = None
 ) -> list[dict]:
     """Every checkable claim, in science.md's order, for one family's points; `samples`: the
-    per-example scores (law/paired.py) that make same-checkpoint comparisons paired."""
+    per-example scores (law/numerics/paired.py) that make same-checkpoint comparisons paired."""
     metric = headline_metric(latest)
     if metric is None:
         none = claim("all", "All claims", "", "", NO_DATA, ["no accuracy or perplexity points"])

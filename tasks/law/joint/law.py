@@ -3,9 +3,9 @@
     L(N, D, spec) = E + A / N^alpha + B / D^beta + dL_scheme(N, D, k)
 
 - the 16-bit part on every checkpoint's fp16 (else bf16) loss, by Chinchilla's approach 3
-  (law/chinchilla.py);
+  (law/joint/chinchilla.py);
 - dL per quantization scheme (data type, block size, outliers, method; k varies) in the form that
-  predicted held-out data better (law/damage.py): Ouyang et al.'s power form C D^beta/(N^alpha k^gamma)
+  predicted held-out data better (law/damage/law.py): Ouyang et al.'s power form C D^beta/(N^alpha k^gamma)
   or Kumar et al.'s exponential C D^beta/N^alpha e^(-k/gamma), judged on bit widths left out
   (choose_forms); when the data cannot tell them apart, the power form.
 A prediction adds a replicate of each part, so its interval carries both uncertainties (the two
@@ -13,8 +13,8 @@ bootstraps are drawn independently; both draw on the same 16-bit losses, so they
 independent). The bootstrap resamples checkpoints as independent points; checkpoints of one run
 share its schedule, which the forward checks expose when it matters.
 
-The law is checked as it will be used, forwards (law/joint_checks.py), and assembled per family
-into the fit document's `joint_law` with the report's rows (law/joint_fit.py).
+The law is checked as it will be used, forwards (law/joint/checks.py), and assembled per family
+into the fit document's `joint_law` with the report's rows (law/joint/fit.py).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from kbitlaw.law.chinchilla import Surface, fit_surface
 from kbitlaw.law.common import OK, FitConfig
-from kbitlaw.law.damage import PARAMS as DAMAGE_PARAMS
-from kbitlaw.law.damage import DamageModel, fit_damage_model, free_columns, scheme_column, scheme_data
-from kbitlaw.law.solve import child_rng
+from kbitlaw.law.damage.law import PARAMS as DAMAGE_PARAMS
+from kbitlaw.law.damage.law import DamageModel, fit_damage_model, free_columns, scheme_column, scheme_data
+from kbitlaw.law.joint.chinchilla import Surface, fit_surface
+from kbitlaw.law.numerics.solve import child_rng
 from kbitlaw.vocab import BASELINES, LOSS
 
 DEFAULT_FORM = "power"
@@ -203,7 +203,7 @@ def choose_forms(damage_entries: list[dict], family: str) -> dict[str, dict]:
     """scheme -> {form, heldout_error, chosen_by, entry} from the damage law's entries.
 
     The forms differ only in how damage falls with k, so what tells them apart is predicting a bit
-    width left out (damage.py width_holdout); the latest-checkpoint hold-out decides only where
+    width left out (damage/law.py width_holdout); the latest-checkpoint hold-out decides only where
     there are fewer than 3 widths. Errors within TIE of each other do not decide: then the default
     (power) form, and `chosen_by` says so."""
     from kbitlaw.law.common import json_safe
@@ -223,7 +223,7 @@ def choose_forms(damage_entries: list[dict], family: str) -> dict[str, dict]:
 
 def chosen_form(choice: str | tuple[str, list[str]]) -> tuple[str, list[str]]:
     """(form, parameters dropped from it) of a scheme's chosen damage law: `forms` maps a scheme to
-    its form's name, or to (name, dropped) when a nested form was chosen (damage.py fit_form)."""
+    its form's name, or to (name, dropped) when a nested form was chosen (damage/law.py fit_form)."""
     return (choice, []) if isinstance(choice, str) else (choice[0], list(choice[1]))
 
 

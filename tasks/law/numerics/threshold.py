@@ -1,4 +1,4 @@
-"""The threshold law and its calibrated bootstrap, batched over problems (solve.py's solver).
+"""The threshold law and its calibrated bootstrap, batched over problems (law/numerics/solve.py's solver).
 
 R = c + h*sigmoid((log2 S - m)/w): chance c, ceiling c + h, critical size S* = 2^m, fitted by
 weighted least squares (1/stderr of each accuracy); by default the bootstrap simulates from the fit
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kbitlaw.law.nonlinear import Bootstrapped, _bootstrapped
-from kbitlaw.law.solve import (
+from kbitlaw.law.numerics.nonlinear import Bootstrapped, _bootstrapped
+from kbitlaw.law.numerics.solve import (
     Model,
     accuracy_stderr,
     child_rng,

@@ -1,6 +1,6 @@
 """The joint law of every family as the fit document carries it (`joint_law`) and the long-table
-rows the report draws: law/joint.py fits it, law/joint_checks.py checks it forwards, and the runs
-still training are predicted at their planned end (law/predict.py)."""
+rows the report draws: law/joint/law.py fits it, law/joint/checks.py checks it forwards, and the runs
+still training are predicted at their planned end (law/joint/predict.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from collections.abc import Mapping
 import numpy as np
 import polars as pl
 
-from kbitlaw.law.chinchilla import PARAMS as SURFACE_PARAMS
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, num, table_rows
-from kbitlaw.law.damage import PARAMS as DAMAGE_PARAMS
-from kbitlaw.law.joint import JointLaw, choose_forms, fit_joint, loss_points, sixteen_bit, warm_theta
-from kbitlaw.law.joint_checks import held_out_checks, running_check
-from kbitlaw.law.joint_model import JointModel
-from kbitlaw.law.predict import runs_in_progress
-from kbitlaw.law.solve import interval
+from kbitlaw.law.damage.law import PARAMS as DAMAGE_PARAMS
+from kbitlaw.law.joint.checks import held_out_checks, running_check
+from kbitlaw.law.joint.chinchilla import PARAMS as SURFACE_PARAMS
+from kbitlaw.law.joint.law import JointLaw, choose_forms, fit_joint, loss_points, sixteen_bit, warm_theta
+from kbitlaw.law.joint.model import JointModel
+from kbitlaw.law.joint.predict import runs_in_progress
+from kbitlaw.law.numerics.solve import interval
 from kbitlaw.vocab import LOSS
 
 HORIZON = 4.0  # the heading figure draws each size out to this many times its latest tokens
@@ -30,7 +30,7 @@ def previous_entry(previous: Mapping | None, family: str) -> dict | None:
 
 
 def damage_entry(forms: dict[str, dict], law: JointLaw) -> dict:
-    """The chosen damage form per scheme, with its parameters and intervals (law/damage.py)."""
+    """The chosen damage form per scheme, with its parameters and intervals (law/damage/law.py)."""
     schemes = []
     for scheme in sorted(forms):
         chosen, e = forms[scheme], forms[scheme]["entry"]
@@ -223,7 +223,7 @@ def fit_joint_laws(
                 "running_check": running,
                 "in_progress": runs_in_progress(law, df, config.level),
                 "checkpoint_ids": law.checkpoint_ids,
-                # what `kbitlaw predict` rebuilds the law from (law/joint_model.py)
+                # what `kbitlaw predict` rebuilds the law from (law/joint/model.py)
                 "model": JointModel.of(law, df).to_dict(),
             }
         )

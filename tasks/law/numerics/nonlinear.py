@@ -1,5 +1,5 @@
-"""The nonlinear k-bit laws and their bootstraps, batched over problems (solve.py's solver); the
-threshold law's fitting lives in threshold.py.
+"""The nonlinear k-bit laws and their bootstraps, batched over problems (law/numerics/solve.py's solver); the
+threshold law's fitting lives in law/numerics/threshold.py.
 
 The laws, with x = a log of total model bits S:
 - power law (Chinchilla approach 3): log L = LSE(a - alpha*ln S, e), i.e. L = E + A*S^-alpha with
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from kbitlaw.law.solve import (
+from kbitlaw.law.numerics.solve import (
     Model,
     child_rng,
     pad,

@@ -1,0 +1,1 @@
+"""The papers' checkable claims put to the data, each with a verdict."""

@@ -1,0 +1,1 @@
+"""Quantization damage across training: the damage laws and their numerics."""

@@ -1,0 +1,1 @@
+"""The recommended precision: equal-budget curves and the Pareto frontier."""
