@@ -19,8 +19,17 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-run
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-run $(VENV)/.chromium
 	$(BIN)/pip install -q "$(TORCH)" -e ".[dev,dask]"
+	touch $@
+
+# Debian's Chromium for the browser tests; where it cannot be installed (not root, no apt) those
+# tests skip and say why. Never installed by a test.
+$(VENV)/.chromium: | $(BIN)/python
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; }; } || \
+	  echo "chromium could not be installed: the browser tests will skip"
 	touch $@
 
 demo: $(VENV)/.installed-run

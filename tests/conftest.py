@@ -1,18 +1,22 @@
-"""Shared fixtures: a real S3-protocol server (moto's standalone server) and tiny checkpoints."""
+"""Shared fixtures: a real S3-protocol server (moto's standalone server), tiny checkpoints, the
+one `kbitlaw` subprocess helper, and `built_once` for what every xdist worker shares."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import uuid
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from realdata import real_fit_store  # noqa: F401  (the session fixture of the real demo family's fit)
+from realdata import fit_real_store
 
 # Offline by construction: nothing in the tests may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +29,82 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from names and numbers that is the same in every process (hash() of a str is not:
+    Python salts it per process)."""
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def kbitlaw(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | str | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`kbitlaw ARGS` as a user runs it: a subprocess of this interpreter, output captured."""
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "kbitlaw", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+    print(f"kbitlaw {' '.join(args[:2])}: exit {out.returncode} in {time.monotonic() - started:.1f} s")
+    return out
+
+
+# -- built once per test session, shared by every xdist worker ---------------------------------------
+
+_shared: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder every worker of this pytest run sees (xdist gives each worker its own basetemp
+    under one parent)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    root.mkdir(exist_ok=True)
+    _shared["root"] = root
+    return root
+
+
+def built_once(name: str, build: Callable[[Path], object]) -> Path:
+    """`build(folder)` run once per test session whichever worker asks first (the others wait on a
+    file lock); returns the folder. Tests must not write to it: copy it first."""
+    from filelock import FileLock
+
+    root = _shared["root"]
+    target = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not (root / f"{name}.done").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            build(target)
+            (root / f"{name}.done").touch()
+    return target
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_local_apis(tmp_path_factory):
+    """Commands run without PREFECT_API_URL keep a local Prefect API per PREFECT_HOME for the next
+    command (kbitlaw.flows.api_server); at the session's end, stop those whose home is this
+    session's temporary folder (a test that checks the stop itself has stopped its own)."""
+    yield
+    import signal
+
+    base = str(tmp_path_factory.getbasetemp()).encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        home = next((v for v in environ if v.startswith(b"KBITLAW_API_HOME=")), b"")
+        if base in home:
+            try:
+                os.kill(int(entry.name), signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +153,13 @@ def store_uri(request, tmp_path):
         return str(tmp_path / "store")
     bucket = request.getfixturevalue("s3_env")
     return f"s3://{bucket}/prefix"
+
+
+@pytest.fixture(scope="session")
+def real_fit_store(shared_dir) -> Path:
+    """The real demo family's store (tests/realdata.py) fitted once per session. Tests must not
+    write to it: copy it first."""
+    return built_once("realdata-fitted", fit_real_store)
 
 
 # -- tiny checkpoints -----------------------------------------------------------------------------
@@ -221,7 +308,16 @@ FAMILY_STEPS = (10, 20)
 
 
 def make_family(root: Path, sizes=FAMILY_SIZES, steps=FAMILY_STEPS, family: str = "tiny") -> list[Path]:
-    """Random-init GPT-NeoX checkpoints with a byte-level BPE tokenizer trained on the builtin world."""
+    """The family of `build_family` in `root/<family>`, built once per test session and copied."""
+    key = stable_seed(family, *(p for size in sizes for p in size), *steps)
+    shared = built_once(f"family-{key:08x}", lambda dest: build_family(dest, sizes, steps, family))
+    shutil.copytree(shared, root, dirs_exist_ok=True)
+    return [root / family / name / f"step-{step}" for name, _, _ in sizes for step in steps]
+
+
+def build_family(root: Path, sizes=FAMILY_SIZES, steps=FAMILY_STEPS, family: str = "tiny") -> list[Path]:
+    """Random-init GPT-NeoX checkpoints with a byte-level BPE tokenizer trained on the builtin world;
+    the same bytes in every process (seeds from stable_seed)."""
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -231,7 +327,7 @@ def make_family(root: Path, sizes=FAMILY_SIZES, steps=FAMILY_STEPS, family: str 
     paths = []
     for name, hidden, layers in sizes:
         for i, step in enumerate(steps):
-            torch.manual_seed(hash((name, step)) % 1000)
+            torch.manual_seed(stable_seed(name, step))
             config = GPTNeoXConfig(
                 hidden_size=hidden,
                 num_hidden_layers=layers,

@@ -1,7 +1,7 @@
 """Real data no test here generated: a demo family trained and evaluated on another machine
 (../shared/realdata/, beside the repository; CI has it). `untar_realdata` unpacks its store,
-`fitted_real_store` also fits it with the law stage (about 30 s), and the session fixture
-`real_fit_store` (imported by conftest.py) does that once per test session.
+`fit_real_store` also fits it with the law stage (about 30 s), and conftest.py's session fixture
+`real_fit_store` does that once per test session for every xdist worker.
 
 The archive must be there: a missing archive fails the test loudly rather than skipping it."""
 
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import tarfile
 from pathlib import Path
-
-import pytest
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 ARCHIVE = "demo-family-results-2026-12-04.tar.gz"
@@ -26,17 +24,11 @@ def untar_realdata(dest: Path) -> Path:
     return dest
 
 
-def fitted_real_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh copy of the real store, fitted (fits/<sha>/fit.json + fit.parquet, fits/latest.json)."""
+def fit_real_store(dest: Path) -> Path:
+    """The real store unpacked into `dest` and fitted (fits/<sha>/fit.json + fit.parquet,
+    fits/latest.json)."""
     from kbitlaw.law.io import fit_store
     from kbitlaw.store import Store
 
-    store = untar_realdata(tmp_path_factory.mktemp("realdata") / "store")
-    fit_store(Store(str(store)))
-    return store
-
-
-@pytest.fixture(scope="session")
-def real_fit_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real store fitted once per session. Tests must not write to it: copy it first."""
-    return fitted_real_store(tmp_path_factory)
+    fit_store(Store(str(untar_realdata(dest))))
+    return dest

@@ -7,17 +7,16 @@ tests/data/chinchilla_runs.csv is the Besiroglu et al. (2024) extraction of the 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-from kbitlaw.law.chinchilla import GRID, Surface, best_of, fit_surface, screen
 from kbitlaw.law.io import read_results_file
+from kbitlaw.law.joint.chinchilla import GRID, Surface, best_of, fit_surface, screen
 from kbitlaw.law.table import ResultsError
+from tests.conftest import kbitlaw
 
 DATA = Path(__file__).parent / "data" / "chinchilla_runs.csv"
 
@@ -29,11 +28,6 @@ REPLICATION_ESTIMATE = {"E": 1.81686, "A": 482.00572, "alpha": 0.34781, "B": 208
 REPLICATION_SE = {"E": 0.02566, "A": 124.52232, "alpha": 0.01540, "B": 1293.28410, "beta": 0.02060}
 HOFFMANN = {"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}  # Hoffmann et al. 2022
 
-
-def kbitlaw(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kbitlaw", *args], capture_output=True, text=True, timeout=300
-    )
 
 
 @pytest.fixture(scope="module")

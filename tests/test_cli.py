@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.conftest import kbitlaw
+
 COMMANDS = [
     "demo",
     "nightly",
@@ -21,16 +23,6 @@ COMMANDS = [
     "serve-reports",
 ]
 
-
-def kbitlaw(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kbitlaw", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=120,
-    )
 
 
 def test_help_lists_every_command():

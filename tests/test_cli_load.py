@@ -6,14 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_family, write_specs
-
-KBITLAW = str(Path(sys.executable).parent / "kbitlaw")
+from tests.conftest import kbitlaw, make_family, write_specs
 
 
 @pytest.fixture
@@ -39,12 +36,6 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
         "CUDA_VISIBLE_DEVICES": "",
     }
 
-
-def kbitlaw(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
-    started = time.monotonic()
-    out = subprocess.run([KBITLAW, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    print(f"kbitlaw {args[0]} {args[1] if len(args) > 1 else ''}: {time.monotonic() - started:.1f} s")
-    return out
 
 
 def test_datasets_validate_under_load(tmp_path, busy_cpus):

@@ -53,12 +53,19 @@ def test_a_50_mb_row_is_quarantined_fast_and_small(trained_checkpoint, tmp_path)
     assert len(huge["context"]) > 50_000_000
     twin = dict(rows[0], id="twin")  # the same question again under another id
     data = jsonl(tmp_path / "mc.jsonl", [*rows, twin, huge])
+    plain = jsonl(tmp_path / "plain.jsonl", rows)
+    started = time.perf_counter()
+    reference, _, reference_kb = evaluate_cli(str(trained_checkpoint), "--data", plain, "--json")
+    reference_s = time.perf_counter() - started
     started = time.perf_counter()
     out, stderr, peak_kb = evaluate_cli(str(trained_checkpoint), "--data", data, "--json")
     seconds = time.perf_counter() - started
-    assert out.returncode == 0, out.stderr
-    print(f"50 MB row: {seconds:.1f} s, peak RSS {peak_kb / 1024:.0f} MB")
-    assert seconds < 30 and peak_kb < 2 * 1024 * 1024
+    assert reference.returncode == 0 and out.returncode == 0, out.stderr
+    print(f"50 MB row: {seconds:.1f} s, peak RSS {peak_kb / 1024:.0f} MB; without it {reference_s:.1f} s")
+    # Against the same command without the huge row, on the same machine a moment before: reading
+    # and dropping 50 MB costs less than a second run of everything else, and stays out of memory.
+    assert seconds < 2 * reference_s + 5, (seconds, reference_s)
+    assert peak_kb < reference_kb + 1024 * 1024
     results = json.loads(out.stdout)["results"]
     assert {r["n_examples"] for r in results} == {5}  # the duplicate scored once, the huge row not at all
     counts = [line for line in stderr if "quarantined" in line]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 
 import numpy as np
 import polars as pl
@@ -14,10 +12,11 @@ import pytest
 
 from kbitlaw.law.common import FitConfig, json_safe
 from kbitlaw.law.document import fit_laws
-from kbitlaw.law.joint_model import JointModel
-from kbitlaw.law.predict import PredictError, predict, predict_from_document
+from kbitlaw.law.joint.model import JointModel
+from kbitlaw.law.joint.predict import PredictError, predict, predict_from_document
 from kbitlaw.law.sim import Dataset, World, simulate_results
 from kbitlaw.quant.spec import QuantSpec
+from tests.conftest import kbitlaw
 
 PPL = Dataset("ppl", "perplexity")
 SPECS = ["fp16", "int3-b64", "int4-b64", "int5-b64", "int6-b64", "int8-b64"]
@@ -125,9 +124,9 @@ def test_every_run_finished_means_none_in_progress(doc):
 
 def test_predictions_read_from_the_document_equal_the_fitted_law():
     """The stored model rebuilds the law the law stage fitted: the same predictions to 1e-9."""
-    from kbitlaw.law.damage import fit_damage
-    from kbitlaw.law.joint import loss_points
-    from kbitlaw.law.joint_fit import fit_joint_laws
+    from kbitlaw.law.damage.law import fit_damage
+    from kbitlaw.law.joint.fit import fit_joint_laws
+    from kbitlaw.law.joint.law import loss_points
     from kbitlaw.law.table import components, drop_unusable, metric_points, normalise
 
     biggest, last = SIZES[-1], TOKENS[-1]
@@ -211,11 +210,6 @@ def test_bad_requests_say_why(doc):
     assert out["status"] == "insufficient data" and out["predictions"] == []
 
 
-def kbitlaw(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kbitlaw", *args], capture_output=True, text=True, timeout=300
-    )
-
 
 def test_the_command_prints_one_json_document_or_a_table(tmp_path):
     path = tmp_path / "results.parquet"
@@ -251,7 +245,7 @@ def test_the_command_prints_one_json_document_or_a_table(tmp_path):
 def test_memory_follows_the_16_bit_parameters_as_sizes_grow(doc):
     # Embeddings stay 16-bit and grow slower than the model: their count is fitted over the sizes
     # (here 5e6 (N/1e8)^0.5), so a budget at 10x the largest size does not assume their share stays.
-    from kbitlaw.law.joint import sixteen_bit_params
+    from kbitlaw.law.joint.law import sixteen_bit_params
 
     n = np.array([1e8, 4e8, 1.6e9])
     kept = 5e6 * (n / 1e8) ** 0.5

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -18,16 +16,15 @@ import pytest
 from kbitlaw.law import fitdoc
 from kbitlaw.law.gates import check_document
 from kbitlaw.status import OK, STATUSES
+from tests.conftest import kbitlaw as run_kbitlaw
 from tests.realdata import untar_realdata
 
 pytestmark = pytest.mark.slow
 
 
-def kbitlaw(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
-    return subprocess.run(
-        [sys.executable, "-m", "kbitlaw", *args], capture_output=True, text=True, timeout=900, env=env
-    )
+def kbitlaw(*args: str):
+    return run_kbitlaw(*args, env={**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}, timeout=900)
+
 
 
 def results_of(store: Path) -> pl.DataFrame:

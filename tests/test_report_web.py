@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -337,9 +336,7 @@ def test_the_summary_links_open_in_chromium(built, tmp_path, monkeypatch):
         md = summary_markdown(built["report"], {"evaluations": {"computed": 1}}, built["doc"], built["store"])
         link = re.search(r"\[Open the report\]\(([^)]+)\)", md).group(1)
         assert link == f"{base}/{built['report']['key']}"
-        started = time.perf_counter()
         dom = run_chromium(tmp_path, "--dump-dom", link)
-        seconds = time.perf_counter() - started
         shot = tmp_path / "report_http.png"
         taken = run_chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", link)
         images = re.findall(r"!\[([^\]]*)\]\(([^)]+)\)", md)
@@ -361,4 +358,3 @@ def test_the_summary_links_open_in_chromium(built, tmp_path, monkeypatch):
     ]
     assert all(url.startswith(base + "/reports/") and url.endswith(".png") for _, url in images)
     assert answers == [(200, "image/png", PNG_MAGIC)] * len(images)
-    assert seconds < 60
