@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 # pytest processes: each gets its own Prefect test server and moto server; tests of one file stay together
 TEST_WORKERS ?= 2
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast test-under-load lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,15 @@ demo: $(VENV)/.installed-run
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+
+# Everything but the tests marked slow (servers, subprocess training, wheels, browsers).
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" --durations=10
+
+# `make test` with two CPU-bound processes beside it, as on a shared CI machine.
+test-under-load:
+	@bash bench/under_load.sh $(MAKE) test
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

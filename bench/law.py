@@ -20,7 +20,9 @@ from kbitlaw.law.damage.law import fit_damage  # noqa: E402
 from kbitlaw.law.document import FitConfig, fit_laws  # noqa: E402
 from kbitlaw.law.recommend.frontier import fit_frontiers  # noqa: E402
 from kbitlaw.law.sim import simulate_results  # noqa: E402
-from kbitlaw.law.size.fit import fit_power_laws_by_spec, fit_thresholds, linear_curves  # noqa: E402
+from kbitlaw.law.size.linear import linear_curves  # noqa: E402
+from kbitlaw.law.size.power_law import fit_power_laws_by_spec  # noqa: E402
+from kbitlaw.law.size.threshold import fit_thresholds  # noqa: E402
 from kbitlaw.law.table import (  # noqa: E402
     components,
     drop_unusable,

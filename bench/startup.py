@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import make_family, write_specs  # noqa: E402  (the tests' tiny family)
+from conftest import build_family, write_specs  # noqa: E402  (the tests' tiny family)
 
 from kbitlaw.store import Store  # noqa: E402
 
@@ -113,7 +113,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="kbitlaw-startup-") as tmp:
         work = Path(tmp)
-        make_family(work / "family")
+        build_family(work / "family")
         write_specs(work / "specs")
         print("idle", file=sys.stderr)
         idle = measure(work, args.repeats)

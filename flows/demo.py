@@ -18,9 +18,10 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
+from kbitlaw.demo.family import TrainConfig, family_sizes
 from kbitlaw.demo.family_store import publish_next, staged_rounds
 from kbitlaw.demo.story import story
-from kbitlaw.demo.train import BuildReport, Progress, TrainConfig, build_family, family_sizes
+from kbitlaw.demo.train import BuildReport, Progress, build_family
 from kbitlaw.store import CHECKPOINTS, Store, checkpoint_prefix
 
 DEMO_FAMILY = "demo"

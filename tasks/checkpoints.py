@@ -1,4 +1,4 @@
-"""Checkpoints: discover, fingerprint, count parameters, load (safetensors only).
+"""Checkpoints: discover, describe and fingerprint them (metadata only, no weights).
 
 A checkpoint is a Hugging Face format directory (config.json + weights + tokenizer), found under
 a local directory tree, an s3:// prefix, or named explicitly as hf://org/name@revision. An
@@ -20,25 +20,20 @@ real relative path, is a label). A path part that cannot be read safely (`..`, `
 key part, control characters) or a needed file name that is not a key fails that checkpoint
 alone, with one line.
 
-Security: loading never executes code from a checkpoint. Weights are read from safetensors only
-(pickle `*.bin` files are refused unless the caller opts in) and trust_remote_code is always False.
-A file that is a symbolic link out of the scanned folder is refused, not followed.
+Security: a checkpoint whose weights are only pickle files (`*.bin` ...) is refused unless the
+caller opts in, and one whose config.json asks for custom model code is refused. A file that is a
+symbolic link out of the scanned folder is refused, not followed. Loading (safetensors only, never
+remote code): checkpoint_loading.py; the structure of a loaded model: model_structure.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
-from torch import nn
 
 from kbitlaw.checkpoint_files import (
     CheckpointError,
@@ -51,7 +46,8 @@ from kbitlaw.checkpoint_files import (
     safetensors_header,
     where_of,
 )
-from kbitlaw.store import Store, StoreError, key_name, key_parent, sha256_bytes
+from kbitlaw.hashing import sha256_bytes
+from kbitlaw.store import Store, StoreError, key_name, key_parent
 
 SIDECAR = "kbitlaw.json"
 # Sidecar fields in the fingerprint; tokens_planned is deliberately not one (module docstring).
@@ -88,56 +84,6 @@ class Checkpoint:
     # The training run's planned total tokens, for predicting its end; not in the fingerprint.
     tokens_planned: int | None = None
     sidecar: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-
-# -- structure of a loaded model ---------------------------------------------------------------
-
-
-def _is_linear(module: nn.Module) -> bool:
-    # GPT-2 style models use transformers' Conv1D (a linear layer with a transposed weight).
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-
-
-def transformer_blocks(model: nn.Module) -> nn.ModuleList:
-    """The ModuleList of transformer blocks: the largest ModuleList in the model."""
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-    if not lists:
-        raise ValueError(f"{type(model).__name__}: no transformer block list (nn.ModuleList) found")
-    return max(lists, key=len)
-
-
-def transformer_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(qualified name, module) for every linear layer inside the transformer blocks.
-
-    These are the weights kbitlaw quantizes; embeddings and the LM head are outside the blocks.
-    A module is an nn.Linear or a transformers Conv1D (whose weight is [in_features, out_features]).
-    """
-    blocks = transformer_blocks(model)
-    block_ids = {id(m) for m in blocks.modules()}
-    return [(name, m) for name, m in model.named_modules() if id(m) in block_ids and _is_linear(m)]
-
-
-@dataclass(frozen=True)
-class ParamCounts:
-    total: int  # every distinct parameter once (tied embeddings count once)
-    quantizable: int  # weights of the linear layers inside the transformer blocks
-    embedding_and_head: int  # input embeddings + LM head (once if tied)
-    other: int  # norms, biases, position tables not in an nn.Embedding, ...
-
-
-def count_params(model: nn.Module) -> ParamCounts:
-    params = {id(p): p for p in model.parameters()}
-    total = sum(p.numel() for p in params.values())
-    quantizable = {id(m.weight): m.weight.numel() for _, m in transformer_linears(model)}
-    edges: dict[int, int] = {}
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            edges[id(module.weight)] = module.weight.numel()
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None:
-        edges[id(head.weight)] = head.weight.numel()
-    n_q, n_e = sum(quantizable.values()), sum(edges.values())
-    return ParamCounts(total=total, quantizable=n_q, embedding_and_head=n_e, other=total - n_q - n_e)
 
 
 # -- discovery ---------------------------------------------------------------------------------
@@ -291,7 +237,7 @@ def fingerprint_of(files: list, sidecar: dict[str, Any]) -> str:
     return sha256_bytes(json.dumps(doc, sort_keys=True).encode())
 
 
-def _parse_hf(uri: str) -> tuple[str, str | None]:
+def parse_hf(uri: str) -> tuple[str, str | None]:
     m = re.match(r"^hf://([\w.-]+/[\w.-]+)(?:@([\w./-]+))?$", uri)
     if not m:
         raise CheckpointError(f"{uri}: not a valid hf://org/name[@revision] URI")
@@ -300,7 +246,7 @@ def _parse_hf(uri: str) -> tuple[str, str | None]:
 
 def _describe_hf(uri: str) -> Checkpoint:
     """Metadata of a Hub checkpoint from its file listing (sizes + LFS sha256); needs network."""
-    repo, revision = _parse_hf(uri)
+    repo, revision = parse_hf(uri)
     try:
         from huggingface_hub import HfApi
 
@@ -323,48 +269,6 @@ def _describe_hf(uri: str) -> Checkpoint:
     return _checkpoint(uri, repo, files, 0, {"family": repo.split("/")[-1]})
 
 
-# -- loading -----------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("KBITLAW_CACHE", Path.home() / ".cache" / "kbitlaw")) / "checkpoints"
-
-
-def local_dir(ckpt: Checkpoint) -> Path:
-    """A local directory holding the checkpoint: itself if local, else a cached copy by fingerprint."""
-    if "://" not in ckpt.uri:
-        return Path(ckpt.uri)
-    target = cache_dir() / ckpt.fingerprint
-    if (target / ".complete").exists():
-        return target
-    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}.part")
-    tmp.mkdir(parents=True)
-    try:
-        if ckpt.uri.startswith("hf://"):
-            repo, revision = _parse_hf(ckpt.uri)
-            from huggingface_hub import snapshot_download
-
-            snapshot_download(
-                repo,
-                revision=revision,
-                local_dir=tmp,
-                allow_patterns=[n for n, _, _ in ckpt.files] + [SIDECAR],
-            )
-        else:
-            store = Store(ckpt.uri)
-            for name, _, _ in ckpt.files:
-                store.get_file(name, tmp / name)
-        (tmp / ".complete").write_text(ckpt.fingerprint)
-        if target.exists():  # another worker finished first
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
 def resolve(ref: Checkpoint | str, *, allow_pickle: bool = False) -> Checkpoint:
     """A Checkpoint from an object or a URI naming exactly one checkpoint directory."""
     if isinstance(ref, Checkpoint):
@@ -376,37 +280,3 @@ def resolve(ref: Checkpoint | str, *, allow_pickle: bool = False) -> Checkpoint:
     if not names:
         raise CheckpointError(f"{store.uri}: no such checkpoint directory (or it is empty)")
     return describe(store, "", names, allow_pickle=allow_pickle)
-
-
-def default_device() -> str:
-    """Where models run: $KBITLAW_DEVICE (cpu, cuda, cuda:1 ...), else cuda when present, else cpu."""
-    return os.environ.get("KBITLAW_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_model(ref: Checkpoint | str, *, device: str = "cpu", dtype: Any = None, allow_pickle: bool = False):
-    """Load a causal LM with transformers: safetensors only, never remote code."""
-    from transformers import AutoModelForCausalLM
-
-    path = local_dir(resolve(ref, allow_pickle=allow_pickle))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, trust_remote_code=False, use_safetensors=None if allow_pickle else True, dtype=dtype
-        )
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: cannot load model ({first})") from exc
-    return model.to(device).eval()
-
-
-def load_tokenizer(ref: Checkpoint | str):
-    """Load the checkpoint's tokenizer (never remote code); a clear error when there is none."""
-    from transformers import AutoTokenizer
-
-    path = Path(ref) if isinstance(ref, str) and "://" not in ref else local_dir(resolve(ref))
-    if not any((path / n).exists() for n in TOKENIZER_FILES):
-        raise CheckpointError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...)")
-    try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: cannot load tokenizer ({first})") from exc

@@ -4,11 +4,11 @@ One small class. Keys are relative, '/'-separated and validated before any I/O, 
 from user input (a checkpoint name, a dataset name) can never escape the store's root.
 Writes are atomic: a local write goes to a hidden temporary file that is renamed into place; an
 S3 PUT (single or multipart) only becomes visible when complete. Listings are never cached.
+The S3 filesystem and its bounded timeouts: store_s3.py; content hashes: hashing.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,6 +20,9 @@ from typing import Any, NamedTuple
 import fsspec
 import polars as pl
 
+from kbitlaw.hashing import file_sha256, sha256_bytes
+from kbitlaw.store_s3 import s3_filesystem
+
 DEFAULT_STORE = ".kbitlaw/store"
 _TMP_PREFIX = ".kbitlaw-tmp-"
 _KEY_PART = re.compile(r"^[A-Za-z0-9._=@+,-]+$")
@@ -27,10 +30,6 @@ _KEY_PART = re.compile(r"^[A-Za-z0-9._=@+,-]+$")
 
 class StoreError(RuntimeError):
     """A store operation failed; the message names the store URI and key."""
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def validate_key(key: str) -> str:
@@ -51,51 +50,6 @@ def validate_key(key: str) -> str:
                 f"invalid store key {key!r}: part {part!r} has characters outside [A-Za-z0-9._=@+,-]"
             )
     return key
-
-
-def s3_timeout() -> float:
-    """KBITLAW_S3_TIMEOUT (default 5): seconds one S3 request may wait to connect and between
-    bytes of an answer. A request is tried twice, so a silent or refusing endpoint fails an
-    operation within about 2 x timeout + 1 s."""
-    text = os.environ.get("KBITLAW_S3_TIMEOUT") or "5"
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (0 < value < float("inf")):
-        raise ValueError(f"KBITLAW_S3_TIMEOUT must be a positive number of seconds, got {text!r}")
-    return value
-
-
-def _s3_filesystem() -> fsspec.AbstractFileSystem:
-    import s3fs
-
-    endpoint = os.environ.get("KBITLAW_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
-    client_kwargs: dict[str, Any] = {}
-    if endpoint:
-        client_kwargs["endpoint_url"] = endpoint
-    if os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
-        client_kwargs["region_name"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    # Bounded failure: an unreachable or silent endpoint gives an error in seconds, not a hang.
-    # Every layer that waits or retries is bounded by the one setting: botocore's connect and read
-    # timeouts, botocore's attempts (total_max_attempts counts the first; "max_attempts" would
-    # count retries only) and s3fs's own retry loop (one pass: botocore already retried).
-    timeout = s3_timeout()
-    config_kwargs = {
-        "connect_timeout": timeout,
-        "read_timeout": timeout,  # per read of an answer, not per transfer: big objects stream
-        "retries": {"total_max_attempts": 2, "mode": "standard"},
-    }
-    # Credentials come from the standard AWS variables / profiles through botocore;
-    # they are never read, logged or stored here.
-    fs = s3fs.S3FileSystem(
-        client_kwargs=client_kwargs,
-        config_kwargs=config_kwargs,
-        use_listings_cache=False,  # a nightly run must see checkpoints that arrived a second ago
-        skip_instance_cache=True,
-    )
-    fs.retries = 1  # s3fs's own retry loop (default 5, with back-off) on top of botocore's: off
-    return fs
 
 
 def probe(uri: str | os.PathLike[str] | None = None) -> None:
@@ -125,7 +79,7 @@ class Store:
             self.root = uri[len("s3://") :].strip("/")
             if not self.root:
                 raise ValueError(f"invalid store URI {uri!r}: no bucket")
-            self.fs = _s3_filesystem()
+            self.fs = s3_filesystem()
             self.uri = f"s3://{self.root}"
         elif "://" in uri and not uri.startswith("file://"):
             raise ValueError(f"invalid store URI {uri!r}: use a local path, file:// or s3://")
@@ -296,23 +250,6 @@ class Store:
     def content_hash(self, key: str) -> str:
         """sha256 of the object's bytes."""
         return sha256_bytes(self.read_bytes(key))
-
-
-_sha_memo: dict[tuple[str, int, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    """sha256 of a local file, streamed; memoised per (path, inode, size, mtime) in this process."""
-    st = os.stat(path)
-    memo_key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
-    if memo_key in _sha_memo:
-        return _sha_memo[memo_key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    _sha_memo[memo_key] = h.hexdigest()
-    return _sha_memo[memo_key]
 
 
 # -- the store layout (DESIGN.md): every key kbitlaw reads or writes is built and parsed here -------

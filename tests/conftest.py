@@ -56,7 +56,8 @@ def kbitlaw(
 
 # -- built once per test session, shared by every xdist worker ---------------------------------------
 
-_shared: dict[str, Path] = {}
+# Kept in the environment, not in a global: this file is imported twice (as conftest, tests.conftest).
+SHARED_ENV = "KBITLAW_TEST_SHARED_DIR"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -66,7 +67,7 @@ def shared_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
     root.mkdir(exist_ok=True)
-    _shared["root"] = root
+    os.environ[SHARED_ENV] = str(root)
     return root
 
 
@@ -75,7 +76,7 @@ def built_once(name: str, build: Callable[[Path], object]) -> Path:
     file lock); returns the folder. Tests must not write to it: copy it first."""
     from filelock import FileLock
 
-    root = _shared["root"]
+    root = Path(os.environ[SHARED_ENV])
     target = root / name
     with FileLock(str(root / f"{name}.lock")):
         if not (root / f"{name}.done").exists():

@@ -10,15 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kbitlaw.checkpoints import (
-    CheckpointError,
-    count_params,
-    discover,
-    load_model,
-    load_tokenizer,
-    resolve,
-    transformer_linears,
-)
+from kbitlaw.checkpoint_loading import load_model, load_tokenizer
+from kbitlaw.checkpoints import CheckpointError, discover, resolve
+from kbitlaw.model_structure import count_params, transformer_linears
 from kbitlaw.store import Store
 from tests.conftest import make_checkpoint
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kbitlaw.flows.console_fit import _rows, fit_summary, joint_law_line, recommendation_line
+from kbitlaw.flows.cli.console_fit import _rows, fit_summary, joint_law_line, recommendation_line
 from kbitlaw.flows.summary import summary_markdown
 from kbitlaw.law.fitdoc import FitDocument, describe, usable
 from tests.fitdoc_fuzz import mutations

@@ -7,8 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from kbitlaw.law.damage.design import SchemeData, damage_points
 from kbitlaw.law.damage.fit import Noise, fit_damage_law
-from kbitlaw.law.damage.law import SchemeData, damage_points, fit_damage
+from kbitlaw.law.damage.law import fit_damage
 from kbitlaw.law.numerics.solve import child_rng
 from kbitlaw.law.sim import Dataset, World, simulate_results
 from kbitlaw.law.table import components, drop_unusable, metric_points, normalise

@@ -174,7 +174,7 @@ def test_winogrande_partial_scoring_matches_lm_eval():
 
 
 def test_winogrande_rows_are_scored_partially(trained_checkpoint):
-    from kbitlaw.checkpoints import load_model, load_tokenizer
+    from kbitlaw.checkpoint_loading import load_model, load_tokenizer
     from kbitlaw.eval.engine import evaluate_model, prepare
 
     model, tok = load_model(str(trained_checkpoint)), load_tokenizer(str(trained_checkpoint))

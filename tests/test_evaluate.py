@@ -8,7 +8,7 @@ import random
 import polars as pl
 import pytest
 
-from kbitlaw.checkpoints import load_model, load_tokenizer
+from kbitlaw.checkpoint_loading import load_model, load_tokenizer
 from kbitlaw.eval.engine import EvaluationError, evaluate_model, max_length, prepare, rolling_windows
 from kbitlaw.eval.scoring import Scorer
 from tests.conftest import corpus_sentences

@@ -13,7 +13,7 @@ from scipy.stats import t as student_t
 from kbitlaw.law.common import FitConfig, extrapolation_entry
 from kbitlaw.law.damage.law import fit_damage
 from kbitlaw.law.sim import Dataset, simulate_results
-from kbitlaw.law.size.fit import fit_power_laws_by_spec
+from kbitlaw.law.size.power_law import fit_power_laws_by_spec
 from kbitlaw.law.table import components, drop_unusable, latest_per_size, metric_points, normalise
 
 PPL = Dataset("ppl", "perplexity")

@@ -14,7 +14,7 @@ import time
 import polars as pl
 import pytest
 
-from kbitlaw.checkpoints import load_tokenizer
+from kbitlaw.checkpoint_loading import load_tokenizer
 from kbitlaw.data.files import read_dataset_file
 from kbitlaw.eval.encoding import chars_per_token, encode
 from kbitlaw.eval.engine import EvaluationError, prepare

@@ -204,7 +204,7 @@ def test_a_failed_report_section_fails_the_run_with_its_line(prefect_api, monkey
 
 
 def test_report_command_fails_on_a_failed_section(monkeypatch, tmp_path, capsys):
-    from kbitlaw.flows.console import report_command
+    from kbitlaw.flows.cli.console import report_command
     from kbitlaw.store import LATEST_FIT, Store
 
     store = Store(str(tmp_path / "store"))
@@ -232,14 +232,16 @@ def test_report_command_fails_on_a_failed_section(monkeypatch, tmp_path, capsys)
     ("broken", "code"), [([], 0), (["damage demo int<k> power: status ok but C = nan"], 1)]
 )
 def test_fit_check(monkeypatch, tmp_path, capsys, broken, code):
-    from kbitlaw.flows.console import fit_command
-    from kbitlaw.law import gates, io
+    from kbitlaw.flows.cli.console import fit_command
+    from kbitlaw.law import document_gates, io
 
     doc = {"results_sha": "ab" * 32, "n_rows": 1, "dropped_rows": 0, "recommendation": {"status": "failed"}}
     monkeypatch.setattr(
         io, "fit_store", lambda store: io.StoredFit(doc, refitted=True, key="fits/x/fit.json")
     )
-    monkeypatch.setattr(gates, "check_document", lambda d: broken if d is doc else ["wrong document"])
+    monkeypatch.setattr(
+        document_gates, "check_document", lambda d: broken if d is doc else ["wrong document"]
+    )
     assert fit_command(str(tmp_path), None, False, check=True) == code
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == (broken[0] if broken else "every ok entry passes its gates")

@@ -12,12 +12,8 @@ import math
 import pytest
 import torch
 
-from kbitlaw.quant.codebooks import (
-    e8m0_scales,
-    element_format,
-    fixed_codebook,
-    fp_codebook,
-)
+from kbitlaw.quant.block_scaled import e8m0_scales, element_format
+from kbitlaw.quant.codebooks import fixed_codebook, fp_codebook
 from kbitlaw.quant.fake import (
     block_scales,
     fake_quantize,

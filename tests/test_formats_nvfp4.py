@@ -7,9 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kbitlaw.quant.codebooks import (
-    round_e4m3,
-)
+from kbitlaw.quant.block_scaled import round_e4m3
 from kbitlaw.quant.fake import (
     block_scales,
     fake_quantize,

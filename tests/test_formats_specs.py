@@ -8,12 +8,7 @@ import math
 import pytest
 import torch
 
-from kbitlaw.quant.codebooks import (
-    build_table,
-    element_format,
-    fixed_table,
-    round_unit,
-)
+from kbitlaw.quant.block_scaled import element_format
 from kbitlaw.quant.fake import (
     block_scales,
     fake_quantize,
@@ -22,6 +17,7 @@ from kbitlaw.quant.fake import (
     round_blocks,
     spec_codebook,
 )
+from kbitlaw.quant.nearest import build_table, fixed_table, round_unit
 from kbitlaw.quant.spec import ALIASES, QuantSpec, default_exponent_bits
 from tests.test_formats_mx import gen
 
@@ -142,7 +138,7 @@ def test_other_block_scaled_specs_print_in_long_form():
 
 @pytest.mark.parametrize("spec,bpp", [("mxfp4", 4.25), ("nvfp4", 4.5)])
 def test_quantize_model_and_restore_with_deployed_formats(tiny_checkpoint, spec, bpp):
-    from kbitlaw.checkpoints import load_model
+    from kbitlaw.checkpoint_loading import load_model
 
     model = load_model(str(tiny_checkpoint))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

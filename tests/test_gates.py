@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_damage import PPL, SIZES, SPECS, TOKENS, points
 
-from kbitlaw.law import gates
+from kbitlaw.law import document_gates, gates
 from kbitlaw.law.damage.law import fit_damage, nested_columns
 from kbitlaw.law.sim import World, simulate_results
 
@@ -104,10 +104,10 @@ def test_the_document_check_lists_every_ok_entry_that_breaks_a_gate():
         "power_law": [GOOD_POWER_LAW, changed(alpha=4.4), changed(alpha=4.4, status="failed")],
         "joint_law": [{"family": "f", "status": "ok", "E": None}],
     }
-    lines = gates.check_document(doc)
+    lines = document_gates.check_document(doc)
     assert len(lines) == 2 and "alpha = 4.4" in lines[0] and "joint law f" in lines[1]
-    gated = gates.gate_document(copy.deepcopy(doc))
-    assert gates.check_document(gated) == []
+    gated = document_gates.gate_document(copy.deepcopy(doc))
+    assert document_gates.check_document(gated) == []
     assert [e["status"] for e in gated["power_law"]] == ["ok", "failed", "failed"]
     assert all(e["reason"] for e in gated["power_law"])
 

@@ -10,7 +10,6 @@ import polars as pl
 import pytest
 import torch
 
-from kbitlaw.checkpoints import transformer_linears
 from kbitlaw.data import world
 from kbitlaw.eval import sweep
 from kbitlaw.eval.calibration import (
@@ -21,8 +20,10 @@ from kbitlaw.eval.calibration import (
     parse_calibration,
 )
 from kbitlaw.eval.run import evaluate_specs, load_checkpoint
+from kbitlaw.model_structure import transformer_linears
 from kbitlaw.quant.fake import fake_quantize, quantize_model, restore
-from kbitlaw.quant.gptq import block_hessians, collect_hessians, gptq_quantize_model, gptq_quantize_weight
+from kbitlaw.quant.gptq import gptq_quantize_model, gptq_quantize_weight
+from kbitlaw.quant.hessians import block_hessians, collect_hessians
 from kbitlaw.store import Store
 from tests.conftest import corpus_sentences, make_checkpoint, make_family, write_specs
 from tests.test_cli import kbitlaw

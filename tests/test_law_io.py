@@ -9,12 +9,13 @@ import polars as pl
 import pytest
 
 import kbitlaw.law.io as law_io
-from kbitlaw.flows.console import fit_command
+from kbitlaw.flows.cli.console import fit_command
+from kbitlaw.hashing import sha256_bytes
 from kbitlaw.law.document import FitConfig, fit_laws
 from kbitlaw.law.io import LATEST, default_chance, fit_store, read_results_file
 from kbitlaw.law.sim import simulate_results
 from kbitlaw.law.table import ResultsError, normalise, results_sha
-from kbitlaw.store import Store, sha256_bytes
+from kbitlaw.store import Store
 
 STABLE_KEYS = {"results_sha", "recommendation", "threshold", "power_law", "damage", "extrapolation"}
 SPECS = ["fp16", "int8-b64", "int4-b64", "int3-b64"]

@@ -162,7 +162,7 @@ def assert_close(got, want, where="") -> None:
 
 
 def test_a_joint_law_that_is_not_ok_gives_no_prediction(doc, capsys):
-    from kbitlaw.flows.console import _prediction_summary
+    from kbitlaw.flows.cli.console import _prediction_summary
 
     broken = copy.deepcopy(doc)
     broken["joint_law"][0] |= {"status": "failed", "reason": "alpha = 4.4 outside its plausible range"}
@@ -177,7 +177,7 @@ def test_a_joint_law_that_is_not_ok_gives_no_prediction(doc, capsys):
 
 
 def test_a_scheme_whose_damage_law_is_not_ok_gives_no_prediction_for_its_specs(doc, capsys):
-    from kbitlaw.flows.console import _prediction_summary
+    from kbitlaw.flows.cli.console import _prediction_summary
 
     broken = copy.deepcopy(doc)
     (scheme,) = broken["joint_law"][0]["damage"]["schemes"]

@@ -17,7 +17,7 @@ import pytest
 from fitdoc_fuzz import mutations
 from rich.console import Console
 
-from kbitlaw.flows.console import _prediction_summary
+from kbitlaw.flows.cli.console import _prediction_summary
 from kbitlaw.law import fitdoc
 from kbitlaw.law.common import json_safe
 from kbitlaw.law.joint.predict import PredictError, predict_from_document

@@ -37,7 +37,8 @@ N_EXAMPLES = 12  # rows per builtin dataset (3 datasets: multiple choice, cloze,
 def train_family(root: Path) -> Path:
     """Three demo sizes trained on 40,960 tokens each (80 steps, saved at 10/20/40/80): enough for a
     recommendation with a spec, not "insufficient data". 10-25 s on two cores (two processes)."""
-    from kbitlaw.demo.train import TrainConfig, build_family, family_sizes
+    from kbitlaw.demo.family import TrainConfig, family_sizes
+    from kbitlaw.demo.train import build_family
     from kbitlaw.store import Store
 
     config = TrainConfig(budget_tokens=40_960, seq_len=64, batch_size=8, corpus_docs=3000)

@@ -7,7 +7,8 @@ import bitsandbytes.functional as bnbf
 import pytest
 import torch
 
-from kbitlaw.quant.codebooks import fake_quantize_blockwise, fixed_codebook, round_scales
+from kbitlaw.quant.blockwise import fake_quantize_blockwise, round_scales
+from kbitlaw.quant.codebooks import fixed_codebook
 from kbitlaw.quant.fake import fake_quantize, outlier_features, spec_codebook
 from kbitlaw.quant.spec import GRIDS, QuantSpec, resolve_grid
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from kbitlaw.checkpoints import transformer_linears
+from kbitlaw.model_structure import transformer_linears
 from kbitlaw.quant.fake import (
     outlier_features,
     quantize_model,

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from kbitlaw.law import fitdoc
-from kbitlaw.law.gates import check_document
+from kbitlaw.law.document_gates import check_document
 from kbitlaw.status import OK, STATUSES
 from tests.conftest import kbitlaw as run_kbitlaw
 from tests.realdata import untar_realdata

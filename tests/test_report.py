@@ -26,13 +26,14 @@ from kbitlaw.flows.artifacts import (
     progress_bar,
     publish_artifacts,
 )
-from kbitlaw.flows.console import report_command
+from kbitlaw.flows.cli.console import report_command
+from kbitlaw.hashing import sha256_bytes
 from kbitlaw.law.document import FitConfig, fit_laws
 from kbitlaw.law.io import LATEST, default_chance, fit_store
 from kbitlaw.law.sim import DEFAULT_DATASETS, World, simulate_results
 from kbitlaw.law.table import components, latest_per_size, metric_points, normalise
 from kbitlaw.report.build import LATEST_REPORT, build_report, latest_report
-from kbitlaw.store import Store, sha256_bytes
+from kbitlaw.store import Store
 
 SPECS = [
     "fp16", "int8-b64", "int5-b64", "int4-b64", "int4-b1024", "int3-b64", "int3-b1024",

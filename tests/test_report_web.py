@@ -18,12 +18,13 @@ import polars as pl
 import pytest
 
 from kbitlaw.flows.artifacts import FRONTIER_KEY, summary_markdown
+from kbitlaw.hashing import sha256_bytes
 from kbitlaw.law.document import FitConfig
 from kbitlaw.law.io import LATEST, fit_store
 from kbitlaw.law.sim import simulate_results
 from kbitlaw.report.build import build_report
 from kbitlaw.report.web import REPORT_URL_ENV, public_url, start_report_server
-from kbitlaw.store import LATEST_REPORT, Store, sha256_bytes
+from kbitlaw.store import LATEST_REPORT, Store
 
 # The grid of tests/test_report.py, smaller: enough sizes for a recommendation and several data
 # types at 3 and 4 bits, so the report draws both figures the summary shows.

@@ -9,7 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kbitlaw.checkpoints import discover, load_model, load_tokenizer
+from kbitlaw.checkpoint_loading import load_model, load_tokenizer
+from kbitlaw.checkpoints import discover
 from kbitlaw.data.prepare import select_dataset_specs
 from kbitlaw.data.specs import clean_dataset
 from kbitlaw.eval import sweep

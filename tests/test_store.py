@@ -8,7 +8,8 @@ import threading
 import polars as pl
 import pytest
 
-from kbitlaw.store import Store, StoreError, sha256_bytes, validate_key
+from kbitlaw.hashing import sha256_bytes
+from kbitlaw.store import Store, StoreError, validate_key
 
 
 def test_bytes_roundtrip_exists_and_info(store_uri):

@@ -15,7 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load as load_tensors
 
-from kbitlaw.checkpoints import discover, load_model
+from kbitlaw.checkpoint_loading import load_model
+from kbitlaw.checkpoints import discover
 from kbitlaw.data import world
 from kbitlaw.demo import train
 from kbitlaw.demo.family_store import load_tokenizer

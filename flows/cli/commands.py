@@ -241,7 +241,7 @@ def fit(
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the k-bit scaling laws to the stored results (or a results file)."""
-    from kbitlaw.flows.console import fit_command
+    from kbitlaw.flows.cli.console import fit_command
 
     raise typer.Exit(fit_command(store, results, as_json, check=check))
 
@@ -265,7 +265,7 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Predict the loss of a planned model at 16 bits and every spec, from the joint law L(N, D, k)."""
-    from kbitlaw.flows.console import predict_command
+    from kbitlaw.flows.cli.console import predict_command
 
     raise typer.Exit(predict_command(store, results, n_params, tokens, memory_gb, threshold, family, as_json))
 
@@ -274,7 +274,7 @@ def predict(
 def report(store: StoreOpt = None) -> None:
     """Write the HTML report for the newest fit (if missing) and print where it is."""
     _quiet_libraries()
-    from kbitlaw.flows.console import report_command
+    from kbitlaw.flows.cli.console import report_command
 
     raise typer.Exit(report_command(store))
 

@@ -32,7 +32,8 @@ from kbitlaw.data import world
 from kbitlaw.data.adapters import KIND, adapt
 from kbitlaw.data.cleaning import CLEANING_VERSION, clean_frame, summary
 from kbitlaw.data.files import DatasetError, parse_table, read_bytes, read_dataset_file, read_dataset_frame
-from kbitlaw.store import Store, clean_keys, sha256_bytes
+from kbitlaw.hashing import sha256_bytes
+from kbitlaw.store import Store, clean_keys
 from kbitlaw.vocab import DATASET_COLUMNS, KINDS
 
 __all__ = [  # read_dataset_* and DatasetError live in data/files.py; importing them from here still works

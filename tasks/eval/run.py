@@ -15,7 +15,8 @@ from typing import Any
 import polars as pl
 import torch
 
-from kbitlaw.checkpoints import Checkpoint, default_device, load_model, load_tokenizer, resolve
+from kbitlaw.checkpoint_loading import default_device, load_model, load_tokenizer
+from kbitlaw.checkpoints import Checkpoint, resolve
 from kbitlaw.data.specs import frame_sha
 from kbitlaw.eval.calibration import DEFAULT_CALIBRATION, CalibrationRef, calibration_ref, calibration_tokens
 from kbitlaw.eval.engine import evaluate_prepared, max_length, prepare

@@ -27,14 +27,16 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kbitlaw.checkpoints import TOKENIZER_FILES, Checkpoint, default_device, load_model, load_tokenizer
+from kbitlaw.checkpoint_loading import default_device, load_model, load_tokenizer
+from kbitlaw.checkpoints import TOKENIZER_FILES, Checkpoint
 from kbitlaw.eval.calibration import CalibrationRef, calibration_tokens
 from kbitlaw.eval.engine import EVALUATOR_VERSION, evaluate_prepared, max_length, prepare
 from kbitlaw.eval.results import result_rows, results_frame
 from kbitlaw.eval.scoring import Scorer
+from kbitlaw.hashing import sha256_bytes
 from kbitlaw.quant.fake import quantize_model
 from kbitlaw.quant.spec import QuantSpec
-from kbitlaw.store import Store, result_keys, sha256_bytes
+from kbitlaw.store import Store, result_keys
 from kbitlaw.store import result_key as store_result_key
 from kbitlaw.store import samples_key as store_samples_key
 

@@ -2,11 +2,12 @@
 
 fit_laws() prepares the points (table.py), then computes, each in its own module:
 - the Pareto frontier of (total bits, quality) and the recommended precision (law/recommend/frontier.py);
-- the critical size S* and the loss power law over model sizes, per spec (size/fit.py);
+- the critical size S* and the loss power law over model sizes, per spec (size/threshold.py,
+  size/power_law.py);
 - the quantization-damage laws across training (damage/law.py, damage/fit.py);
 - the joint law L(N, D, spec) over every checkpoint (joint/law.py, joint/fit.py): one entry, or a
   list when the results hold several families;
-- the per-spec linear curves in log2 total bits (size/fit.py),
+- the per-spec linear curves in log2 total bits (size/linear.py),
 and assembles the `fit --json` document (DESIGN.md) and the long table stored as fit.parquet.
 
 A number is never invented: a law with too little data reports "insufficient data" and nulls,
@@ -22,13 +23,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kbitlaw.law import gates
 from kbitlaw.law.common import OK, POINT_COLUMNS, FitConfig, json_safe, table_rows
 from kbitlaw.law.damage.law import fit_damage
+from kbitlaw.law.document_gates import gate_document
 from kbitlaw.law.fitdoc import FIT_SCHEMA_VERSION
+from kbitlaw.law.gates import describe_gates
 from kbitlaw.law.joint.fit import fit_joint_laws
 from kbitlaw.law.recommend.frontier import fit_frontiers
-from kbitlaw.law.size.fit import fit_power_laws_by_spec, fit_thresholds, linear_curves
+from kbitlaw.law.size.linear import linear_curves
+from kbitlaw.law.size.power_law import fit_power_laws_by_spec
+from kbitlaw.law.size.threshold import fit_thresholds
 from kbitlaw.law.table import (
     components,
     drop_unusable,
@@ -173,8 +177,8 @@ def fit_laws(
         "config": config.describe(),
         "datasets": dataset_versions(df),
     }
-    doc = gates.gate_document(json_safe(doc))
-    doc["gates"] = gates.describe_gates()
+    doc = gate_document(json_safe(doc))
+    doc["gates"] = describe_gates()
     doc["claims"] = family_claims(latest, points, doc, samples)
     return FitResult(json_safe(doc), table)
 

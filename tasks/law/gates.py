@@ -22,20 +22,18 @@ the parameters; anything else (not converged, implausible, a held-out miss) make
 Either way the entry keeps its numbers for inspection, gets a `reason` in words, and is never
 drawn, used in a prediction, a claim or the headline.
 
-`check_document(doc)` applies the same gates to a stored document: it lists every `ok` entry that
-breaks one (`kbitlaw fit --check`).
+This module defines the gates and applies them to one entry (`apply`); law/document_gates.py
+applies them to every entry of a fit document.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from kbitlaw.law.fitdoc import describe, entries, interval, joint_laws, number, path, status, strings
-from kbitlaw.status import FAILED, NOT_TESTABLE, OK, UNIDENTIFIED
+from kbitlaw.law.fitdoc import interval, number, path, status, strings
+from kbitlaw.status import FAILED, OK, UNIDENTIFIED
 
 BOUND_MARGIN = 0.01  # an estimate within 1% of a bound sits on it
 HELDOUT_NOISE_MULTIPLE = 3.0  # held-out RMS error allowed, in units of the points' noise SD
@@ -108,6 +106,29 @@ JOINT = LawGates(
     "et al. 2024: 0.35, 0.37); E a loss floor in nats",
 )
 LAWS = {"power_law": POWER_LAW, "threshold": THRESHOLD, "damage": DAMAGE, "joint_law": JOINT}
+
+
+def describe_gates() -> dict:
+    """The gates as the fit document records them (what `ok` meant for this fit)."""
+    return {
+        "bound_margin": BOUND_MARGIN,
+        "heldout_noise_multiple": HELDOUT_NOISE_MULTIPLE,
+        "laws": {
+            key: {
+                "law": g.law,
+                "source": g.source,
+                "params": {
+                    p.name: {
+                        "plausible": [p.lo, None if math.isinf(p.hi) else p.hi],
+                        "max_width": None if math.isinf(p.max_width) else p.max_width,
+                        "width_in": "decades" if p.scale else "absolute",
+                    }
+                    for p in g.params
+                },
+            }
+            for key, g in LAWS.items()
+        },
+    }
 
 
 # -- the gates of one entry ---------------------------------------------------------------------------
@@ -297,128 +318,3 @@ def _default_reason(entry: dict) -> str:
     return {"insufficient data": "too few sizes or checkpoints for this law"}.get(
         status(entry), status(entry)
     )
-
-
-# -- the document --------------------------------------------------------------------------------------
-
-GATED_SECTIONS = ("power_law", "threshold", "damage", "curves")
-
-
-def document_level(doc: Any) -> float:
-    v = number(path(doc, "config", "level"))
-    return v if v is not None and 0 < v < 1 else REFERENCE_LEVEL
-
-
-def gate_document(doc: dict) -> dict:
-    """Apply the gates to every law entry of a fit document (in place) and return it."""
-    level = document_level(doc)
-    for section in GATED_SECTIONS:
-        for e in entries(doc, section):
-            apply(section, e, level)
-    rec = doc.get("recommendation")
-    if isinstance(rec, dict):
-        apply("recommendation", rec, level)
-    for e in joint_laws(doc):
-        for s in path(e, "damage", "schemes", default=[]) or []:
-            if isinstance(s, dict):
-                apply("joint_damage", s, level)
-        apply("joint_law", e, level)
-    for check in entries(doc, "extrapolation"):  # gate 5 for the laws over sizes: their hold-out
-        parent = _parent_law(doc, check)
-        z = standardized_rms([check], level)
-        if check.get("law") in ("power_law", "threshold") and parent is not None and status(parent) == OK:
-            if z is not None and z > HELDOUT_NOISE_MULTIPLE:
-                parent["status"] = FAILED
-                limit = f"(at most {HELDOUT_NOISE_MULTIPLE:g}x)"
-                parent["reason"] = f"held-out largest size: error {z:.3g}x the point's noise {limit}"
-    for check in entries(doc, "extrapolation"):
-        parent = _parent_law(doc, check)
-        if parent is not None and status(parent) != OK and status(check) == OK:
-            check["status"] = NOT_TESTABLE
-            check["reason"] = f"the law it checks is {describe(parent)}"
-        check.setdefault("reason", "predicted vs observed" if status(check) == OK else status(check))
-    return doc
-
-
-def _parent_law(doc: dict, check: dict) -> dict | None:
-    """The law entry an extrapolation check belongs to (power law, threshold or damage form)."""
-    law, family, quant = check.get("law"), check.get("family"), check.get("quant")
-    if law in ("power_law", "threshold"):
-        metric = check.get("metric")
-        found = [
-            e
-            for e in entries(doc, law)
-            if (e.get("family"), e.get("quant"), e.get("metric")) == (family, quant, metric)
-        ]
-        return found[0] if found else None
-    if isinstance(law, str) and law.startswith("damage_") and isinstance(quant, str):
-        from kbitlaw.quant.spec import QuantSpec
-
-        try:
-            scheme = QuantSpec.parse(quant).scheme
-        except ValueError:
-            return None
-        form = law.removeprefix("damage_")
-        found = [
-            e
-            for e in entries(doc, "damage")
-            if (e.get("family"), e.get("scheme"), e.get("form")) == (family, scheme, form)
-        ]
-        return found[0] if found else None
-    return None
-
-
-def _law_entries(doc: dict) -> Iterator[tuple[str, dict]]:
-    """(name, entry) of every gated entry, in document order."""
-    for section in (*GATED_SECTIONS, "extrapolation"):
-        for e in entries(doc, section):
-            yield _name(section, e), e
-    rec = doc.get("recommendation")
-    if isinstance(rec, dict):
-        yield "recommendation", rec
-    for e in joint_laws(doc):
-        yield f"joint law {e.get('family')}", e
-        for s in path(e, "damage", "schemes", default=[]) or []:
-            if isinstance(s, dict):
-                yield f"joint law {e.get('family')} damage {s.get('scheme')}", s
-
-
-def _name(section: str, e: dict) -> str:
-    keys = ("family", "law", "quant", "scheme", "form", "metric", "held_out")
-    return section + " " + " ".join(e[k] for k in keys if isinstance(e.get(k), str))
-
-
-def check_document(doc: Any) -> list[str]:
-    """One line per `ok` entry of a stored fit document that breaks a gate (empty: all pass): the
-    gates are applied to a copy and every entry that they would move off `ok` is named."""
-    if not isinstance(doc, dict):
-        return ["the fit document is not a JSON object"]
-    regated = gate_document(copy.deepcopy(doc))
-    out = []
-    for (name, before), (_, after) in zip(_law_entries(doc), _law_entries(regated), strict=True):
-        if status(before) == OK and status(after) != OK:
-            out.append(f"{name}: status ok but {after.get('reason')}")
-    return out
-
-
-def describe_gates() -> dict:
-    """The gates as the fit document records them (what `ok` meant for this fit)."""
-    return {
-        "bound_margin": BOUND_MARGIN,
-        "heldout_noise_multiple": HELDOUT_NOISE_MULTIPLE,
-        "laws": {
-            key: {
-                "law": g.law,
-                "source": g.source,
-                "params": {
-                    p.name: {
-                        "plausible": [p.lo, None if math.isinf(p.hi) else p.hi],
-                        "max_width": None if math.isinf(p.max_width) else p.max_width,
-                        "width_in": "decades" if p.scale else "absolute",
-                    }
-                    for p in g.params
-                },
-            }
-            for key, g in LAWS.items()
-        },
-    }

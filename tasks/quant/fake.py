@@ -22,23 +22,11 @@ from functools import partial
 import torch
 from torch import nn
 
-from kbitlaw.checkpoints import transformer_linears
-from kbitlaw.quant.codebooks import (
-    NearestTable,
-    _row_absmax,
-    absmax_scales,
-    block_absmax,
-    build_table,
-    e8m0_scales,
-    element_format,
-    element_table,
-    fake_quantize_blockwise,
-    fixed_table,
-    nvfp4_scales,
-    quantile_codebook,
-    round_unit,
-    round_unit_bucketize,
-)
+from kbitlaw.model_structure import transformer_linears
+from kbitlaw.quant.block_scaled import e8m0_scales, element_format, element_table, nvfp4_scales
+from kbitlaw.quant.blockwise import _row_absmax, absmax_scales, block_absmax, fake_quantize_blockwise
+from kbitlaw.quant.codebooks import quantile_codebook
+from kbitlaw.quant.nearest import NearestTable, build_table, fixed_table, round_unit, round_unit_bucketize
 from kbitlaw.quant.spec import QuantSpec, outlier_count
 
 TORCH_BASELINES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -88,7 +76,7 @@ def _scales(
     scale_dtype: torch.dtype = torch.float16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """THE definition of block scales: (scale, inverse) per block absmax ([rows, 1] float32), in the
-    units of the spec's element grid (quant/codebooks.py, element_format; fp16/bf16 scales: the unit
+    units of the spec's element grid (quant/block_scaled.py, element_format; fp16/bf16 scales: the unit
     codebook). Values quantize as round(x * inverse) * scale; a zero block has scale and inverse 0.
 
     fp16/bf16: the absmax rounded to that dtype (scale_dtype for fp16, e.g. float32 for references).

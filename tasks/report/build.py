@@ -21,13 +21,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from kbitlaw.hashing import sha256_bytes
 from kbitlaw.law.common import json_safe
 from kbitlaw.report.guard import Guard, error_line
 from kbitlaw.report.headline import changes_since, datasets_from_store, fallback_summary, headline
 from kbitlaw.report.html import headline_html, page
 from kbitlaw.report.inputs import Inputs, as_key, load_inputs, report_sha
 from kbitlaw.report.sections import family_claims, provenance_rows, render_sections
-from kbitlaw.store import LATEST_REPORT, Store, StoreError, report_key, sha256_bytes
+from kbitlaw.store import LATEST_REPORT, Store, StoreError, report_key
 
 
 def report_keys(results_sha: str) -> dict[str, str]:

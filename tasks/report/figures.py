@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from kbitlaw.law.claims.paper import best_per_bits, headline_metric, specs_of
+from kbitlaw.law.claims.specs import best_per_bits, headline_metric, specs_of
 from kbitlaw.law.numerics.stats import NO_DATA, NOT_TESTABLE, higher_is_better, score
 from kbitlaw.vocab import ACC_OF, BASELINES, LOSS, MEAN_ACC, gb, gb_bits
 

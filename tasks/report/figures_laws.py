@@ -11,7 +11,7 @@ import math
 import numpy as np
 import polars as pl
 
-from kbitlaw.law.claims.paper import best_per_bits
+from kbitlaw.law.claims.specs import best_per_bits
 from kbitlaw.law.fitdoc import FitDocument, describe, interval, number, text, usable
 from kbitlaw.law.numerics.stats import NO_DATA, NOT_TESTABLE, score
 from kbitlaw.quant.spec import QuantSpec

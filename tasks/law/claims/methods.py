@@ -4,7 +4,8 @@ and the 8-bit block scales of OCP MX and NVFP4 against fp16 absmax scales.
 
 Each comparison is made twice where it can be: on the same checkpoints (paired: what the method
 or format does to a model) and at equal total model bits (what it is worth for a memory budget,
-the question the tool answers). Verdicts follow law/claims/paper.py (2 SE, Holm over several pairs).
+the question the tool answers). Verdicts follow the paper's claims (law/claims/widths.py, dtypes.py:
+2 SE, Holm over several pairs).
 """
 
 from __future__ import annotations

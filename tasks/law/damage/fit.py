@@ -1,6 +1,6 @@
 """The damage-law numerics: weighted nonlinear least squares on dL itself, and its bootstrap.
 
-The law is dL = exp(x @ theta) for design rows x (damage/law.py builds them). Fitting log dL by
+The law is dL = exp(x @ theta) for design rows x (damage/design.py builds them). Fitting log dL by
 linear least squares would need dL > 0, and dropping the others keeps only the points whose noise
 came out positive: where damage is small against evaluation noise this biases every exponent
 toward 0. So dL is fitted as it is, negatives included, with weights from its noise:

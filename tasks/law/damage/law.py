@@ -1,9 +1,8 @@
 """Quantization damage across training: how much loss k-bit quantization costs as a checkpoint sees
 more tokens.
 
-dL = loss(quantized) - loss(16-bit) of the same checkpoint (mean perplexity-kind `loss`), fitted per
-family and quantization scheme (a data type, block size and outlier share with k varying, written
-e.g. `int<k>-b64`) in two forms:
+dL = loss(quantized) - loss(16-bit) of the same checkpoint, per family and quantization scheme
+(damage/design.py), is fitted in two forms:
 - power (Ouyang et al.):        dL = C * D^beta / (N^alpha * k^gamma)
 - exponential (Kumar et al.):   dL = C * D^beta / N^alpha * exp(-k/gamma)
 with N = n_params (the results schema has no non-embedding count; Ouyang use non-embedding N, so
@@ -16,11 +15,12 @@ scatter of dL around the law in proportion to it (`noise`); intervals from a par
 An exponent whose variable takes one value in the data (one model size, one k) is not identified:
 it is reported null and its effect folds into C (as do the dtype and block factors).
 
-Each form is also refit without the family's latest checkpoint and predicts it: `heldout_error` is
-the RMS error of those predictions in units of the points' noise SD (pooled over the two forms; ~1
-when a form extrapolates within the noise), which tells which form extrapolates better, and each
-held-out point is an extrapolation check (its noise: the losses' stderrs, else the refit's noise
-estimate). Each form also predicts dL at the next checkpoint of the latest checkpoint's size.
+Each form is also refit without the family's latest checkpoint and predicts it (damage/checks.py):
+`heldout_error` is the RMS error of those predictions in units of the points' noise SD (pooled over
+the two forms; ~1 when a form extrapolates within the noise), which tells which form extrapolates
+better, and each held-out point is an extrapolation check (its noise: the losses' stderrs, else the
+refit's noise estimate). Each form also predicts dL at the next checkpoint of the latest
+checkpoint's size.
 """
 
 from __future__ import annotations
@@ -30,244 +30,28 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from kbitlaw.law.common import NO_DATA, OK, extrapolation_entry, json_safe, num, table_rows
-from kbitlaw.law.damage.fit import DamageFit, Noise, fit_damage_law
+from kbitlaw.law.common import NO_DATA, OK, json_safe, num, table_rows
+from kbitlaw.law.damage.checks import (
+    held_out_check,
+    heldout_errors,
+    next_checkpoint,
+    standardized_errors,
+    width_holdout,
+)
+from kbitlaw.law.damage.design import (
+    FORMS,
+    PARAMS,
+    SchemeData,
+    damage_points,
+    design,
+    free_columns,
+    identifiable,
+    predict,
+    scheme_data,
+    to_params,
+)
+from kbitlaw.law.damage.fit import DamageFit, fit_damage_law
 from kbitlaw.law.numerics.solve import child_rng, interval
-from kbitlaw.quant.spec import QuantSpec
-from kbitlaw.vocab import BASELINES, LOSS
-
-FORMS = ("power", "exponential")
-PARAMS = ("C", "beta", "alpha", "gamma")  # coefficient order: log C, beta, alpha, gamma-term
-
-
-def scheme_column(quant: pl.Series) -> pl.Expr:
-    """The `scheme` of each spec in `quant` (QuantSpec.scheme: `int4-b64` -> `int<k>-b64`)."""
-    schemes = {q: QuantSpec.parse(q).scheme for q in quant.unique().to_list()}
-    return pl.col("quant").replace_strict(schemes, return_dtype=pl.String)
-
-
-def damage_points(points: pl.DataFrame) -> pl.DataFrame:
-    """dL per (checkpoint, quantized spec) against the checkpoint's fp16 (else bf16) loss, with the
-    16-bit loss (`base`) and its stderr (`base_stderr`)."""
-    loss = points.filter(pl.col("metric") == LOSS)
-    base = (
-        loss.filter(pl.col("quant").is_in(list(BASELINES)))
-        .sort("quant", descending=True)  # fp16 before bf16
-        .group_by(["family", "checkpoint_id"], maintain_order=True)
-        .first()
-        .select(
-            "family", "checkpoint_id", pl.col("value").alias("base"), pl.col("stderr").alias("base_stderr")
-        )
-    )
-    return (
-        loss.filter(pl.col("bits") < 16, pl.col("tokens_seen").is_finite(), pl.col("tokens_seen") > 0)
-        .join(base, on=["family", "checkpoint_id"])
-        .with_columns(
-            delta=pl.col("value") - pl.col("base"),
-            scheme=scheme_column(loss["quant"]),
-        )
-        .sort(["family", "scheme", "checkpoint_id", "quant"])
-    )
-
-
-def design(d: np.ndarray, n: np.ndarray, k: np.ndarray, form: str) -> np.ndarray:
-    """Columns whose coefficients are (log C, beta, alpha, gamma or 1/gamma): dL = exp(x @ coef)."""
-    last = -np.log(k) if form == "power" else -k
-    return np.column_stack([np.ones_like(d), np.log(d), -np.log(n), last])
-
-
-def free_columns(x: np.ndarray) -> np.ndarray:
-    """The intercept plus every regressor that varies in the data."""
-    varies = np.array([True] + [len(np.unique(x[:, j])) > 1 for j in range(1, x.shape[1])])
-    return np.flatnonzero(varies)
-
-
-def to_params(coef: np.ndarray, cols: np.ndarray, form: str) -> np.ndarray:
-    """Coefficient rows [..., len(cols)] -> (C, beta, alpha, gamma) rows, NaN where not identified."""
-    full = np.full((*coef.shape[:-1], 4), np.nan)
-    full[..., cols] = coef
-    with np.errstate(over="ignore"):  # a diverged bootstrap refit gives inf: quantiles tolerate it
-        full[..., 0] = np.exp(full[..., 0])
-    if form == "exponential":
-        with np.errstate(divide="ignore"):
-            full[..., 3] = 1.0 / full[..., 3]
-    return full
-
-
-def _known(v: np.ndarray) -> np.ndarray:
-    return np.isfinite(v) & (v > 0)
-
-
-@dataclass(frozen=True)
-class SchemeData:
-    """One family's damage points for one scheme, every dL (negative ones too)."""
-
-    family: str
-    scheme: str
-    rows: pl.DataFrame
-
-    @property
-    def y(self) -> np.ndarray:
-        return self.rows["delta"].to_numpy().astype(float)
-
-    @property
-    def checkpoints(self) -> np.ndarray:
-        return self.rows["checkpoint_id"].to_numpy()
-
-    @property
-    def latest(self) -> dict:
-        """The checkpoint that saw the most tokens (then the later step, the larger model)."""
-        order = ["tokens_seen", "step", "n_params", "checkpoint_id"]
-        return self.rows.sort(order, descending=True, nulls_last=True).row(0, named=True)
-
-    def noise(self) -> Noise:
-        """Variance units: squared stderrs when every loss has one, else squared losses."""
-        col = lambda c: self.rows[c].fill_null(np.nan).to_numpy().astype(float)  # noqa: E731
-        se_q, se_b = col("stderr"), col("base_stderr")
-        _, cluster = np.unique(self.checkpoints, return_inverse=True)
-        if _known(se_q).all() and _known(se_b).all():
-            return Noise(se_q**2, se_b**2, cluster, known=True)
-        return Noise(col("value") ** 2, col("base") ** 2, cluster, known=False)
-
-    def design(self, form: str) -> np.ndarray:
-        d, n, k = (self.rows[c].to_numpy().astype(float) for c in ("tokens_seen", "n_params", "bits"))
-        return design(d, n, k, form)
-
-
-def identifiable(x: np.ndarray, checkpoints: np.ndarray, cols: np.ndarray) -> bool:
-    """D varies (beta is the point of the law), two checkpoints at least, and a residual left."""
-    return 1 in cols and len(np.unique(checkpoints)) >= 2 and len(x) > len(cols)
-
-
-def predict(x_new: np.ndarray, fit: DamageFit) -> tuple[np.ndarray, np.ndarray]:
-    """dL at design rows (free columns only): the estimate [m] and bootstrap predictions [n_boot, m]."""
-    with np.errstate(over="ignore"):  # as in to_params: a diverged bootstrap refit predicts inf
-        return np.exp(x_new @ fit.theta), np.exp(fit.boot @ x_new.T)
-
-
-def insufficient(base: dict) -> dict:
-    none = {p: None for p in PARAMS}
-    return {
-        **base,
-        **none,
-        "ci": {p: [None, None] for p in PARAMS},
-        "noise": None,
-        "heldout_error": None,
-        "width_holdout_errors": None,
-        "held_out": None,
-        "unidentified": [],
-        "dropped": [],
-        "nested": None,
-        "next_checkpoint": None,
-        "status": NO_DATA,
-    }
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """A form's predictions of the held-out checkpoint's dL, the observations and their noise SD."""
-
-    predicted: np.ndarray
-    observed: np.ndarray
-    sd: np.ndarray
-
-
-def held_out_check(
-    data: SchemeData,
-    form: str,
-    cols: np.ndarray,
-    n_boot: int,
-    seed: int,
-    level: float,
-    with_checks: bool = True,
-):
-    """Refit without the latest checkpoint and predict its points: (HeldOut or None, checks).
-
-    A held-out point is flagged when it lies outside the refit's prediction interval combined in
-    quadrature with the point's own noise (its stderrs, else the refit's noise estimate)."""
-    x, y, ckpt, noise = data.design(form)[:, cols], data.y, data.checkpoints, data.noise()
-    latest = data.latest["checkpoint_id"]
-    train = ckpt != latest
-    if not set(cols) <= set(free_columns(data.design(form)[train])) or not identifiable(
-        x[train], ckpt[train], cols
-    ):
-        return None, []
-    rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}|heldout")
-    rows = np.flatnonzero(train)
-    # without checks only the held-out errors are wanted (choosing a form): no bootstrap needed
-    fit = fit_damage_law(x[rows], y[rows], noise.take(rows), n_boot if with_checks else 0, rng)
-    if fit is None:
-        return None, []
-    pred, pred_boot = predict(x[~train], fit)
-    obs = y[~train]
-    obs_sd = fit.sd(x[~train], noise.unit[~train])
-    dof = None if noise.known else fit.dof
-    quants = data.rows["quant"].to_numpy()[~train]
-    checks = [
-        extrapolation_entry(
-            f"damage_{form}",
-            data.family,
-            q,
-            "delta_loss",
-            latest,
-            float(pred[j]),
-            pred_boot[:, j],
-            float(obs[j]),
-            float(obs_sd[j]),
-            level,
-            noise_dof=dof,
-        )
-        for j, q in enumerate(quants)
-    ]
-    return HeldOut(pred, obs, obs_sd), checks
-
-
-def width_holdout(data: SchemeData, form: str, cols: np.ndarray, seed: int) -> HeldOut | None:
-    """Leave one bit width out: refit without each k in turn and predict its points. The forms
-    differ only in how damage falls with k (k^-gamma against e^(-k/gamma)), so predicting an unseen
-    width, the extreme ones above all, is what tells them apart; a held-out checkpoint is not (both
-    forms share its D and N terms). None with fewer than 3 widths."""
-    x, y, noise = data.design(form)[:, cols], data.y, data.noise()
-    ks = data.rows["bits"].to_numpy()
-    widths = np.unique(ks)
-    if len(widths) < 3 or 3 not in cols:
-        return None
-    predicted, observed, sd = (np.full(len(y), np.nan) for _ in range(3))
-    for k in widths:
-        train = np.flatnonzero(ks != k)
-        rng = child_rng(seed, f"damage|{data.family}|{data.scheme}|{form}|width{k}")
-        fit = fit_damage_law(x[train], y[train], noise.take(train), 0, rng)
-        if fit is None:
-            return None
-        test = ks == k
-        predicted[test] = np.exp(x[test] @ fit.theta)
-        observed[test] = y[test]
-        sd[test] = fit.sd(x[test], noise.unit[test])
-    return HeldOut(predicted, observed, sd)
-
-
-def next_checkpoint(data: SchemeData, all_rows: pl.DataFrame, form: str, cols, fit: DamageFit, level: float):
-    """dL predicted for the latest checkpoint's size one more step of its last token growth ahead."""
-    latest = data.latest
-    size = all_rows.filter(pl.col("family") == data.family, pl.col("n_params") == latest["n_params"])
-    earlier = size.filter(pl.col("tokens_seen") < latest["tokens_seen"])["tokens_seen"]
-    if earlier.len() == 0:
-        return None
-    d_next = latest["tokens_seen"] ** 2 / float(earlier.max())
-    names = data.rows.sort("quant").group_by("bits", maintain_order=True).first().sort("bits")
-    ks = names["bits"].to_numpy().astype(float)
-    x = design(np.full(len(ks), d_next), np.full(len(ks), latest["n_params"]), ks, form)[:, cols]
-    pred, pred_boot = predict(x, fit)
-    predictions = [
-        {
-            "quant": q,
-            "bits": int(k),
-            "delta_loss": num(pred[i]),
-            "ci": [num(v) for v in interval(pred_boot[:, i], level)],
-        }
-        for i, (q, k) in enumerate(zip(names["quant"], ks, strict=True))
-    ]
-    return {"n_params": int(latest["n_params"]), "tokens_seen": num(d_next), "predictions": predictions}
 
 
 @dataclass(frozen=True)
@@ -307,13 +91,22 @@ def fit_damage_model(
     return DamageModel(data.scheme, form, cols, fit)
 
 
-def scheme_data(points: pl.DataFrame) -> list[SchemeData]:
-    """Each (family, scheme)'s damage points, negative dL included."""
-    dp = damage_points(points)
-    return [
-        SchemeData(family, scheme, g.filter(pl.col("delta").is_finite()))
-        for (family, scheme), g in dp.group_by(["family", "scheme"], maintain_order=True)
-    ]
+def insufficient(base: dict) -> dict:
+    none = {p: None for p in PARAMS}
+    return {
+        **base,
+        **none,
+        "ci": {p: [None, None] for p in PARAMS},
+        "noise": None,
+        "heldout_error": None,
+        "width_holdout_errors": None,
+        "held_out": None,
+        "unidentified": [],
+        "dropped": [],
+        "nested": None,
+        "next_checkpoint": None,
+        "status": NO_DATA,
+    }
 
 
 def nested_columns(cols: np.ndarray) -> list[np.ndarray]:
@@ -427,28 +220,6 @@ def fit_one_form(
         fitted=np.exp(x[:, cols] @ fit.theta),
     )
     return entry, extrapolation, [rows], (held, by_width)
-
-
-def heldout_errors(held: list[HeldOut | None]) -> list[float | None]:
-    """Each form's RMS held-out error in units of the points' noise SD, pooled over the forms
-    (the mean of their noise variances), so that a form whose poorer fit inflated its own noise
-    estimate is not flattered by it."""
-    fitted = [h for h in held if h is not None]
-    if not fitted:
-        return [None] * len(held)
-    sd = np.sqrt(np.mean([h.sd**2 for h in fitted], axis=0))
-    return [
-        None if h is None else float(np.sqrt(np.mean(((h.predicted - h.observed) / sd) ** 2))) for h in held
-    ]
-
-
-def standardized_errors(held: list[HeldOut | None]) -> list[np.ndarray | None]:
-    """Each form's per-point errors in units of the points' noise SD pooled over the forms (as in
-    heldout_errors); None for a form without predictions, or for both when either has none."""
-    if any(h is None for h in held):
-        return [None] * len(held)
-    sd = np.sqrt(np.mean([h.sd**2 for h in held], axis=0))
-    return [(h.predicted - h.observed) / sd for h in held]
 
 
 def fit_damage(

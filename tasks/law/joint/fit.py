@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, num, table_rows
-from kbitlaw.law.damage.law import PARAMS as DAMAGE_PARAMS
+from kbitlaw.law.damage.design import PARAMS as DAMAGE_PARAMS
 from kbitlaw.law.joint.checks import held_out_checks, running_check
 from kbitlaw.law.joint.chinchilla import PARAMS as SURFACE_PARAMS
 from kbitlaw.law.joint.law import JointLaw, choose_forms, fit_joint, loss_points, sixteen_bit, warm_theta

@@ -26,8 +26,9 @@ import numpy as np
 import polars as pl
 
 from kbitlaw.law.common import OK, FitConfig
-from kbitlaw.law.damage.law import PARAMS as DAMAGE_PARAMS
-from kbitlaw.law.damage.law import DamageModel, fit_damage_model, free_columns, scheme_column, scheme_data
+from kbitlaw.law.damage.design import PARAMS as DAMAGE_PARAMS
+from kbitlaw.law.damage.design import free_columns, scheme_column, scheme_data
+from kbitlaw.law.damage.law import DamageModel, fit_damage_model
 from kbitlaw.law.joint.chinchilla import Surface, fit_surface
 from kbitlaw.law.numerics.solve import child_rng
 from kbitlaw.vocab import BASELINES, LOSS
@@ -203,7 +204,7 @@ def choose_forms(damage_entries: list[dict], family: str) -> dict[str, dict]:
     """scheme -> {form, heldout_error, chosen_by, entry} from the damage law's entries.
 
     The forms differ only in how damage falls with k, so what tells them apart is predicting a bit
-    width left out (damage/law.py width_holdout); the latest-checkpoint hold-out decides only where
+    width left out (damage/checks.py width_holdout); the latest-checkpoint hold-out decides only where
     there are fewer than 3 widths. Errors within TIE of each other do not decide: then the default
     (power) form, and `chosen_by` says so."""
     from kbitlaw.law.common import json_safe

@@ -39,9 +39,10 @@ import numpy as np
 import polars as pl
 
 from kbitlaw.law import fitdoc
+from kbitlaw.law.damage.design import FORMS
+from kbitlaw.law.damage.design import PARAMS as DAMAGE_PARAMS
 from kbitlaw.law.damage.fit import DamageFit
-from kbitlaw.law.damage.law import FORMS, DamageModel
-from kbitlaw.law.damage.law import PARAMS as DAMAGE_PARAMS
+from kbitlaw.law.damage.law import DamageModel
 from kbitlaw.law.joint.chinchilla import THETA, Surface
 from kbitlaw.law.joint.law import JointLaw, SpecInfo
 from kbitlaw.status import FAILED, NO_DATA, NOT_TESTABLE, OK, UNIDENTIFIED

@@ -41,7 +41,7 @@ def fit_command(store_uri: str | None, results_file: str | None, as_json: bool, 
         _summary(doc, where)
     if not check:
         return 0
-    from kbitlaw.flows.console_fit import ALL_PASS, check_lines
+    from kbitlaw.flows.cli.console_fit import ALL_PASS, check_lines
 
     broken = check_lines(doc)
     out = sys.stderr if as_json else sys.stdout  # --json: stdout holds the document only
@@ -266,8 +266,8 @@ def _error(message: str) -> int:
 
 def _summary(doc: Any, where: tuple[str, bool] | None) -> None:
     """The fit in a few lines and a table; entries that are not ok say why instead of showing
-    numbers; never raises on a broken document (flows/console_fit.py)."""
-    from kbitlaw.flows.console_fit import fit_summary
+    numbers; never raises on a broken document (cli/console_fit.py)."""
+    from kbitlaw.flows.cli.console_fit import fit_summary
 
     fit_summary(doc, where)
 

@@ -137,7 +137,7 @@ def fit_summary(raw: Any, where: tuple[str, bool] | None, console: Any = None) -
 
 
 def check_lines(raw: Any) -> list[str]:
-    """`kbitlaw fit --check`: one line per `ok` entry that breaks a gate (law/gates.py)."""
-    from kbitlaw.law.gates import check_document
+    """`kbitlaw fit --check`: one line per `ok` entry that breaks a gate (law/document_gates.py)."""
+    from kbitlaw.law.document_gates import check_document
 
     return [" ".join(str(line).split()) for line in check_document(raw)]

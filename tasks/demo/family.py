@@ -1,0 +1,101 @@
+"""The demo family's definition: its sizes (GPT-NeoX width, depth and tuned peak learning rate),
+the sizes to train, and the training config. The hash of the config, a size and the corpus is the
+`recipe` stamped on every checkpoint (train.py trains them).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from kbitlaw.data import world
+from kbitlaw.store import corpus_key
+
+
+@dataclass(frozen=True)
+class Size:
+    """One model size of the family: GPT-NeoX width and depth, and its tuned peak learning rate."""
+
+    name: str
+    hidden: int
+    layers: int
+    lr: float
+    heads: int = 4
+
+    @property
+    def non_embedding_params(self) -> int:
+        # attention (4 h^2 + 4 h) + MLP (8 h^2 + 5 h) + two layer norms (4 h), per layer; + final norm
+        h = self.hidden
+        return self.layers * (12 * h * h + 13 * h) + 2 * h
+
+
+# ~2.2x apart in non-embedding parameters, 62x from first to last. Heads are 16 or more dimensions
+# wide (a quarter of each is rotary: an odd rotary width breaks the rotation). Learning rates fall
+# with width (0.6-0.8 / hidden), each picked from a small sweep; neighbouring rates move a size's
+# final loss by ~0.04, as much as the gap to the next size, so retune them all together.
+FAMILY: tuple[Size, ...] = (
+    Size("h32-l1", 32, 1, lr=0.02, heads=2),
+    Size("h32-l2", 32, 2, lr=0.02, heads=2),
+    Size("h48-l2", 48, 2, lr=0.016, heads=3),
+    Size("h64-l3", 64, 3, lr=0.01),
+    Size("h96-l3", 96, 3, lr=0.007),
+    Size("h128-l4", 128, 4, lr=0.0055),
+)
+
+
+@functools.lru_cache(maxsize=8)
+def corpus_fingerprint(seed: int) -> str:
+    """A hash of the corpus' first documents: a change to the world's generators changes the recipe."""
+    docs = [doc for _, doc in zip(range(64), world.training_corpus(64, seed=seed), strict=False)]
+    return hashlib.sha256("\n".join(docs).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the weights (its hash is the `recipe` stamped on every checkpoint)."""
+
+    budget_tokens: int = 1_000_000  # per size, the same for every size
+    seq_len: int = 128  # also the models' context window
+    batch_size: int = 8
+    warmup_frac: float = 0.05
+    final_lr_frac: float = 0.1  # cosine decay from the peak down to this fraction
+    weight_decay: float = 0.1
+    vocab_size: int = 640  # the world has ~140 words: every word is one token
+    corpus_docs: int = 30_000
+    save_fracs: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)  # geometric tokens_seen
+    seed: int = 0
+
+    @property
+    def steps(self) -> int:
+        return max(1, round(self.budget_tokens / (self.batch_size * self.seq_len)))
+
+    @property
+    def planned_tokens(self) -> int:
+        """Tokens seen after the last step: the budget rounded to whole batches."""
+        return self.steps * self.batch_size * self.seq_len
+
+    def save_steps(self) -> list[int]:
+        return sorted({max(1, round(f * self.steps)) for f in self.save_fracs})
+
+    def recipe(self, size: Size) -> str:
+        doc = {"config": asdict(self), "size": asdict(size), "corpus": corpus_fingerprint(self.seed)}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+    def data_key(self, family: str) -> str:
+        doc = {k: v for k, v in asdict(self).items() if k in ("vocab_size", "corpus_docs", "seed")}
+        doc["corpus"] = corpus_fingerprint(self.seed)
+        digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+        return corpus_key(family, digest)
+
+
+def family_sizes(names: str | None):
+    """FAMILY, or the sizes named in a comma-separated list (for a smaller, faster demo)."""
+    if not names:
+        return FAMILY
+    by_name = {s.name: s for s in FAMILY}
+    unknown = [n for n in names.split(",") if n.strip() not in by_name]
+    if unknown:
+        raise ValueError(f"unknown size(s) {', '.join(unknown)} (known: {', '.join(by_name)})")
+    return tuple(by_name[n.strip()] for n in names.split(","))
