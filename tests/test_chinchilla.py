@@ -18,6 +18,8 @@ from kbitlaw.law.joint.chinchilla import GRID, Surface, best_of, fit_surface, sc
 from kbitlaw.law.table import ResultsError
 from tests.conftest import kbitlaw
 
+pytestmark = pytest.mark.slow  # subprocess fits of published runs
+
 DATA = Path(__file__).parent / "data" / "chinchilla_runs.csv"
 
 # Besiroglu et al. (2024), epoch-research/analyzing-chinchilla data_analysis.ipynb: the L-BFGS-B

@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import kbitlaw, make_family, write_specs
 
+pytestmark = pytest.mark.slow  # CPU hogs beside real commands
+
 
 @pytest.fixture
 def busy_cpus():
@@ -56,9 +58,9 @@ def test_datasets_validate_under_load(tmp_path, busy_cpus):
 
 
 def test_nightly_prints_no_traceback_under_load(tmp_path, busy_cpus):
-    """A successful nightly run (its own ephemeral API server, started and stopped on a busy machine)
-    leaves no CancelledError or traceback on stderr: a user reads those as a failure."""
-    make_family(tmp_path / "store" / "checkpoints")
+    """A successful nightly run (which starts the local Prefect API on a busy machine) leaves no
+    CancelledError or traceback on stderr: a user reads those as a failure."""
+    make_family(tmp_path / "store" / "checkpoints", sizes=(("h32", 32, 1),), steps=(10,))
     env = cli_env(tmp_path)
     specs = str(write_specs(tmp_path / "specs", 12))
     out = kbitlaw(
@@ -73,6 +75,6 @@ def test_nightly_prints_no_traceback_under_load(tmp_path, busy_cpus):
     )
     assert all(loop.poll() is None for loop in busy_cpus)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    assert "checkpoints: 4 (4 new); evaluations: 8 computed" in out.stdout, out.stdout
+    assert "checkpoints: 1 (1 new); evaluations: 2 computed" in out.stdout, out.stdout
     assert "CancelledError" not in out.stderr, out.stderr[-4000:]
     assert "Traceback" not in out.stderr, out.stderr[-4000:]

@@ -13,8 +13,11 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import free_port, write_specs
-from tests.test_cli import kbitlaw
+import pytest
+
+from tests.conftest import free_port, kbitlaw, write_specs
+
+pytestmark = pytest.mark.slow  # subprocess commands and flows
 
 
 def test_datasets_clean_then_validate(tmp_path):

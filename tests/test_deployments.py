@@ -13,6 +13,8 @@ import yaml
 
 from kbitlaw.flows.deploy import CHECKPOINT_EVENT, DEPLOYMENTS, runner_deployments
 
+pytestmark = pytest.mark.slow  # Prefect deployments
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

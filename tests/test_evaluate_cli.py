@@ -9,9 +9,10 @@ import pytest
 
 import kbitlaw.eval.run as flow
 from kbitlaw.eval.results import RESULT_SCHEMA
-from tests.conftest import make_checkpoint
-from tests.test_cli import kbitlaw
+from tests.conftest import kbitlaw, make_checkpoint
 from tests.test_evaluate import cloze_rows, mc_rows
+
+pytestmark = pytest.mark.slow  # subprocess commands
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from kbitlaw.checkpoints import discover, resolve
 from kbitlaw.eval.sweep import DatasetRef, checkpoint_dict, plan, result_key
 from kbitlaw.law.io import read_results_store
 from kbitlaw.store import Store
-from tests.conftest import make_checkpoint, write_specs
-from tests.test_cli import kbitlaw
+from tests.conftest import kbitlaw, make_checkpoint, write_specs
+
+pytestmark = pytest.mark.slow  # nightly flows over broken checkpoints
 
 ODD = "step 977 ü"
 

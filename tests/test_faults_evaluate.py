@@ -21,6 +21,8 @@ from kbitlaw.eval.engine import EvaluationError, prepare
 from tests.conftest import corpus_sentences
 from tests.test_evaluate import WINDOW, mc_rows
 
+pytestmark = pytest.mark.slow  # subprocess commands on 50 MB inputs
+
 # Runs a command and reports its peak RSS (KB) on a last stderr line, for this command alone.
 PEAK = (
     "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "

@@ -12,8 +12,7 @@ import pytest
 
 from kbitlaw.law.sim import simulate_results
 from kbitlaw.store import Store
-from tests.conftest import write_specs
-from tests.test_cli import kbitlaw
+from tests.conftest import kbitlaw, write_specs
 
 SPECS = ["fp16", "int8-b64", "int4-b64", "int3-b64"]
 

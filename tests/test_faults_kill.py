@@ -15,8 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from kbitlaw.store import Store
 from tests.conftest import make_family, write_specs
+
+pytestmark = pytest.mark.slow  # kill -9 of a real nightly
 
 
 def processes_with(marker: bytes) -> dict[int, str]:

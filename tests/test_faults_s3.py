@@ -21,6 +21,8 @@ import pytest
 
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.slow  # subprocess commands waiting on silent endpoints
+
 SECRET = "kbitlaw-dummy-secret-4f1c9a"  # must never be printed
 COMMANDS = {
     "fit": ["fit", "--store", "s3://b/x"],

@@ -25,6 +25,8 @@ from kbitlaw.flows.problems import (
 )
 from kbitlaw.store import StoreError
 
+pytestmark = pytest.mark.slow  # Prefect flow runs
+
 
 def wrapped(cause: BaseException) -> StoreError:
     try:

@@ -25,8 +25,7 @@ from kbitlaw.quant.fake import fake_quantize, quantize_model, restore
 from kbitlaw.quant.gptq import gptq_quantize_model, gptq_quantize_weight
 from kbitlaw.quant.hessians import block_hessians, collect_hessians
 from kbitlaw.store import Store
-from tests.conftest import corpus_sentences, make_checkpoint, make_family, write_specs
-from tests.test_cli import kbitlaw
+from tests.conftest import corpus_sentences, kbitlaw, make_checkpoint, make_family, write_specs
 
 VOLATILE = ("seconds", "created_at")
 
@@ -346,6 +345,7 @@ def test_results_without_the_calibration_column_still_read(tmp_path):
 # -- the command line and the nightly ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluate_command_with_deployed_formats_and_gptq(trained_checkpoint, tmp_path):
     data = tmp_path / "prose.jsonl"
     data.write_text(
@@ -377,6 +377,7 @@ def test_evaluate_command_with_deployed_formats_and_gptq(trained_checkpoint, tmp
     assert loss["int3-b64-gptq"]["value"] < loss["int3-b64"]["value"]
 
 
+@pytest.mark.slow
 def test_nightly_calibration_change_reevaluates_only_gptq(tmp_path, prefect_api):
     from kbitlaw.flows.nightly import nightly, run_summary
 
@@ -406,6 +407,7 @@ def test_nightly_calibration_change_reevaluates_only_gptq(tmp_path, prefect_api)
     assert sorted(gptq["calibration"].unique().to_list()) == ["text:4", "text:8"]
 
 
+@pytest.mark.slow
 def test_unusable_calibration_is_one_error_line(trained_checkpoint, tmp_path):
     data = tmp_path / "prose.jsonl"
     data.write_text(json.dumps({"id": "0", "text": "the cat sat on the mat ."}) + "\n")

@@ -130,6 +130,7 @@ def test_a_wrong_law_is_caught_by_the_held_out_size():
     assert h["flagged"] / h["points"] > 0.5 and h["rms_error"] > 0.02
 
 
+@pytest.mark.slow
 def test_interval_coverage_of_the_surface_parameters():
     world = World(loss_noise=0.002)
     reps, covered = 20, {p: 0 for p in SURFACE}

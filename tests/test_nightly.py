@@ -19,6 +19,8 @@ from kbitlaw.law.table import results_sha
 from kbitlaw.store import Store
 from tests.conftest import make_family, write_specs
 
+pytestmark = pytest.mark.slow  # Prefect flows over real checkpoints
+
 GRID = "fp16,int4-b64"
 
 

@@ -16,6 +16,8 @@ import torch
 
 import kbitlaw
 
+pytestmark = pytest.mark.slow  # builds and installs the wheel
+
 ROOT = Path(__file__).resolve().parents[1]
 API = [
     "QuantSpec",

@@ -211,6 +211,7 @@ def test_bad_requests_say_why(doc):
 
 
 
+@pytest.mark.slow
 def test_the_command_prints_one_json_document_or_a_table(tmp_path):
     path = tmp_path / "results.parquet"
     simulate().write_parquet(path)
@@ -265,6 +266,7 @@ def test_memory_follows_the_16_bit_parameters_as_sizes_grow(doc):
     assert sixteen_bit_params(one_size)[1] is None  # one size: the share
 
 
+@pytest.mark.slow
 def test_the_command_reads_the_stored_fit_and_does_not_refit(tmp_path):
     from kbitlaw.law.io import fit_store
     from kbitlaw.store import Store

@@ -25,6 +25,8 @@ import pytest
 
 from tests.conftest import free_port, write_specs
 
+pytestmark = pytest.mark.slow  # a real Prefect server, worker and automation
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's prefect and kbitlaw scripts
 GRID = "fp16,int8-b64,nf4-b64,int3"

@@ -275,6 +275,7 @@ def test_helpers_do_nothing_outside_a_run(built, capsys):
     assert captured.out == "" and "loud" in captured.err  # stdout stays clean for --json
 
 
+@pytest.mark.slow
 def test_artifacts_in_a_flow_run(built, prefect_api):
     from prefect import flow
     from prefect.client.orchestration import get_client
@@ -388,6 +389,7 @@ class Browser:
             self.proc.kill()
 
 
+@pytest.mark.slow
 def test_page_renders_in_headless_chromium(built, tmp_path):
     binary = ensure_chromium()
     browser = Browser(binary, tmp_path / "profile")

@@ -288,6 +288,7 @@ def test_summary_links_without_a_report_server(built, monkeypatch):
 # -- the command ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_serve_reports_command(built):
     proc = subprocess.Popen(
         [sys.executable, "-m", "kbitlaw", "serve-reports", "--store", built["store"].uri, "--port", "0"],
@@ -328,6 +329,7 @@ def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_the_summary_links_open_in_chromium(built, tmp_path, monkeypatch):
     """The summary markdown exactly as the artifact has it; its report link opened by Chromium over
     HTTP shows the fit's recommendation; its figures load as PNG."""

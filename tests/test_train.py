@@ -135,6 +135,7 @@ def test_an_interrupted_size_resumes_from_its_last_checkpoint(built, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)  # exactly the same weights
 
 
+@pytest.mark.slow
 def test_parallel_workers_train_the_same_weights(built, tmp_path):
     store, _, _ = built
     other = Store(str(tmp_path / "store"))
@@ -215,6 +216,7 @@ def test_training_makes_the_reduced_family_better(built, tmp_path):
     assert sum(train_loss[-10:]) / 10 < sum(train_loss[:10]) / 10 - 1.0
 
 
+@pytest.mark.slow
 def test_kbitlaw_demo_on_a_reduced_family(tmp_path, prefect_api):
     """`kbitlaw demo` as a user runs it (a subprocess, so training workers are really spawned): the
     family is built and arrives one round at a time; nightly evaluates only what is new."""
