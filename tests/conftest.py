@@ -54,6 +54,14 @@ def kbitlaw(
     return out
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Files with slow tests first, each file's tests kept together (module fixtures are built
+    once). With one test file per worker (--dist loadfile) a long file that starts last runs alone
+    at the end; started first, the short files fill the other worker around it."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 # -- built once per test session, shared by every xdist worker ---------------------------------------
 
 # Kept in the environment, not in a global: this file is imported twice (as conftest, tests.conftest).
@@ -118,7 +126,7 @@ def s3_server():
         stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a hang guard: moto starts in seconds idle
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -378,5 +386,5 @@ def prefect_api():
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):
         yield PREFECT_API_URL.value()

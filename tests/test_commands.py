@@ -91,7 +91,7 @@ def test_serve_starts_and_serves_the_deployments(prefect_api, tmp_path):
         start_new_session=True,
     )
     try:
-        served = _served_deployments(prefect_api, deadline=time.monotonic() + 120, proc=proc)
+        served = _served_deployments(prefect_api, deadline=time.monotonic() + 300, proc=proc)
         assert {"nightly", "evaluate-checkpoint", "fit", "clean-datasets"} <= served
         assert proc.poll() is None  # still serving
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)  # the report server of this store

@@ -87,7 +87,7 @@ def test_planned_failure_round_trip_and_log_filter():
 # -- in a Prefect run ------------------------------------------------------------------------------
 
 
-def logs_of(flow_run_id, timeout: float = 30) -> list:
+def logs_of(flow_run_id, timeout: float = 120) -> list:
     """The run's log lines (sent in batches: wait for the flow's "Finished in state" line)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId

@@ -253,7 +253,7 @@ def _cli(store: str, specs: str, api: str, *extra: str) -> subprocess.Popen:
 def test_killed_run_leaves_nothing_torn_and_resumes(setup, prefect_api):
     store, specs = setup
     proc = _cli(store, specs, prefect_api)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600
     while len(result_keys(store)) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.kill()

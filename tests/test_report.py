@@ -337,7 +337,7 @@ class Browser:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while not (port_file.exists() and port_file.read_text().strip()):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 self.close()
@@ -362,7 +362,7 @@ class Browser:
                 return msg["result"]
             self.events.append(msg)
 
-    def wait_for(self, event: str, timeout: float = 30) -> None:
+    def wait_for(self, event: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while not any(e.get("method") == event for e in self.events):
             self.events.append(json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic()))))

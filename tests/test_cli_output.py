@@ -1,33 +1,19 @@
-"""The command line on a busy machine: two CPU-bound processes take both cores of a small box while
-`kbitlaw` runs as a user runs it (a subprocess, no PREFECT_API_URL: the CLI starts its own API)."""
+"""What successful commands print when `kbitlaw` runs as a user runs it (a subprocess, no
+PREFECT_API_URL: the CLI starts or reuses its local API): no traceback, no CancelledError, which a
+user reads as a failure. These were first seen on a busy machine: `make test-under-load` runs them
+(with the whole suite) beside two CPU-bound processes; here they run as the suite finds the machine,
+so that the suite's own time is not spent on load it makes itself."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import kbitlaw, make_family, write_specs
 
-pytestmark = pytest.mark.slow  # CPU hogs beside real commands
-
-
-@pytest.fixture
-def busy_cpus():
-    """Two busy loops (as many as this machine's cores, at least on the 2-core CI box)."""
-    loops = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(2)
-    ]
-    try:
-        yield loops
-    finally:
-        for loop in loops:
-            loop.kill()
-        for loop in loops:
-            loop.wait(timeout=10)
+pytestmark = pytest.mark.slow  # real commands and the local Prefect API
 
 
 def cli_env(tmp_path: Path) -> dict[str, str]:
@@ -40,13 +26,12 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 
 
 
-def test_datasets_validate_under_load(tmp_path, busy_cpus):
+def test_datasets_clean_and_validate_print_no_traceback(tmp_path):
     env = cli_env(tmp_path)
     common = ["--store", str(tmp_path / "store"), "--dataset-specs", str(write_specs(tmp_path / "specs", 12))]
     cleaned = kbitlaw("datasets", "clean", *common, env=env)
     assert cleaned.returncode == 0, cleaned.stderr[-3000:]
     validated = kbitlaw("datasets", "validate", *common, env=env)
-    assert all(loop.poll() is None for loop in busy_cpus)  # the load lasted the whole run
     assert validated.returncode == 0, validated.stdout[-2000:] + validated.stderr[-3000:]
     lines = validated.stdout.strip().splitlines()
     assert sorted(line.split("\t")[:2] for line in lines) == [
@@ -57,9 +42,9 @@ def test_datasets_validate_under_load(tmp_path, busy_cpus):
     assert "Traceback" not in validated.stderr, validated.stderr[-3000:]
 
 
-def test_nightly_prints_no_traceback_under_load(tmp_path, busy_cpus):
-    """A successful nightly run (which starts the local Prefect API on a busy machine) leaves no
-    CancelledError or traceback on stderr: a user reads those as a failure."""
+def test_nightly_prints_no_traceback(tmp_path):
+    """A successful nightly run (which starts the local Prefect API) leaves no CancelledError or
+    traceback on stderr."""
     make_family(tmp_path / "store" / "checkpoints", sizes=(("h32", 32, 1),), steps=(10,))
     env = cli_env(tmp_path)
     specs = str(write_specs(tmp_path / "specs", 12))
@@ -73,7 +58,6 @@ def test_nightly_prints_no_traceback_under_load(tmp_path, busy_cpus):
         specs,
         env=env,
     )
-    assert all(loop.poll() is None for loop in busy_cpus)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     assert "checkpoints: 1 (1 new); evaluations: 2 computed" in out.stdout, out.stdout
     assert "CancelledError" not in out.stderr, out.stderr[-4000:]
