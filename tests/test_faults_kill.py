@@ -40,7 +40,7 @@ def processes_with(marker: bytes) -> dict[int, str]:
 
 
 def flow_runs(prefect_home: Path) -> list[dict]:
-    """The flow runs (and their task runs' states) in the ephemeral server's SQLite database."""
+    """The flow runs (and their task runs' states) in the local API's SQLite database."""
     with sqlite3.connect(prefect_home / "prefect.db") as db:
         db.row_factory = sqlite3.Row
         runs = [dict(r) for r in db.execute("SELECT id, name, state_type, state_name FROM flow_run")]
