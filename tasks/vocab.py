@@ -54,11 +54,6 @@ ACC_OF = "acc:"  # acc:<dataset>: a point's acc on one dataset
 METRIC_WORDS = {MEAN_ACC: "mean zero-shot accuracy", LOSS: "loss"}  # the metrics in a sentence
 
 
-def acc_of(dataset: str) -> str:
-    """The point metric of one dataset's accuracy: acc:<dataset>."""
-    return ACC_OF + dataset
-
-
 def is_accuracy(metric: str) -> bool:
     """mean_acc or acc:<dataset>: a point metric where higher is better."""
     return metric == MEAN_ACC or metric.startswith(ACC_OF)

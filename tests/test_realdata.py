@@ -58,17 +58,22 @@ def real_store(tmp_path_factory) -> Path:
     return untar_realdata(tmp_path_factory.mktemp("realdata") / "store")
 
 
+def assert_honest(doc: dict) -> None:
+    """Every ok entry passes its gates; every entry has a known status and says why."""
+    assert check_document(doc) == []
+    for section in ("power_law", "threshold", "damage", "curves"):
+        for e in fitdoc.entries(doc, section):
+            assert e["status"] in STATUSES and isinstance(e.get("reason"), str) and e["reason"], e
+    assert isinstance(doc["joint_law"], list)
+
+
 def fit_and_check(store: Path) -> dict:
     """`kbitlaw fit --store` exits 0; its document's every ok entry passes the gates; `report`
     and `predict` exit 0 on it."""
     fit = kbitlaw("fit", "--store", str(store), "--json")
     assert fit.returncode == 0, fit.stderr[-2000:]
     doc = json.loads(fit.stdout)
-    assert check_document(doc) == []
-    for section in ("power_law", "threshold", "damage", "curves"):
-        for e in fitdoc.entries(doc, section):
-            assert e["status"] in STATUSES and isinstance(e.get("reason"), str) and e["reason"], e
-    assert isinstance(doc["joint_law"], list)
+    assert_honest(doc)
     check = kbitlaw("fit", "--store", str(store), "--check")  # reads the stored fit back
     assert check.returncode == 0 and "every ok entry passes its gates" in check.stdout + check.stderr
     report = kbitlaw("report", "--store", str(store))
@@ -92,11 +97,7 @@ def fit_and_check_in_process(store: Path) -> dict:
     s = Store(str(store))
     fitted = fit_store(s)
     doc = json.loads(json.dumps(fitted.doc))  # as `fit --json` prints it
-    assert check_document(doc) == []
-    for section in ("power_law", "threshold", "damage", "curves"):
-        for e in fitdoc.entries(doc, section):
-            assert e["status"] in STATUSES and isinstance(e.get("reason"), str) and e["reason"], e
-    assert isinstance(doc["joint_law"], list)
+    assert_honest(doc)
     fit_key = s.read_json(LATEST_FIT)["fit"]
     assert check_document(s.read_json(fit_key)) == []  # `fit --check` reads the stored fit back
     report = build_report(s, fit_key)
