@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import used_prefect_home
+
 pytestmark = pytest.mark.slow  # starts real API servers
 
 
 def env_for(home: Path, idle_s: float = 600) -> dict[str, str]:
+    used_prefect_home(home)  # what is tested is the server's life, not Prefect's migrations
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "KBITLAW_"))}
     return env | {
         "PREFECT_HOME": str(home),
@@ -51,9 +54,10 @@ def wait_gone(pid: int, deadline_s: float = 120) -> bool:
     return not alive(pid)
 
 
-def test_commands_share_one_api_and_stop_stops_it(tmp_path):
-    env = env_for(tmp_path / "home")
-    # Two commands at once on a fresh home: one starts the server, the other waits and reuses it.
+def test_commands_share_one_api_a_dead_one_is_replaced_and_stop_stops_it(tmp_path):
+    home = tmp_path / "home"
+    env = env_for(home)
+    # Two commands at once on a home without a server: one starts it, the other waits and reuses it.
     both = [
         subprocess.Popen(
             [sys.executable, "-m", "kbitlaw", "api", "start"],
@@ -69,15 +73,22 @@ def test_commands_share_one_api_and_stop_stops_it(tmp_path):
     urls = {out.strip() for out, _ in outs}
     assert len(urls) == 1, outs
     assert sum("started a local Prefect API" in err for _, err in outs) == 1, outs
-    pid = server(tmp_path / "home")["pid"]
+    pid = server(home)["pid"]
     again = api(env, "start")
     assert again.stdout.strip() in urls and "started" not in again.stderr
-    assert server(tmp_path / "home")["pid"] == pid
+    assert server(home)["pid"] == pid
     status = api(env, "status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["pid"] == pid
-    stop = api(env, "stop")
-    assert stop.returncode == 0 and f"pid {pid}" in stop.stdout
+    # A server that died (kill -9 leaves its server.json behind) is replaced by the next command.
+    os.kill(pid, signal.SIGKILL)
     assert wait_gone(pid, 15)
+    started = api(env, "start")
+    assert started.returncode == 0, started.stderr
+    second = server(home)["pid"]
+    assert second != pid and alive(second)
+    stop = api(env, "stop")
+    assert stop.returncode == 0 and f"pid {second}" in stop.stdout
+    assert wait_gone(second, 15)
     assert api(env, "status").returncode == 1
 
 
@@ -110,21 +121,6 @@ def test_an_api_in_use_stays_and_an_idle_one_goes_away(tmp_path):
         holder.communicate("", timeout=60)
     assert wait_gone(pid), "the idle API did not go away"
     assert not (home / "kbitlaw-api" / "server.json").exists()
-
-
-def test_a_dead_api_is_replaced(tmp_path):
-    home = tmp_path / "home"
-    env = env_for(home)
-    assert api(env, "start").returncode == 0
-    first = server(home)["pid"]
-    os.kill(first, signal.SIGKILL)
-    assert wait_gone(first, 15)
-    started = api(env, "start")
-    assert started.returncode == 0, started.stderr
-    second = server(home)["pid"]
-    assert second != first and alive(second)
-    api(env, "stop")
-    assert wait_gone(second, 15)
 
 
 def test_another_prefect_version_in_use_is_one_line(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kbitlaw.store import Store
-from tests.conftest import make_family, write_specs
+from tests.conftest import make_family, used_prefect_home, write_specs
 
 pytestmark = pytest.mark.slow  # kill -9 of a real nightly
 
@@ -59,7 +59,7 @@ def test_kill_9_leaves_only_the_shared_api_and_the_next_run_crashes_the_stale_ru
     make_family(store / "checkpoints")  # 4 checkpoints
     specs = write_specs(tmp_path / "specs")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "KBITLAW_"))}
-    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env |= {"PREFECT_HOME": str(used_prefect_home(home)), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env["KBITLAW_API_IDLE_S"] = "600"  # the API waits for the second run however busy the machine
     args = [sys.executable, "-m", "kbitlaw", "nightly", "--store", str(store), "--grid", "fp16"]
     args += ["--dataset-specs", str(specs), "--datasets", "text", "--json"]

@@ -10,7 +10,6 @@ import copy
 import io
 import json
 import math
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -24,24 +23,17 @@ from kbitlaw.law.joint.predict import PredictError, predict_from_document
 
 pytestmark = pytest.mark.slow
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-ARCHIVE = "demo-family-results-2026-12-04.tar.gz"
 READ = ("results_sha", "schema_version", "families", "config", "damage", "joint_law")  # what predict reads
 REQUEST = {"n_params": 3e5, "tokens": 5e5, "memory_gb": 1e-4, "threshold": 0.1}  # inside the data
 
 
 @pytest.fixture(scope="module")
-def real_fit(tmp_path_factory) -> dict:
-    """The law stage's fit of the real demo family (../shared/realdata), as stored."""
-    from kbitlaw.law.io import fit_store
-    from kbitlaw.store import Store
+def real_fit(real_fit_store: Path) -> dict:
+    """The law stage's fit of the real demo family (tests/realdata.py), as `kbitlaw fit` stored it."""
+    from kbitlaw.store import LATEST_FIT, Store
 
-    archive = REALDATA / ARCHIVE
-    assert archive.exists(), f"{archive}: the real-data fixture is missing (CI has ../shared/realdata)"
-    dest = tmp_path_factory.mktemp("realstore")
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
-    return json.loads(json.dumps(fit_store(Store(str(dest))).doc, allow_nan=False))
+    store = Store(str(real_fit_store))
+    return store.read_json(store.read_json(LATEST_FIT)["fit"])
 
 
 @pytest.fixture(scope="module")

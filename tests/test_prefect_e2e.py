@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, write_specs
+from tests.conftest import free_port, used_prefect_home, write_specs
 
 pytestmark = pytest.mark.slow  # a real Prefect server, worker and automation
 
@@ -138,7 +138,7 @@ def processes(tmp_path):
 def base_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "KBITLAW_"))}
     return env | {
-        "PREFECT_HOME": str(home),  # a temporary SQLite database and settings of its own
+        "PREFECT_HOME": str(used_prefect_home(home)),  # a temporary SQLite database of its own, migrated
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "false",
