@@ -19,9 +19,10 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-run $(VENV)/.chromium
+# One pip run for everything the tests need (the run set included): each run resolves again.
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.chromium | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)" -e ".[dev,dask]"
-	touch $@
+	touch $@ $(VENV)/.installed-run
 
 # Debian's Chromium for the browser tests; where it cannot be installed (not root, no apt) those
 # tests skip and say why. Never installed by a test.
