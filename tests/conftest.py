@@ -326,8 +326,9 @@ def make_trained_checkpoint(path: Path, *, steps: int = 150, window: int = 64, s
 
 
 @pytest.fixture(scope="session")
-def trained_checkpoint(tmp_path_factory) -> Path:
-    return make_trained_checkpoint(tmp_path_factory.mktemp("trained") / "toy")
+def trained_checkpoint(shared_dir) -> Path:
+    """Trained once per test session for every worker (10-20 s). Tests must not write to it."""
+    return built_once("trained", lambda dest: make_trained_checkpoint(dest / "toy")) / "toy"
 
 
 # -- a tiny checkpoint family and dataset specs for flow tests ---------------------------------------

@@ -71,21 +71,25 @@ def normalise(df: pl.DataFrame) -> pl.DataFrame:
         raise ResultsError(
             f"missing column {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
-    out = df
-    for c in FLOAT_COLUMNS:
-        if c not in out.columns:
-            out = out.with_columns(pl.lit(None, dtype=pl.Float64).alias(c))
-        elif out.schema[c] != pl.Float64:
+    # One with_columns for every column (one per column was most of the time spent reading a
+    # store's thousands of small results files); a failed cast is then looked for column by column.
+    schema = df.schema
+
+    def typed(c: str, dtype: pl.DataType) -> pl.Expr:
+        if c not in schema:
+            return pl.lit(None, dtype=dtype).alias(c)
+        return pl.col(c) if schema[c] == dtype else pl.col(c).cast(dtype, strict=True)
+
+    exprs = [typed(c, pl.Float64) for c in FLOAT_COLUMNS] + [typed(c, pl.String) for c in STRING_COLUMNS]
+    try:
+        return df.with_columns(exprs)
+    except Exception:  # which column, below; anything else is raised as it was
+        for c in FLOAT_COLUMNS:
             try:
-                out = out.with_columns(pl.col(c).cast(pl.Float64, strict=True))
+                df.select(typed(c, pl.Float64))
             except Exception as exc:
-                raise ResultsError(f"column {c!r} is not numeric ({out.schema[c]})") from exc
-    for c in STRING_COLUMNS:
-        if c not in out.columns:
-            out = out.with_columns(pl.lit(None, dtype=pl.String).alias(c))
-        elif out.schema[c] != pl.String:
-            out = out.with_columns(pl.col(c).cast(pl.String))
-    return out
+                raise ResultsError(f"column {c!r} is not numeric ({schema[c]})") from exc
+        raise
 
 
 def drop_unusable(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
