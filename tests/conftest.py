@@ -54,12 +54,33 @@ def kbitlaw(
     return out
 
 
+# The files that take longest (pytest --durations, 2 cores, 2026-12-05), started first: with one
+# file per worker at a time (--dist loadfile), the longest file started last runs alone at the end.
+LONGEST_FIRST = (
+    "test_prefect_e2e.py",  # 60-75 s: a real server, worker, deployments and automation
+    "test_nightly.py",  # 90 s
+    "test_gptq.py",
+    "test_train.py",
+    "test_realdata.py",
+    "test_api_server.py",
+    "test_joint_law.py",
+    "test_report_fuzz.py",
+)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """Files with slow tests first, each file's tests kept together (module fixtures are built
-    once). With one test file per worker (--dist loadfile) a long file that starts last runs alone
-    at the end; started first, the short files fill the other worker around it."""
+    """The longest files first, then the other files with slow tests, then the rest; each file's
+    tests kept together (module fixtures are built once). The Makefile passes
+    --no-loadscope-reorder: xdist would otherwise order files by their number of tests."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+
+    def rank(item) -> tuple[int, int]:
+        name = item.path.name
+        if name in LONGEST_FIRST:
+            return 0, LONGEST_FIRST.index(name)
+        return (1 if item.path in slow_files else 2), 0
+
+    items.sort(key=rank)
 
 
 # -- built once per test session, shared by every xdist worker ---------------------------------------
@@ -404,8 +425,21 @@ def write_specs(directory: Path, n: int = 12) -> Path:
 @pytest.fixture(scope="session")
 def prefect_api():
     """One Prefect test server (temporary SQLite) for the whole session; yields its API URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+    import tempfile
+    from unittest import mock
 
-    with prefect_test_harness(server_startup_timeout=300):
-        yield PREFECT_API_URL.value()
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing import utilities
+
+    template = built_once("prefect-home", migrate_prefect_database)
+
+    def migrated_temp_dir() -> str:
+        # the harness puts its database, prefect-test.db, in a new temporary folder: start it
+        # migrated (5 of the server's 11 s start, per worker)
+        folder = tempfile.mkdtemp()
+        shutil.copy(template / "prefect.db", Path(folder) / "prefect-test.db")
+        return folder
+
+    with mock.patch.object(utilities, "mkdtemp", migrated_temp_dir):
+        with utilities.prefect_test_harness(server_startup_timeout=300):
+            yield PREFECT_API_URL.value()

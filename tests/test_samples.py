@@ -156,10 +156,10 @@ def test_sweep_writes_samples_beside_results(store_uri, tmp_path):
     again = sweep.evaluate_checkpoint_spec(store, ckpt, "fp16", refs, device="cpu")
     assert again["computed"] == [] and len(store.list("samples")) == len(specs) * len(refs)
     # The fit reads them back, labelled by the result beside each, and pairs the two specs on them.
-    from kbitlaw.law.io import read_results_store
+    from kbitlaw.law.io import read_result_frames, read_results_store
     from kbitlaw.law.numerics.paired import paired_samples, read_samples_store
 
-    back = read_samples_store(store, store.list("results"))
+    back = read_samples_store(store, read_result_frames(store))
     assert back.height == sum(
         store.read_parquet(sweep.samples_key(ckpt.fingerprint, s, ds)).height for s in specs for ds in refs
     )
@@ -170,4 +170,4 @@ def test_sweep_writes_samples_beside_results(store_uri, tmp_path):
     diff, se, n = paired_samples(back, [ckpt.id], "int4-b64", "fp16", "mean_acc")
     assert n == 1 and se >= 0  # 0 when the int4 model answers every example as fp16 does
     assert diff == pytest.approx(by_quant["int4-b64"] - by_quant["fp16"], abs=1e-9)
-    assert read_samples_store(store, ["results/none/fp16/x.parquet"]) is None
+    assert read_samples_store(store, {"results/none/fp16/x.parquet": results.head(1)}) is None

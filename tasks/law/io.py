@@ -70,8 +70,8 @@ def read_results_file(path: str | Path) -> pl.DataFrame:
     return df
 
 
-def read_results_store(store: Store, keys: list[str] | None = None) -> pl.DataFrame:
-    """The given results keys (default: every results/<fp>/<quant>/<eval_key>.parquet), normalised.
+def read_result_frames(store: Store, keys: list[str] | None = None) -> dict[str, pl.DataFrame]:
+    """Each results key's rows, normalised (default: every results/<fp>/<quant>/<eval_key>.parquet).
 
     The nightly passes the keys of the current checkpoints and dataset versions, so results of a
     dataset version that has since changed are not mixed into the fit.
@@ -80,13 +80,18 @@ def read_results_store(store: Store, keys: list[str] | None = None) -> pl.DataFr
         keys = result_keys(store)
     if not keys:
         raise ResultsError(f"{store.uri}: no results under results/")
-    frames = []
+    frames = {}
     for key, data in store.read_many(sorted(keys)).items():
         try:
-            frames.append(normalise(pl.read_parquet(io.BytesIO(data))))
+            frames[key] = normalise(pl.read_parquet(io.BytesIO(data)))
         except ResultsError as exc:
             raise ResultsError(f"{store.url(key)}: {exc}") from exc
-    return pl.concat(frames, how="diagonal_relaxed")
+    return frames
+
+
+def read_results_store(store: Store, keys: list[str] | None = None) -> pl.DataFrame:
+    """The given results keys' rows (default: every result in the store) in one table."""
+    return pl.concat(read_result_frames(store, keys).values(), how="diagonal_relaxed")
 
 
 def default_chance(results: pl.DataFrame, store: Store | None = None) -> dict[str, float]:
@@ -141,7 +146,8 @@ def fit_store(store: Store, config: FitConfig | None = None, keys: list[str] | N
     """Fit the store's results (or just `keys`) unless this exact fit is stored already;
     fits/latest.json then points at it. Without a config: the defaults, with the chance levels the
     store knows (default_chance)."""
-    results = read_results_store(store, keys)
+    frames = read_result_frames(store, keys)
+    results = pl.concat(frames.values(), how="diagonal_relaxed")
     require_usable(results, f"{store.uri}/results")
     config = config or FitConfig(chance=default_chance(results, store))
     sha = results_sha(results)
@@ -150,8 +156,7 @@ def fit_store(store: Store, config: FitConfig | None = None, keys: list[str] | N
     if stored is not None and _same_settings(stored, config):
         outcome = StoredFit(stored, refitted=False, key=json_key)
     else:
-        keys = keys if keys is not None else result_keys(store)
-        samples = read_samples_store(store, keys)
+        samples = read_samples_store(store, frames)
         fit = fit_laws(results, config, previous=_previous_doc(store), samples=samples)
         store.write_parquet(parquet_key, fit.table)
         store.write_json(json_key, fit.doc)  # last: its presence means the fit is complete

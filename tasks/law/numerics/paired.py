@@ -5,7 +5,7 @@ of the per-example differences, far below the two results' stderrs added as if i
 8-bit model gets nearly every example right or wrong exactly as its 16-bit original). The samples
 beside each result (samples/<fp>/<quant>/<eval_key>.parquet) hold those per-example scores.
 
-    samples = read_samples_store(store, result_keys)        # None where the store has none
+    samples = read_samples_store(store, read_result_frames(store))   # None where the store has none
     d = paired_samples(samples, ["ckpt/a"], "int8-b64", "fp16", "mean_acc")   # a Diff, or None
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 
 import polars as pl
 
@@ -22,21 +23,17 @@ from kbitlaw.vocab import ACC_OF, ACCURACY_KINDS, is_accuracy
 SAMPLE_COLUMNS = {"id": pl.String, "correct": pl.Float64, "loss": pl.Float64, "n_tokens": pl.Float64}
 
 
-def read_samples_store(store, result_keys: list[str]) -> pl.DataFrame | None:
-    """The per-example scores of the given results keys, long: checkpoint_id, quant, dataset, kind,
-    id, correct (accuracy kinds), loss and n_tokens (perplexity). Results without samples (stores
-    older than samples) are left out; None when none has any."""
-    wanted = {samples_key(*parts): k for k in result_keys if (parts := parse_result_key(k))}
+def read_samples_store(store, results: Mapping[str, pl.DataFrame]) -> pl.DataFrame | None:
+    """The per-example scores beside the given results (key -> its rows, as read for the fit), long:
+    checkpoint_id, quant, dataset, kind, id, correct (accuracy kinds), loss and n_tokens (perplexity).
+    Results without samples (stores older than samples) are left out; None when none has any."""
+    wanted = {samples_key(*parts): k for k in results if (parts := parse_result_key(k))}
     present = set(store.list(SAMPLES)) & set(wanted)
     if not present:
         return None
-    # the result beside each samples file names its checkpoint, spec and dataset (one batched read)
-    results = store.read_many(sorted(wanted[k] for k in present))
     frames = []
     for skey, data in store.read_many(sorted(present)).items():
-        meta = pl.read_parquet(
-            io.BytesIO(results[wanted[skey]]), columns=["checkpoint_id", "quant", "dataset", "kind"]
-        )
+        meta = results[wanted[skey]].select("checkpoint_id", "quant", "dataset", "kind")
         if meta.height == 0:
             continue
         raw = pl.read_parquet(io.BytesIO(data))
