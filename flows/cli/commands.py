@@ -21,9 +21,11 @@ from kbitlaw.flows.cli.common import (
     SpecDirOpt,
     StoreOpt,
     _fail,
+    _log_to_stderr,
     _quiet_libraries,
     app,
     default_checkpoints,
+    error_line,
 )
 
 
@@ -58,7 +60,7 @@ def demo(
             show_progress=False if as_json else None,
         )
     except (RuntimeError, StoreError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(error_line(exc))
     if as_json:
         sys.stdout.write(json.dumps(summary, allow_nan=False, default=str) + "\n")
     else:
@@ -111,7 +113,7 @@ def nightly(
         _quiet_libraries()
         crashed = prepare_api()  # without PREFECT_API_URL: the local API kept for this PREFECT_HOME
     except (RuntimeError, StoreError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(error_line(exc))
     from kbitlaw.flows import nightly as nightly_module
     from kbitlaw.flows.artifacts import interactive
 
@@ -172,14 +174,23 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate one checkpoint on one dataset at one or more quant specs (loaded once)."""
-    _quiet_libraries()
+    _log_to_stderr()  # the data's cleaning summary is logged as it is read
     from kbitlaw.checkpoints import CheckpointError
     from kbitlaw.data.specs import read_dataset_file
-    from kbitlaw.eval.engine import EvaluationError
+    from kbitlaw.eval.calibration import calibration_ref
+    from kbitlaw.eval.encoding import EvaluationError
+    from kbitlaw.quant.spec import resolve_grid
+
+    try:  # bad specs, calibration or data: one line before torch and transformers are imported
+        if any(q.method == "gptq" for q in resolve_grid(quant)):
+            calibration_ref(calibration)
+        df, kind = read_dataset_file(data, kind, limit)
+    except (EvaluationError, ValueError) as exc:
+        _fail(error_line(exc))
+    _quiet_libraries()
     from kbitlaw.eval.run import evaluate_specs
 
     try:
-        df, kind = read_dataset_file(data, kind, limit)
         rows = evaluate_specs(
             checkpoint,
             df,
@@ -193,7 +204,7 @@ def evaluate(
             calibration=calibration,
         )
     except (CheckpointError, EvaluationError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(error_line(exc))
     if as_json:
         sys.stdout.write(json.dumps({"results": rows}, allow_nan=False) + "\n")
         return
@@ -294,7 +305,7 @@ def list_checkpoints(
     try:
         found, errors = discover(uri or default_checkpoints(store))
     except (StoreError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(error_line(exc))
     if as_json:
         doc = {
             "checkpoints": [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -42,18 +43,37 @@ CalibrationOpt = Annotated[
 ]
 
 
-def _quiet_libraries() -> None:
-    """Library progress bars and notices go nowhere: stdout is for results, stderr for our logs."""
+def _log_to_stderr() -> None:
+    """Our own loggers at INFO on stderr; libraries (httpx logs every API request at INFO) at WARNING."""
     import logging
 
-    # Our own loggers at INFO; libraries (httpx logs every API request at INFO) at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    for name in ("kbitlaw",):
-        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("kbitlaw").setLevel(logging.INFO)
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and notices go nowhere: stdout is for results, stderr for our logs."""
+    _log_to_stderr()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception as the one error line: ours as written (they name the file, row or field); one
+    raised inside another library (a ValueError from transformers) with its type, which its
+    message often needs to be understood."""
+    import traceback
+
+    import kbitlaw
+    import kbitlaw.flows
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = tuple(str(Path(p)) for p in (*kbitlaw.__path__, *kbitlaw.flows.__path__))
+    if not frames or str(Path(frames[-1].filename)).startswith(ours):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from kbitlaw.data.cleaning import NOT_A_LIST, NOT_AN_INTEGER, OPTIONAL, clean_frame, json_choices
-from kbitlaw.eval.engine import EvaluationError
+from kbitlaw.eval.encoding import EvaluationError
 from kbitlaw.store import Store
 from kbitlaw.vocab import DATASET_COLUMNS, KINDS
 

@@ -29,11 +29,12 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from kbitlaw.eval.encoding import encode, prefix_token_id
+
+if TYPE_CHECKING:  # torch only where tokens are made: the CLI checks a calibration without it
+    import torch
 
 DEFAULT_CALIBRATION = "text:128"
 DEFAULT_SEQUENCES = 128
@@ -155,4 +156,6 @@ def calibration_tokens(ref: CalibrationRef, tokenizer: Any, window: int) -> torc
             f"calibration {ref}: the dataset has {len(stream)} tokens, {ref.n} x {seq_len} are needed "
             f"(ask for at most {ref.name}:{most})"
         )
+    import torch
+
     return torch.tensor(stream[:need], dtype=torch.int64).view(ref.n, seq_len)
