@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from kbitlaw.flows.cli.common import JsonOpt, _fail, app
+from kbitlaw.flows.cli.common import JsonOpt, _fail, app, error_line
 
 api_app = typer.Typer(
     help="The local Prefect API that commands share when PREFECT_API_URL is not set.", no_args_is_help=True
@@ -46,7 +46,7 @@ def api_start() -> None:
     try:
         typer.echo(ensure_api())
     except RuntimeError as exc:
-        _fail(str(exc))
+        _fail(error_line(exc))
 
 
 @api_app.command("stop")

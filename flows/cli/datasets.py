@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from kbitlaw.flows.cli.common import JsonOpt, OldSpecDirOpt, SpecDirOpt, StoreOpt, _fail, datasets_app
+from kbitlaw.flows.cli.common import (
+    JsonOpt,
+    OldSpecDirOpt,
+    SpecDirOpt,
+    StoreOpt,
+    _fail,
+    datasets_app,
+    error_line,
+)
 
 
 @datasets_app.command("clean")
@@ -29,7 +37,7 @@ def datasets_clean(
         s = Store(store)
         done = clean_datasets(s, select_dataset_specs(names, specs or old_specs, invalid=invalid))
     except (DatasetError, StoreError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(error_line(exc))
     for problem in invalid:
         typer.echo(f"failed: {problem}", err=True)
     if as_json:
@@ -67,7 +75,7 @@ def datasets_validate(
         picked = select_dataset_specs(names, specs or old_specs, invalid=invalid)
         results = validate_datasets(Store(store), picked)
     except (DatasetError, StoreError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(error_line(exc))
     for problem in invalid:
         typer.echo(f"failed: {problem}", err=True)
     if as_json:

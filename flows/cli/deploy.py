@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from kbitlaw.flows.cli.common import StoreOpt, _fail, app
+from kbitlaw.flows.cli.common import StoreOpt, _fail, app, error_line
 
 
 @app.command()
@@ -77,7 +77,7 @@ def emit_checkpoint(
     try:
         event_id = emit(uri, grid)
     except (CheckpointError, RuntimeError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(error_line(exc))
     typer.echo(f"emitted kbitlaw.checkpoint.created for {uri}, grid {grid} (event {event_id})")
 
 

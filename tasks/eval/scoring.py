@@ -7,9 +7,13 @@ continuation, the summed log-probability of its tokens and whether greedy decodi
 Why it is fast:
 - A multiple-choice question is one packed row, `context + choice_1 + ... + choice_n`, with a
   tree-shaped attention mask (each choice sees the context and itself) and position ids that
-  restart after the context: the context is computed once, not once per choice. The first time a
-  model is seen, the packed path is checked against plain rows; if the model ignores custom masks
-  the engine falls back to one row per choice.
+  restart after the context: the context is computed once, not once per choice. Packing is
+  chosen per model from its config (`packing_limit`): never with ALiBi (BLOOM, MPT, Falcon with
+  alibi: their positions come from the 2-D mask) or flash attention (it ignores custom masks), and
+  with a sliding window only for rows shorter than the window (a custom mask bypasses the window).
+  The first time a model is seen, the packed path is checked against plain rows on the first and
+  the longest packed request; if it differs or the model rejects the mask, the engine falls back
+  to one row per choice.
 - Rows are sorted by length and batched, so padding is small; only the logits that score a token
   are computed (`logits_to_keep`) and normalised.
 - A batch that runs out of memory is split in half and retried.
@@ -75,6 +79,23 @@ def _tree_mask(req: Request, length: int) -> torch.Tensor:
     return mask
 
 
+ALIBI_MODEL_TYPES = ("bloom", "mpt")
+MASK_BLIND_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+def packing_limit(config) -> int | None:
+    """The longest packed row (tokens) this model scores exactly with a custom 4-D mask: None for
+    any length, 0 for none (ALiBi, flash attention), the sliding window otherwise."""
+    if getattr(config, "model_type", None) in ALIBI_MODEL_TYPES or getattr(config, "alibi", False):
+        return 0
+    if getattr(config, "_attn_implementation", None) in MASK_BLIND_ATTENTION:
+        return 0
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window) - 1  # strictly inside the window: no position ever falls out of it
+
+
 class Scorer:
     """Scores requests with one model; reusable across quantized versions of the same model."""
 
@@ -83,6 +104,7 @@ class Scorer:
         self.batch_size = batch_size
         self.device = torch.device(device) if device else next(model.parameters()).device
         self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._limit = packing_limit(getattr(model, "config", None))
         self._tree_ok: bool | None = None
 
     def score(self, requests: list[Request]) -> list[list[Score]]:
@@ -101,23 +123,39 @@ class Scorer:
             out[owner].extend(scores)
         return out
 
+    def _packable(self, request: Request) -> bool:
+        fits = self._limit is None or request.packed_length <= self._limit
+        return len(request.continuations) > 1 and fits
+
     def _units(self, requests: list[Request]) -> list[tuple[int, Request]]:
-        if self._tree_ok:
-            return [(i, r) for i, r in enumerate(requests)]
-        return [(i, Request(r.context, (c,))) for i, r in enumerate(requests) for c in r.continuations]
+        units: list[tuple[int, Request]] = []
+        for i, r in enumerate(requests):
+            if self._tree_ok and self._packable(r):
+                units.append((i, r))
+            else:
+                units += [(i, Request(r.context, (c,))) for c in r.continuations]
+        return units
 
     def _check_tree(self, requests: list[Request]) -> bool:
-        """Does this model honour a custom 4-D mask? Compare one packed request with plain rows."""
-        probe = next((r for r in requests if len(r.continuations) > 1), None)
-        if probe is None:
+        """Does this model score a packed row as it scores plain rows? Compared on the first and the
+        longest packable request; a model that rejects the 4-D mask (raises) does not."""
+        packable = [r for r in requests if self._packable(r)]
+        if not packable:
             return True
-        with torch.inference_mode():
-            packed = self._forward([probe])[0]
-            plain = [self._forward([Request(probe.context, (c,))])[0][0] for c in probe.continuations]
-        return all(
-            abs(a.loglikelihood - b.loglikelihood) <= 1e-4 * max(1.0, abs(b.loglikelihood))
-            for a, b in zip(packed, plain, strict=True)
-        )
+        probes = {packable[0], max(packable, key=lambda r: r.packed_length)}
+        try:
+            with torch.inference_mode():
+                for probe in probes:
+                    packed = self._forward([probe])[0]
+                    plain = [self._forward([Request(probe.context, (c,))])[0][0] for c in probe.continuations]
+                    if not all(
+                        abs(a.loglikelihood - b.loglikelihood) <= 1e-4 * max(1.0, abs(b.loglikelihood))
+                        for a, b in zip(packed, plain, strict=True)
+                    ):
+                        return False
+        except Exception:  # a model that cannot take the packed row at all scores plain rows
+            return False
+        return True
 
     def _score_batch(self, batch: list[Request]) -> list[list[Score]]:
         try:
