@@ -100,3 +100,19 @@ def test_packing_limit_from_the_config():
     flash._attn_implementation = "flash_attention_2"
     assert packing_limit(flash) == 0
     assert packing_limit(None) is None
+
+
+def test_an_error_from_another_library_names_its_type():
+    """The one error line: ours as written; one raised inside another library with its type (a
+    bare 'too many values to unpack' from transformers says nothing alone)."""
+    import json
+
+    from kbitlaw.flows.cli.common import error_line
+    from kbitlaw.quant.spec import QuantSpec
+
+    with pytest.raises(ValueError) as ours:
+        QuantSpec.parse("int9")
+    assert error_line(ours.value) == "k must be 2..8, got 9"
+    with pytest.raises(ValueError) as theirs:
+        json.loads("{")
+    assert error_line(theirs.value).startswith("JSONDecodeError: Expecting property name")
