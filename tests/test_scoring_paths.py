@@ -19,33 +19,23 @@ def tiny(arch: str, window: int = 16):
     import transformers as tf
 
     torch.manual_seed(0)
-    common = {"vocab_size": VOCAB, "num_attention_heads": 4}
     if arch == "bloom":
         config = tf.BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=VOCAB)
         return tf.BloomForCausalLM(config).eval()
+    windowed = {  # the same small shape for both sliding-window architectures
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "sliding_window": window,
+        "max_position_embeddings": 256,
+    }
     if arch == "mistral":
-        config = tf.MistralConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_key_value_heads=2,
-            sliding_window=window,
-            max_position_embeddings=256,
-            **common,
-        )
-        return tf.MistralForCausalLM(config).eval()
+        return tf.MistralForCausalLM(tf.MistralConfig(**windowed)).eval()
     if arch == "gemma3":
-        config = tf.Gemma3TextConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_key_value_heads=2,
-            head_dim=8,
-            sliding_window=window,
-            max_position_embeddings=256,
-            **common,
-        )
-        return tf.Gemma3ForCausalLM(config).eval()
+        return tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(head_dim=8, **windowed)).eval()
     raise ValueError(arch)
 
 

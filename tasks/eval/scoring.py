@@ -109,7 +109,7 @@ class Scorer:
 
     def score(self, requests: list[Request]) -> list[list[Score]]:
         """Scores for every continuation of every request, in input order."""
-        if self._tree_ok is None:
+        if self._tree_ok is None:  # decided on the first requests that could be packed
             self._tree_ok = self._check_tree(requests)
         units = self._units(requests)
         order = sorted(range(len(units)), key=lambda i: -units[i][1].packed_length)
@@ -136,12 +136,13 @@ class Scorer:
                 units += [(i, Request(r.context, (c,))) for c in r.continuations]
         return units
 
-    def _check_tree(self, requests: list[Request]) -> bool:
+    def _check_tree(self, requests: list[Request]) -> bool | None:
         """Does this model score a packed row as it scores plain rows? Compared on the first and the
-        longest packable request; a model that rejects the 4-D mask (raises) does not."""
+        longest packable request; a model that rejects the 4-D mask (raises) does not. None (ask
+        again next time) when none of these requests could be packed."""
         packable = [r for r in requests if self._packable(r)]
         if not packable:
-            return True
+            return None
         probes = {packable[0], max(packable, key=lambda r: r.packed_length)}
         try:
             with torch.inference_mode():
