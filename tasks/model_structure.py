@@ -29,7 +29,27 @@ def transformer_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """
     blocks = transformer_blocks(model)
     block_ids = {id(m) for m in blocks.modules()}
-    return [(name, m) for name, m in model.named_modules() if id(m) in block_ids and _is_linear(m)]
+    linears = []
+    for name, module in model.named_modules():
+        if id(module) not in block_ids:
+            continue
+        if _is_linear(module):
+            linears.append((name, module))
+        elif not isinstance(module, nn.Embedding):
+            _refuse_unknown_matrix(name, module)
+    return linears
+
+
+def _refuse_unknown_matrix(name: str, module: nn.Module) -> None:
+    """A block module that holds a matrix but is no linear layer (fused MoE experts, a convolution, a
+    layer type transformers added later): quantizing around it would be a half-quantized model whose
+    bits are wrong, so it is one loud error line instead."""
+    for pname, param in module.named_parameters(recurse=False):
+        if param.ndim >= 2:
+            raise ValueError(
+                f"{name}.{pname}: a {param.ndim}-D weight in {type(module).__name__} cannot be classified "
+                "(kbitlaw quantizes nn.Linear and Conv1D layers in the transformer blocks)"
+            )
 
 
 @dataclass(frozen=True)
