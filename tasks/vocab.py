@@ -87,6 +87,7 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "stderr": pl.Float64,
     "n_examples": pl.Int64,
     "n_truncated": pl.Int64,  # beyond DESIGN.md: examples left-truncated to fit the model window
+    "bos": pl.Boolean,  # beyond DESIGN.md: a BOS token started every scored text (the tokenizer's default)
     "seconds": pl.Float64,
     "device": pl.String,
     "kbitlaw_version": pl.String,
@@ -95,9 +96,9 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
 
 # Columns added after results were first hashed (law/table.py's results_sha). A file written before
 # them lacks them and reads them as null. The LATER_COLUMNS count in the hash only where some row
-# has a value, in this order, so older result sets keep their sha; n_truncated never counts.
+# has a value, in this order, so older result sets keep their sha; n_truncated and bos never count.
 LATER_COLUMNS = ("calibration", "tokens_planned")
-UNHASHED_COLUMNS = ("n_truncated",)
+UNHASHED_COLUMNS = ("n_truncated", "bos")
 # The columns of the first schema, in RESULT_SCHEMA's order.
 RESULT_COLUMNS = tuple(c for c in RESULT_SCHEMA if c not in (*LATER_COLUMNS, *UNHASHED_COLUMNS))
 # Columns that differ between two runs of the same evaluation: never hashed.

@@ -194,3 +194,58 @@ def test_bad_input_is_a_clear_error(toy):
         evaluate_model(model, tokenizer, pl.DataFrame({"id": ["1"]}), "cloze", name="x")
     with pytest.raises(EvaluationError, match="unknown kind"):
         evaluate_model(model, tokenizer, pl.DataFrame({"id": ["1"]}), "qa", name="x")
+
+
+def with_bos(tokenizer):
+    """The same tokenizer, prepending its BOS token to every text (as Llama, Mistral, Gemma hub ones)."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    bos = tokenizer.bos_token
+    backend.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.bos_token_id)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=bos, unk_token=bos)
+
+
+def test_a_bos_tokenizer_is_scored_with_bos_as_lm_eval_scores_it(toy):
+    """lm-eval 0.4.13 encodes with the tokenizer's default special tokens: BOS starts every context
+    and perplexity document, never an empty context's continuation nor a text that starts with it."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, plain = toy
+    tokenizer = with_bos(plain)
+    bos = tokenizer.bos_token_id
+    assert tokenizer("the cat")["input_ids"][0] == bos  # the premise: this tokenizer adds BOS
+    mc = mc_rows(12, 3)
+    mc[0]["context"] = ""  # the prefix token conditions the choice, which gets no BOS of its own
+    mc[1]["context"] = tokenizer.bos_token + mc[1]["context"]  # already starts with BOS: none added
+    ppl = ppl_rows(4)[:4]
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8, device="cpu")
+    for kind, rows in (("multiple_choice", mc), ("perplexity", ppl)):
+        out, samples = evaluate_model(model, tokenizer, pl.DataFrame(rows), kind, samples=True)
+        assert all(r["bos"] for r in out)  # recorded in the results
+        if kind == "multiple_choice":
+            args = [(r["context"], " " + c) for r in rows for c in r["choices"]]
+            theirs = [
+                ll
+                for ll, _ in lm.loglikelihood(
+                    [Instance("loglikelihood", {}, a, i) for i, a in enumerate(args)]
+                )
+            ]
+            ours = [ll for lls in samples["loglikelihood"].to_list() for ll in lls]
+        else:
+            args = [(r["text"],) for r in rows]
+            instances = [Instance("loglikelihood_rolling", {}, a, i) for i, a in enumerate(args)]
+            theirs = [-ll for ll in lm.loglikelihood_rolling(instances)]
+            ours = samples["loss"].to_list()
+        assert ours == pytest.approx(theirs, abs=1e-4)
+    prepared = prepare(pl.DataFrame(mc), "multiple_choice", tokenizer, WINDOW)
+    assert prepared.requests[0].context == (bos,) and prepared.requests[0].continuations[0][0] != bos
+    assert prepared.requests[1].context.count(bos) == 1 and prepared.requests[2].context[0] == bos
+    plain_rows = evaluate_model(model, plain, pl.DataFrame(mc), "multiple_choice")
+    assert not any(r["bos"] for r in plain_rows)

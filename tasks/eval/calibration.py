@@ -146,8 +146,8 @@ def calibration_tokens(ref: CalibrationRef, tokenizer: Any, window: int) -> torc
     prefix = prefix_token_id(tokenizer)
     stream: list[int] = []
     for text in calibration_texts(ref):
-        stream.append(prefix)
-        stream.extend(encode(tokenizer, text))
+        stream.append(prefix)  # one prefix token per text, whatever the tokenizer adds by default
+        stream.extend(encode(tokenizer, text, special_tokens=False))
         if len(stream) >= need:
             break
     if len(stream) < need:

@@ -1,12 +1,14 @@
 """Text to token ids for scoring requests, as lm-evaluation-harness builds them, with a size guard.
 
-lm-eval encodes a pair as: the context's trailing spaces move to the continuation; the
-continuation's tokens are those of context + continuation after the context's own tokens; a pair
-longer than the window is left-truncated (`fit_window`). Here the context is tokenized once per
-example, not once per choice, and a context far longer than the window is cut to a character
-budget (2 * (window + 1) * the longest token's length) before it is tokenized: whatever a row
-holds, the tokenizer never sees more than the window needs. Up to that budget the tokens are
-exactly lm-eval's; beyond it only the first (discarded) tokens of the cut text can differ.
+Texts are encoded with the tokenizer's default special tokens, as lm-eval 0.4.13 does (a BOS
+token for Llama, Mistral and Gemma tokenizers; nothing for GPT-2's). lm-eval encodes a pair as:
+the context's trailing spaces move to the continuation; the continuation's tokens are those of
+context + continuation after the context's own tokens; a pair longer than the window is
+left-truncated (`fit_window`). Here the context is tokenized once per example, not once per
+choice, and a context far longer than the window is cut to a character budget
+(2 * (window + 1) * the longest token's length) before it is tokenized: whatever a row holds,
+the tokenizer never sees more than the window needs. Up to that budget the tokens are exactly
+lm-eval's; beyond it only the first (discarded) tokens of the cut text can differ.
 """
 
 from __future__ import annotations
@@ -25,8 +27,29 @@ def prefix_token_id(tokenizer: Any) -> int:
     return int(token)
 
 
-def encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def encode(tokenizer: Any, text: str, special_tokens: bool | None = None) -> list[int]:
+    """lm-eval's `tok_encode`: with the tokenizer's default special tokens (Llama, Mistral and Gemma
+    tokenizers prepend BOS, GPT-2's adds nothing) unless `special_tokens` says otherwise, and without
+    them when the text already starts with the prefix token's text."""
+    if special_tokens is None and _starts_with_prefix(tokenizer, text):
+        special_tokens = False
+    kwargs = {} if special_tokens is None else {"add_special_tokens": special_tokens}
+    return list(tokenizer(text, **kwargs)["input_ids"])
+
+
+def _starts_with_prefix(tokenizer: Any, text: str) -> bool:
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        return False
+    prefix = tokenizer.decode([token])
+    return bool(prefix) and text.startswith(prefix)
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Does the tokenizer's default encoding start every text with its BOS token (recorded in the
+    results: lm-eval scores such models with BOS, so kbitlaw does too)?"""
+    bos = tokenizer.bos_token_id
+    return bos is not None and encode(tokenizer, "a")[:1] == [bos]
 
 
 def chars_per_token(tokenizer: Any) -> int:
@@ -66,8 +89,8 @@ def _encode_pair(
 ) -> tuple[list[int], list[int]]:
     """lm-eval's pair encoding, the context (already without trailing spaces) tokenized once as
     `ctx`: the continuation's tokens are those of context + continuation after len(ctx)."""
-    if context == "":
-        cont = encode(tokenizer, continuation)
+    if context == "":  # the prefix token stands for the context; the continuation gets no specials
+        cont = encode(tokenizer, continuation, special_tokens=False)
         prefix = prefix_token_id(tokenizer)
         return ([prefix], cont) if prefix != cont[0] else (cont[:1], cont[1:])
     whole = encode(tokenizer, context + continuation)

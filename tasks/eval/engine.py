@@ -34,6 +34,7 @@ from torch import nn
 
 from kbitlaw.eval.encoding import (
     EvaluationError,
+    adds_bos,
     chars_per_token,
     encode,
     encode_choices,
@@ -55,7 +56,8 @@ from kbitlaw.vocab import (
     WORD_PERPLEXITY,
 )
 
-EVALUATOR_VERSION = "1"  # bump when a metric's definition or the request building changes
+EVALUATOR_VERSION = "2"  # bump when a metric's definition or the request building changes
+# 2: texts are encoded with the tokenizer's default special tokens (BOS for Llama, Mistral, Gemma), as lm-eval
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Prepared:
     extra: dict[str, list[Any]] = field(default_factory=dict)  # gold, choice lengths, words, bytes
     truncated: int = 0  # examples whose context was left-truncated to fit the model window
     ids: list[str] = field(default_factory=list)  # the dataset's row ids, in order
+    bos: bool = False  # the tokenizer starts every text with its BOS token (lm-eval's rule, recorded)
 
 
 def max_length(model: nn.Module, tokenizer: Any = None, default: int = 2048) -> int:
@@ -98,6 +101,7 @@ def prepare(
         df, tokenizer, window, name, delimiter, per_token
     )
     prepared.ids = [str(i) for i in df["id"].to_list()]
+    prepared.bos = adds_bos(tokenizer)
     return prepared
 
 
@@ -318,6 +322,7 @@ def evaluate_prepared(
             dataset=prepared.name,
             kind=prepared.kind,
             n_truncated=prepared.truncated,
+            bos=prepared.bos,
             seconds=seconds,
             device=str(scorer.device),
         )
