@@ -14,8 +14,13 @@ Why it is fast:
   The first time a model is seen, the packed path is checked against plain rows on the first and
   the longest packed request; if it differs or the model rejects the mask, the engine falls back
   to one row per choice.
-- Rows are sorted by length and batched, so padding is small; only the logits that score a token
-  are computed (`logits_to_keep`) and normalised.
+- Rows are sorted by length and batched, so padding is small; a batch holds at most `max_tokens`
+  tokens (rows x longest row), so a 2048-token row does not come 32 at a time.
+- Memory does not grow with vocabulary x context: the model's trunk gives the hidden states, and
+  the LM head and log-softmax run only on the positions that score a token, a few at a time
+  (`CHUNK_BYTES` of logits). The first time a model is seen this is checked against the model's own
+  logits on a short row; a model whose head is not a plain projection (or a soft-capped one)
+  gets its logits from the model (`logits_to_keep`), also normalised a chunk at a time.
 - A batch that runs out of memory is split in half and retried.
 Scores do not depend on the batch size (up to float rounding).
 """
@@ -23,7 +28,7 @@ Scores do not depend on the batch size (up to float rounding).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +84,9 @@ def _tree_mask(req: Request, length: int) -> torch.Tensor:
     return mask
 
 
+CHUNK_BYTES = 64 << 20  # float32 logits normalised at once: 128 positions of a 128k vocabulary
+CPU_MAX_TOKENS = 4096  # tokens per batch on CPU (a CUDA device sizes it from its free memory)
+
 ALIBI_MODEL_TYPES = ("bloom", "mpt")
 MASK_BLIND_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
@@ -96,26 +104,58 @@ def packing_limit(config) -> int | None:
     return int(window) - 1  # strictly inside the window: no position ever falls out of it
 
 
+def max_batch_tokens(model: nn.Module, device: torch.device) -> int:
+    """Tokens per batch: CPU_MAX_TOKENS on CPU; on CUDA, half the free memory over a per-token bound
+    on one layer's activations (the layers run one after the other, without a cache)."""
+    if device.type != "cuda":
+        return CPU_MAX_TOKENS
+    config = getattr(model, "config", None)
+    hidden = int(getattr(config, "hidden_size", 0) or 4096)
+    inner = int(getattr(config, "intermediate_size", 0) or 4 * hidden)
+    per_token = (8 * hidden + 4 * inner) * 4
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(256, int(free * 0.5) // per_token)
+
+
+def _softcap(config) -> float | None:
+    cap = getattr(config, "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
 class Scorer:
     """Scores requests with one model; reusable across quantized versions of the same model."""
 
-    def __init__(self, model: nn.Module, *, batch_size: int = 32, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        batch_size: int = 32,
+        device: str | torch.device | None = None,
+        max_tokens: int | None = None,
+    ):
         self.model = model
         self.batch_size = batch_size
         self.device = torch.device(device) if device else next(model.parameters()).device
+        self.max_tokens = max_tokens or max_batch_tokens(model, self.device)
+        config = getattr(model, "config", None)
         self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self._limit = packing_limit(getattr(model, "config", None))
+        self._limit = packing_limit(config)
+        self._softcap = _softcap(config)
         self._tree_ok: bool | None = None
+        self._trunk_ok: bool | None = None
 
     def score(self, requests: list[Request]) -> list[list[Score]]:
         """Scores for every continuation of every request, in input order."""
+        if self._trunk_ok is None and requests:
+            self._trunk_ok = self._check_trunk(requests[0])
         if self._tree_ok is None:  # decided on the first requests that could be packed
             self._tree_ok = self._check_tree(requests)
         units = self._units(requests)
         order = sorted(range(len(units)), key=lambda i: -units[i][1].packed_length)
+        lengths = [units[i][1].packed_length for i in order]
         results: list[list[Score] | None] = [None] * len(units)
         with torch.inference_mode():
-            for batch in _chunks(order, self.batch_size):
+            for batch in _batches(order, lengths, self.batch_size, self.max_tokens):
                 for i, scores in zip(batch, self._score_batch([units[i][1] for i in batch]), strict=True):
                     results[i] = scores
         out: list[list[Score]] = [[] for _ in requests]
@@ -158,6 +198,23 @@ class Scorer:
             return False
         return True
 
+    def _check_trunk(self, request: Request) -> bool:
+        """Do the trunk's hidden states through the LM head give the model's own log-likelihoods?
+        Checked on a short row cut from the first request (a short row keeps the full logits
+        small); a model without a separate trunk, or whose head does more, uses its logits."""
+        trunk = getattr(self.model, "base_model", None)
+        if trunk is None or trunk is self.model or self.model.get_output_embeddings() is None:
+            return False
+        probe = Request(request.context[-16:], (request.continuations[0][:8],))
+        try:
+            with torch.inference_mode():
+                via_trunk = self._forward([probe], trunk=True)[0][0]
+                via_logits = self._forward([probe], trunk=False)[0][0]
+        except Exception:  # the trunk's signature or output differs: use the model's logits
+            return False
+        tolerance = 1e-4 * max(1.0, abs(via_logits.loglikelihood))
+        return abs(via_trunk.loglikelihood - via_logits.loglikelihood) <= tolerance
+
     def _score_batch(self, batch: list[Request]) -> list[list[Score]]:
         try:
             return self._forward(batch)
@@ -169,7 +226,9 @@ class Scorer:
             half = len(batch) // 2
             return self._score_batch(batch[:half]) + self._score_batch(batch[half:])
 
-    def _forward(self, batch: list[Request]) -> list[list[Score]]:
+    def _forward(self, batch: list[Request], trunk: bool | None = None) -> list[list[Score]]:
+        """Scores of a batch, through the trunk and the head (trunk=True) or the model's logits;
+        by default as `_check_trunk` decided."""
         rows = [_rows(r) for r in batch]
         length = max(len(ids) for ids, _, _, _ in rows)
         ids = torch.zeros(len(batch), length, dtype=torch.long)
@@ -184,29 +243,64 @@ class Scorer:
             mask = torch.zeros(len(batch), length, dtype=torch.long)
             for b, (row_ids, _, _, _) in enumerate(rows):
                 mask[b, : len(row_ids)] = 1
-        # Only positions that predict a scored token need logits: the union over the batch.
+        # Only positions that predict a scored token are scored: the union over the batch.
         needed = sorted({p for _, _, preds, _ in rows for pr in preds for p in pr})
         kwargs = {"attention_mask": mask.to(self.device), "position_ids": pos.to(self.device)}
-        if self._keep:
-            kwargs["logits_to_keep"] = torch.tensor(needed, device=self.device)
-        logits = self.model(input_ids=ids.to(self.device), use_cache=False, **kwargs).logits
-        column = {p: j for j, p in enumerate(needed)} if self._keep else {p: p for p in needed}
-        out = []
-        for b, (_, _, preds, targets) in enumerate(rows):
-            flat_pos = [column[p] for pr in preds for p in pr]
-            flat_tgt = torch.tensor([t for tg in targets for t in tg], device=logits.device)
-            logprobs = torch.log_softmax(logits[b, flat_pos].float(), dim=-1)
-            token_ll = logprobs.gather(1, flat_tgt[:, None])[:, 0]
-            greedy = logprobs.argmax(dim=-1) == flat_tgt
-            scores, at = [], 0
-            for tg in targets:
+        ids = ids.to(self.device)
+        if self._trunk_ok if trunk is None else trunk:
+            states = self.model.base_model(input_ids=ids, use_cache=False, **kwargs).last_hidden_state
+            column = {p: p for p in needed}
+            head, vocab = self._head, self.model.get_output_embeddings().weight.shape[0]
+        else:
+            if self._keep:
+                kwargs["logits_to_keep"] = torch.tensor(needed, device=self.device)
+            states = self.model(input_ids=ids, use_cache=False, **kwargs).logits
+            column = {p: j for j, p in enumerate(needed)} if self._keep else {p: p for p in needed}
+            head, vocab = None, states.shape[-1]
+        batch_index = [b for b, (_, _, preds, _) in enumerate(rows) for pr in preds for _ in pr]
+        positions = [column[p] for _, _, preds, _ in rows for pr in preds for p in pr]
+        targets = torch.tensor([t for _, _, _, tg in rows for cont in tg for t in cont], device=states.device)
+        token_ll, greedy = _token_scores(states[batch_index, positions], targets, vocab, head)
+        out, at = [], 0
+        for _, _, _, row_targets in rows:
+            scores = []
+            for tg in row_targets:
                 n = len(tg)
                 scores.append(Score(float(token_ll[at : at + n].sum()), bool(greedy[at : at + n].all())))
                 at += n
             out.append(scores)
         return out
 
+    def _head(self, states: torch.Tensor) -> torch.Tensor:
+        logits = self.model.get_output_embeddings()(states).float()
+        if self._softcap:  # Gemma 2 and 3: logits = cap * tanh(logits / cap)
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
 
-def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+
+def _token_scores(
+    states: torch.Tensor, targets: torch.Tensor, vocab: int, head: Callable | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-likelihood, is the greedy token) of each target, from the hidden states (through `head`)
+    or logits that predict it; a chunk of positions at a time, so no [positions, vocab] float32
+    tensor larger than CHUNK_BYTES exists."""
+    step = max(1, CHUNK_BYTES // (4 * vocab))
+    token_ll, greedy = [], []
+    for start in range(0, len(targets), step):
+        chunk = states[start : start + step]
+        logits = head(chunk) if head is not None else chunk.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        tgt = targets[start : start + step]
+        token_ll.append(logprobs.gather(1, tgt[:, None])[:, 0])
+        greedy.append(logprobs.argmax(dim=-1) == tgt)
+    return torch.cat(token_ll), torch.cat(greedy)
+
+
+def _batches(order: list[int], lengths: list[int], size: int, max_tokens: int) -> Iterator[list[int]]:
+    """Consecutive groups of `order` (longest first) of at most `size` rows and `max_tokens` tokens
+    (rows x the group's longest row); a row longer than max_tokens goes alone."""
+    start = 0
+    while start < len(order):
+        rows = max(1, min(size, max_tokens // max(1, lengths[start])))
+        yield order[start : start + rows]
+        start += rows
