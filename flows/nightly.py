@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed, wait
 from prefect.states import Failed, State
 
+from kbitlaw.checkpoint_loading import parse_device, resolve_device
 from kbitlaw.checkpoints import discover
 from kbitlaw.data.prepare import select_dataset_specs
 from kbitlaw.eval.calibration import DEFAULT_CALIBRATION, CalibrationRef, calibration_ref
@@ -45,7 +46,7 @@ from kbitlaw.flows.problems import (
     run_summary,  # noqa: F401 (the flows' callers read a run's summary from here)
 )
 from kbitlaw.flows.refit import current_results, fit_and_report, fit_lock
-from kbitlaw.flows.runners import claim, task_resources, task_runner  # noqa: F401 (task_runner: for callers)
+from kbitlaw.flows.runners import claim, runs_here, task_resources, task_runner  # noqa: F401 (task_runner: callers)
 from kbitlaw.flows.stale_runs import record_process
 from kbitlaw.quant.spec import resolve_grid
 from kbitlaw.store import CHECKPOINTS, Store, StoreError, parse_result_key
@@ -79,16 +80,23 @@ def discover_checkpoints(uri: str) -> dict[str, Any]:
 
 @task(name="evaluate", cache_policy=NO_CACHE, task_run_name="{checkpoint[id]} @ {spec}")
 def evaluate_spec(
-    store_uri: str, checkpoint: dict, spec: str, todo: list[dict], calibration: dict | None = None
+    store_uri: str,
+    checkpoint: dict,
+    spec: str,
+    todo: list[dict],
+    calibration: dict | None = None,
+    device: str = "auto",
 ) -> dict:
-    """One (checkpoint, spec): evaluate the datasets in `todo` (those not yet in the store); a GPTQ
-    spec is calibrated on `calibration` (a CalibrationRef as a dict)."""
+    """One (checkpoint, spec): evaluate the datasets in `todo` (those not yet in the store) on
+    `device` (resolved in the process that runs this task); a GPTQ spec is calibrated on
+    `calibration` (a CalibrationRef as a dict)."""
     try:
         return evaluate_checkpoint_spec(
             Store(store_uri),
             checkpoint_from_dict(checkpoint),
             spec,
             [DatasetRef(**d) for d in todo],
+            device=device,
             calibration=CalibrationRef.from_dict(calibration) if calibration else None,
         )
     except ValueError as exc:  # a broken checkpoint or bad data (all ours are ValueErrors): one line
@@ -130,13 +138,16 @@ def evaluate_all(
     work: list[tuple[dict, str, list[DatasetRef], list[str]]],
     progress: bool,
     calibration: CalibrationRef | None = None,
+    device: str = "auto",
 ) -> tuple[list[dict], list[str]]:
-    """Submit each (checkpoint, spec) with datasets to evaluate; returns what the completed ones
-    computed and one failure line per failed one."""
+    """Submit each (checkpoint, spec) with datasets to evaluate on `device`; returns what the
+    completed ones computed and one failure line per failed one."""
     cal = calibration.to_dict() if calibration else None
     with claim(task_resources()):
         futures = [
-            evaluate_spec.submit(store.uri, c, q, [d.__dict__ for d in todo], cal if is_gptq(q) else None)
+            evaluate_spec.submit(
+                store.uri, c, q, [d.__dict__ for d in todo], cal if is_gptq(q) else None, device
+            )
             for c, q, todo, _ in work
         ]
     update = progress_artifact(len(futures), "evaluations of this run")
@@ -181,17 +192,22 @@ def sweep(
     dataset_specs: str | None,
     only: str | None = None,
     calibration: str = DEFAULT_CALIBRATION,
+    device: str = "auto",
 ) -> dict | State:
     """The body of the nightly and evaluate-checkpoint flows: evaluate what is missing for the
     checkpoints under `only` (default: the whole family under `family`) on `datasets` (default:
     all), then refit over every current result of the family and report. GPTQ specs are calibrated
-    on `calibration` (NAME[:N]). Returns the run's summary, or a Failed state carrying it when the
-    run had problems (each one line in summary["problems"])."""
+    on `calibration` (NAME[:N]); models run on `device` (auto, cpu, cuda, cuda:N). Returns the run's
+    summary, or a Failed state carrying it when the run had problems (each one line in
+    summary["problems"])."""
     logger = get_run_logger()
     started = time.perf_counter()
     record_process(runtime.flow_run.id)  # a later run can tell when this one was killed
     s = Store(store)
     specs = [str(q) for q in resolve_grid(grid)]
+    # A device this process lacks fails the run here, not once per evaluation; Dask workers
+    # check theirs (they may have GPUs this process lacks), so only the name is checked for them.
+    device = resolve_device(device) if runs_here() else parse_device(device)
     location = family or os.environ.get("KBITLAW_CHECKPOINTS") or s.url(CHECKPOINTS)
     found, targets, unusable = discover_all(location, only)
     members = {c["fingerprint"]: c for c in found + targets}
@@ -204,7 +220,7 @@ def sweep(
         logger.info(
             "%d of %d (checkpoint, spec) pairs already in the store", len(work) - len(todo), len(work)
         )
-    computed, failures = evaluate_all(s, todo, TERMINAL_PROGRESS and interactive(), cal)
+    computed, failures = evaluate_all(s, todo, TERMINAL_PROGRESS and interactive(), cal, device)
     failed_evaluations = len(failures)
     fitted: dict[str, Any] = {"fit": None, "fit_doc": {}, "report": None, "report_summary": None}
     with fit_lock(s.uri):  # the results are listed inside: the fit sees what others wrote before it
@@ -216,6 +232,7 @@ def sweep(
                 "grid": grid,
                 "workers": workers,
                 "calibration (GPTQ)": str(cal) if cal else "none",
+                "device": device,
             }
             fitted = fit_and_report(s, keys, provenance)
             failures += fitted["failures"]
@@ -297,6 +314,7 @@ def nightly(
     dataset_specs: str = "",
     workers: int = 1,
     calibration: str = DEFAULT_CALIBRATION,
+    device: str = "auto",
 ) -> dict:
     """Evaluate every missing (checkpoint, spec, dataset version), refit the laws over all current
     results and write the report.
@@ -312,6 +330,8 @@ def nightly(
         workers: Evaluations side by side (threads, or Dask processes with the Dask runner).
         calibration: GPTQ specs' calibration data, NAME[:N]: N sequences (default 128) of
             min(window, 256) tokens from the dataset spec NAME (builtin datasets: their training side).
+        device: Where models run: auto (CUDA when available, else CPU; $KBITLAW_DEVICE when set),
+            cpu, cuda or cuda:N.
     """
     return sweep(
         store or None,
@@ -321,6 +341,7 @@ def nightly(
         workers,
         dataset_specs or None,
         calibration=calibration or DEFAULT_CALIBRATION,
+        device=device or "auto",
     )
 
 
@@ -334,6 +355,7 @@ def evaluate_checkpoint(
     dataset_specs: str = "",
     workers: int = 1,
     calibration: str = DEFAULT_CALIBRATION,
+    device: str = "auto",
 ) -> dict:
     """Evaluate one new checkpoint (announced by `kbitlaw emit-checkpoint URI`), then refit the laws
     over every current result of its family, as the nightly does.
@@ -349,6 +371,7 @@ def evaluate_checkpoint(
         dataset_specs: Directory of dataset specs (empty: $KBITLAW_DATASET_SPECS, ./datasets, builtin).
         workers: Evaluations side by side.
         calibration: GPTQ specs' calibration data, NAME[:N] (as the nightly's).
+        device: Where models run: auto, cpu, cuda or cuda:N (as the nightly's).
     """
     return sweep(
         store or None,
@@ -359,4 +382,5 @@ def evaluate_checkpoint(
         dataset_specs or None,
         only=checkpoint_uri,
         calibration=calibration or DEFAULT_CALIBRATION,
+        device=device or "auto",
     )

@@ -42,6 +42,13 @@ def task_runner(runner: str, workers: int, address: str | None = None):
     return ThreadPoolTaskRunner(max_workers=workers)
 
 
+def runs_here() -> bool:
+    """Whether the current flow's tasks run in this process (threads), where a device can be
+    checked before they start; a Dask worker may have GPUs this process lacks."""
+    runner = FlowRunContext.get().task_runner if FlowRunContext.get() else None
+    return type(runner).__name__ != "DaskTaskRunner"
+
+
 def claim(resources: dict[str, float]):
     """Annotate Dask submissions with the resources a task needs (nothing for other runners)."""
     runner = FlowRunContext.get().task_runner if FlowRunContext.get() else None

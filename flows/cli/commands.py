@@ -16,6 +16,7 @@ import typer
 
 from kbitlaw.flows.cli.common import (
     CalibrationOpt,
+    DeviceOpt,
     JsonOpt,
     OldSpecDirOpt,
     SpecDirOpt,
@@ -24,6 +25,7 @@ from kbitlaw.flows.cli.common import (
     _log_to_stderr,
     _quiet_libraries,
     app,
+    checked_device,
     default_checkpoints,
     error_line,
 )
@@ -93,6 +95,7 @@ def nightly(
     specs: SpecDirOpt = None,
     old_specs: OldSpecDirOpt = None,
     calibration: CalibrationOpt = "text:128",
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Discover checkpoints, evaluate what is new, refit the laws and write the report."""
@@ -104,6 +107,9 @@ def nightly(
     from kbitlaw.store import StoreError
 
     checkpoints = checkpoints or os.environ.get("KBITLAW_CHECKPOINTS") or None
+    # The models run on this machine unless an existing Dask cluster runs them: only then is the
+    # device itself checked now, not just its name. (Outside the try: typer.Exit is a RuntimeError.)
+    device = checked_device(device, here=dask_address is None)
     try:
         quant_specs = resolve_grid(grid)  # an unknown grid or a bad spec: one line, before any run starts
         parse_calibration(calibration)
@@ -129,6 +135,7 @@ def nightly(
         workers=workers,
         dataset_specs=specs or old_specs or "",
         calibration=calibration,
+        device=device,
         return_state=True,
     )
     summary = nightly_module.run_summary(state) | ({"crashed_stale_runs": crashed} if crashed else {})
@@ -164,9 +171,7 @@ def evaluate(
     limit: Annotated[int | None, typer.Option("--limit", help="Evaluate the first N rows only")] = None,
     delimiter: Annotated[str, typer.Option(help="Between a context and each choice")] = " ",
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    device: Annotated[
-        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")
-    ] = None,
+    device: DeviceOpt = "auto",
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Allow pickle weights (unsafe)")
     ] = False,
@@ -187,6 +192,7 @@ def evaluate(
         df, kind = read_dataset_file(data, kind, limit)
     except (EvaluationError, ValueError) as exc:
         _fail(error_line(exc))
+    device = checked_device(device)  # a GPU this machine lacks: one line, before the model loads
     _quiet_libraries()
     from kbitlaw.eval.run import evaluate_specs
 

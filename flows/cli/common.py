@@ -42,6 +42,15 @@ CalibrationOpt = Annotated[
     ),
 ]
 
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where models run: auto (CUDA when available, else CPU; $KBITLAW_DEVICE when set), "
+        "cpu, cuda or cuda:N",
+    ),
+]
+
 
 def _log_to_stderr() -> None:
     """Our own loggers at INFO on stderr; libraries (httpx logs every API request at INFO) at WARNING."""
@@ -79,6 +88,19 @@ def error_line(exc: BaseException) -> str:
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"kbitlaw: error: {' '.join(message.split())}", err=True)  # always one line
     raise typer.Exit(code)
+
+
+def checked_device(device: str, *, here: bool = True) -> str:
+    """--device resolved on this machine (`here`: the models run in this process), else only its
+    name checked; a device that cannot be used is the one error line, exit 2 (a usage error, as
+    click's own), before any model loads."""
+    from kbitlaw.checkpoint_loading import parse_device, resolve_device
+
+    try:
+        return resolve_device(device, label="--device") if here else parse_device(device, label="--device")
+    except ValueError as exc:
+        _fail(error_line(exc), 2)
+    raise AssertionError("unreachable")  # _fail always raises
 
 
 def default_checkpoints(store: str | None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 import torch
 
-from kbitlaw.checkpoint_loading import default_device, load_model, load_tokenizer
+from kbitlaw.checkpoint_loading import load_model, load_tokenizer, pristine_device, resolve_device
 from kbitlaw.checkpoints import Checkpoint, resolve
 from kbitlaw.data.specs import frame_sha
 from kbitlaw.eval.calibration import DEFAULT_CALIBRATION, CalibrationRef, calibration_ref, calibration_tokens
@@ -38,10 +38,12 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(uri: str | Checkpoint, *, device: str | None = None, allow_pickle: bool = False):
-    """Load a Hugging Face checkpoint (local dir, s3:// prefix or hf://org/name@rev) for evaluation."""
+    """Load a Hugging Face checkpoint (local dir, s3:// prefix or hf://org/name@rev) for evaluation,
+    on `device` (auto, cpu, cuda, cuda:N: see checkpoint_loading.resolve_device)."""
+    device = resolve_device(device)  # a device this machine lacks: one line, before any download
     ckpt = resolve(uri, allow_pickle=allow_pickle)
     tokenizer = load_tokenizer(ckpt)
-    model = load_model(ckpt, device=device or default_device(), allow_pickle=allow_pickle)
+    model = load_model(ckpt, device=device, allow_pickle=allow_pickle)
     return LoadedCheckpoint(ckpt, model, tokenizer)
 
 
@@ -91,9 +93,12 @@ def evaluate_specs(
     prepared = prepare(df, kind, loaded.tokenizer, window, name=dataset, delimiter=delimiter)
     tokens = calibration_tokens(ref, loaded.tokenizer, window) if ref else None
     sha, scorer, rows, frames = frame_sha(df), Scorer(model, batch_size=batch_size), [], []
+    keep = pristine_device(model)  # a model on a GPU keeps its original weights on the CPU
     try:
         for spec in quant_specs:
-            report = quantize_model(model, spec, calibration=tokens if spec.method == "gptq" else None)
+            report = quantize_model(
+                model, spec, pristine_device=keep, calibration=tokens if spec.method == "gptq" else None
+            )
             columns = report.columns() | {"calibration": str(ref) if spec.method == "gptq" else None}
             metric_rows, frame = evaluate_prepared(model, prepared, scorer=scorer, samples=True)
             log.info("%s %s %s", ckpt.id, spec, {r["metric"]: round(r["value"], 4) for r in metric_rows})

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kbitlaw.checkpoint_loading import default_device, load_model, load_tokenizer
+from kbitlaw.checkpoint_loading import load_model, load_tokenizer, pristine_device, resolve_device
 from kbitlaw.checkpoints import TOKENIZER_FILES, Checkpoint
 from kbitlaw.eval.calibration import CalibrationRef, calibration_tokens
 from kbitlaw.eval.engine import EVALUATOR_VERSION, evaluate_prepared, max_length, prepare
@@ -232,20 +232,22 @@ def evaluate_checkpoint_spec(
     calibration: CalibrationRef | None = None,
 ) -> dict[str, Any]:
     """Evaluate the datasets whose results are missing; returns {"computed": [...], "cached": [...]}.
-    A GPTQ spec is calibrated on `calibration` (required for it, ignored otherwise)."""
+    A GPTQ spec is calibrated on `calibration` (required for it, ignored otherwise). `device`: auto,
+    cpu, cuda, cuda:N, resolved here, in the process that runs the work (a Dask worker may have
+    GPUs its scheduler lacks); one this machine lacks is a ValueError line."""
     started = time.perf_counter()
     calibration = spec_calibration(spec, calibration)
     todo = [d for d in datasets if not store.exists(result_key(ckpt.fingerprint, spec, d, calibration))]
     done = [d.name for d in datasets if d not in todo]
     if not todo:
         return {"checkpoint": ckpt.id, "quant": spec, "computed": [], "cached": done, "seconds": 0.0}
-    entry = POOL.acquire(ckpt, device or default_device())
+    entry = POOL.acquire(ckpt, resolve_device(device))
     try:
         model, tokenizer = entry["model"], entry["tokenizer"]
         window = max_length(model, tokenizer)
         prepared = [_prepared(store, d, ckpt, tokenizer, window) for d in todo]
         tokens = _calibration(calibration, ckpt, tokenizer, window) if calibration else None
-        report = quantize_model(model, spec, calibration=tokens)
+        report = quantize_model(model, spec, calibration=tokens, pristine_device=pristine_device(model))
         columns = report.columns() | {"calibration": str(calibration) if calibration else None}
         scorer = Scorer(model, batch_size=batch_size)
         for ds, prep in zip(todo, prepared, strict=True):
