@@ -23,6 +23,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry attempts (no network)
+# One intra-op thread per process while pytest-xdist runs a worker per core: two workers with two
+# OpenMP threads each on two cores spin against each other (a multiple-choice set measured 5 s
+# instead of 0.04 s). Set before torch is imported here; subprocesses the tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:  # a plugin imported it first: the variable came too late
+        sys.modules["torch"].set_num_threads(1)
 
 
 def free_port() -> int:
