@@ -73,3 +73,27 @@ def test_a_model_loads_in_its_stored_dtype(tmp_path, dtype):
     tf.LlamaForCausalLM(config).to(dtype).save_pretrained(tmp_path)
     model = load_model(str(tmp_path))
     assert {p.dtype for p in model.parameters()} == {dtype}
+
+
+def test_batch_token_budget_on_cpu_and_from_a_gpus_free_memory(monkeypatch):
+    """CPU: a fixed budget; CUDA (its free memory faked here: no GPU on the CI machine): half the free
+    memory over one layer's per-token activations, never below 256 tokens; batches keep to it."""
+    import transformers as tf
+
+    from kbitlaw.eval import scoring
+
+    config = tf.LlamaConfig(
+        vocab_size=64, hidden_size=2048, intermediate_size=8192, num_hidden_layers=1, num_attention_heads=8
+    )
+    model = torch.nn.Module()
+    model.config = config
+    assert scoring.max_batch_tokens(model, torch.device("cpu")) == scoring.CPU_MAX_TOKENS
+    per_token = (8 * 2048 + 4 * 8192) * 4
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 << 30, 80 << 30))
+    assert scoring.max_batch_tokens(model, torch.device("cuda")) == (20 << 30) // per_token
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 20, 80 << 30))
+    assert scoring.max_batch_tokens(model, torch.device("cuda")) == 256
+    lengths = [2048, 2048, 2048, 900, 30, 30, 30]
+    batches = list(scoring._batches(list(range(7)), lengths, 32, 4096))
+    assert batches == [[0, 1], [2, 3], [4, 5, 6]]
+    assert list(scoring._batches([0, 1], [9000, 10], 32, 4096)) == [[0], [1]]  # too long: alone
