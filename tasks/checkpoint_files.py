@@ -75,9 +75,13 @@ def check_file(store: Store, key: str, where: str, boundary: str) -> None:
 
 def check_sidecar(sidecar: Any, where: str) -> None:
     """kbitlaw.json: a JSON object whose step, tokens_seen and tokens_planned (each optional) are
-    whole numbers >= 0."""
+    whole numbers >= 0 and whose `finished` (optional) is true or false. Its lr_schedule is not
+    checked here: a bad schedule leaves the checkpoint usable without one (schedule.py)."""
     if not isinstance(sidecar, dict):
         raise CheckpointError(f"{where}: must be a JSON object, got {type(sidecar).__name__}")
+    finished = sidecar.get("finished")
+    if finished is not None and not isinstance(finished, bool):
+        raise CheckpointError(f"{where}: field 'finished' must be true or false, got {finished!r}")
     for name in ("step", "tokens_seen", "tokens_planned"):
         value = sidecar.get(name)
         if value is None:

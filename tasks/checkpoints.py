@@ -12,7 +12,11 @@ steps stay two checkpoints. Other sidecar fields and the checkpoint's location d
 `tokens_planned` (the run's planned length) is read but is not identity: it says nothing about the
 weights, and leaving it out keeps every existing fingerprint (and cached result) as it was. The
 cost: results cached under a fingerprint keep the tokens_planned they were evaluated with, so a
-plan changed later shows in the rows of new checkpoints only.
+plan changed later shows in the rows of new checkpoints only. The same holds for `finished` (a
+finished model of its tokens, e.g. a cooldown branch) and the learning-rate schedule's areas
+(schedule.py: from the sidecar's `lr_schedule`, else the Trainer's trainer_state.json), which the
+joint law reads to use intermediate checkpoints of decaying runs; a schedule that cannot be read
+leaves the checkpoint usable without one, with `schedule_problem` saying why.
 
 Folder names: a folder that is not a store key (`step 977 ü`) is read through a store rooted at
 its real path, so its name never becomes a key (results are keyed by fingerprint; the id, the
@@ -29,6 +33,7 @@ remote code): checkpoint_loading.py; the structure of a loaded model: model_stru
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -47,8 +52,10 @@ from kbitlaw.checkpoint_files import (
     where_of,
 )
 from kbitlaw.hashing import sha256_bytes
+from kbitlaw.schedule import TRAINER_STATE, WITHOUT, Schedule, read_schedule
 from kbitlaw.store import Store, StoreError, key_name, key_parent
 
+log = logging.getLogger(__name__)
 SIDECAR = "kbitlaw.json"
 # Sidecar fields in the fingerprint; tokens_planned is deliberately not one (module docstring).
 IDENTITY_FIELDS = ("family", "size", "step", "tokens_seen")
@@ -84,6 +91,15 @@ class Checkpoint:
     # The training run's planned total tokens, for predicting its end; not in the fingerprint.
     tokens_planned: int | None = None
     sidecar: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # Neither in the fingerprint (module docstring): a finished model of its tokens (None: not said)
+    finished: bool | None = None
+    # the learning-rate schedule's areas in tokens (schedule.py), None when unknown
+    lr_area: float | None = None
+    lr_anneal: float | None = None
+    lr_area_planned: float | None = None
+    lr_anneal_planned: float | None = None
+    schedule_source: str | None = None  # kbitlaw.json | trainer_state.json
+    schedule_problem: str | None = None  # one line: a schedule was there but cannot be used
 
 
 # -- discovery ---------------------------------------------------------------------------------
@@ -196,10 +212,25 @@ def describe(
         except ValueError as exc:
             raise CheckpointError(f"{where}/{SIDECAR}: not valid JSON ({exc})") from None
         check_sidecar(sidecar, f"{where}/{SIDECAR}")
-    return _checkpoint(where, directory if rel is None else rel, files, n_params, sidecar)
+    state = _trainer_state(store, key, names, where, boundary or store.root)
+    return _checkpoint(where, directory if rel is None else rel, files, n_params, sidecar, state)
 
 
-def _checkpoint(uri: str, rel: str, files: list, n_params: int, sidecar: dict[str, Any]) -> Checkpoint:
+def _trainer_state(store: Store, key, names: list[str], where: str, boundary: str) -> bytes | str | None:
+    """trainer_state.json's bytes, None when absent, or the one line saying why it cannot be read
+    (a checkpoint is never failed by it: schedule.py)."""
+    if TRAINER_STATE not in names:
+        return None
+    try:
+        check_file(store, key(TRAINER_STATE), f"{where}/{TRAINER_STATE}", boundary)
+        return store.read_bytes(key(TRAINER_STATE))
+    except CheckpointError as exc:
+        return str(exc)
+
+
+def _checkpoint(
+    uri: str, rel: str, files: list, n_params: int, sidecar: dict[str, Any], state: bytes | str | None = None
+) -> Checkpoint:
     parts = [p for p in rel.split("/") if p]
     step = sidecar.get("step")
     if step is None and parts and (m := _STEP_DIR.match(parts[-1])):
@@ -209,17 +240,31 @@ def _checkpoint(uri: str, rel: str, files: list, n_params: int, sidecar: dict[st
         ckpt_id = f"{sidecar['family']}/{sidecar['size']}/step-{step}"
     else:
         ckpt_id = rel or Path(uri).name
+    tokens_seen = _whole(sidecar.get("tokens_seen"))
+    if isinstance(state, str):
+        lr = Schedule(problem=f"{state}; {WITHOUT}")
+    else:
+        lr = read_schedule(sidecar, state, int(step) if step is not None else None, tokens_seen, uri)
+    if lr.problem:  # the checkpoint is still used: a warning, not one of discover's errors
+        log.warning("%s", lr.problem)
     return Checkpoint(
         uri=uri,
         id=ckpt_id,
         family=str(family),
         step=int(step) if step is not None else None,
-        tokens_seen=_whole(sidecar.get("tokens_seen")),
+        tokens_seen=tokens_seen,
         tokens_planned=_whole(sidecar.get("tokens_planned")),
         fingerprint=fingerprint_of(files, sidecar),
         n_params=n_params,
         files=tuple(files),
         sidecar=sidecar,
+        finished=sidecar.get("finished"),
+        lr_area=lr.lr_area,
+        lr_anneal=lr.lr_anneal,
+        lr_area_planned=lr.lr_area_planned,
+        lr_anneal_planned=lr.lr_anneal_planned,
+        schedule_source=lr.source,
+        schedule_problem=lr.problem,
     )
 
 

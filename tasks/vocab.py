@@ -69,6 +69,13 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "step": pl.Int64,
     "tokens_seen": pl.Int64,
     "tokens_planned": pl.Int64,  # beyond DESIGN.md: the run's planned total tokens (null: not given)
+    # beyond DESIGN.md, null when not given (checkpoints.py, schedule.py): a finished model of its
+    # tokens; the learning-rate schedule's areas in tokens, at the checkpoint and at the planned end
+    "finished": pl.Boolean,
+    "lr_area": pl.Float64,
+    "lr_anneal": pl.Float64,
+    "lr_area_planned": pl.Float64,
+    "lr_anneal_planned": pl.Float64,
     "n_params": pl.Int64,
     "n_params_quantized": pl.Int64,
     "quant": pl.String,
@@ -97,7 +104,8 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
 # Columns added after results were first hashed (law/table.py's results_sha). A file written before
 # them lacks them and reads them as null. The LATER_COLUMNS count in the hash only where some row
 # has a value, in this order, so older result sets keep their sha; n_truncated and bos never count.
-LATER_COLUMNS = ("calibration", "tokens_planned")
+SCHEDULE_COLUMNS = ("finished", "lr_area", "lr_anneal", "lr_area_planned", "lr_anneal_planned")
+LATER_COLUMNS = ("calibration", "tokens_planned", *SCHEDULE_COLUMNS)
 UNHASHED_COLUMNS = ("n_truncated", "bos")
 # The columns of the first schema, in RESULT_SCHEMA's order.
 RESULT_COLUMNS = tuple(c for c in RESULT_SCHEMA if c not in (*LATER_COLUMNS, *UNHASHED_COLUMNS))

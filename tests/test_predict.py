@@ -99,7 +99,8 @@ def test_a_run_in_progress_is_predicted_at_its_planned_end_and_the_document_and_
     biggest, last = SIZES[-1], TOKENS[-1]
     # the largest run has reached 1/4 of its plan; its last two checkpoints are still to come
     df = full.filter(~((pl.col("n_params") == int(biggest)) & (pl.col("tokens_seen") > last / 4)))
-    fitted = fit_document(df.with_columns(tokens_planned=pl.lit(last)))
+    # every checkpoint a finished model of its tokens (each its own run): all are fitted
+    fitted = fit_document(df.with_columns(tokens_planned=pl.lit(last), finished=pl.lit(True)))
     (run,) = predict_from_document(fitted, biggest, last)["runs_in_progress"]
     assert run["n_params"] == biggest and run["tokens_seen"] == last / 4 and run["tokens_planned"] == last
     actual = full.filter(
@@ -131,7 +132,7 @@ def test_predictions_read_from_the_document_equal_the_fitted_law():
 
     biggest, last = SIZES[-1], TOKENS[-1]
     df = simulate(3).filter(~((pl.col("n_params") == int(biggest)) & (pl.col("tokens_seen") > last / 4)))
-    kept, _ = drop_unusable(normalise(df.with_columns(tokens_planned=pl.lit(last))))
+    kept, _ = drop_unusable(normalise(df.with_columns(tokens_planned=pl.lit(last), finished=pl.lit(True))))
     points, _ = metric_points(components(kept))
     damage, _, _ = fit_damage(points, CONFIG.n_boot, CONFIG.seed, CONFIG.level)
     entries, _, laws = fit_joint_laws(points, damage, CONFIG)

@@ -122,14 +122,17 @@ def test_the_whole_store_is_honest(real_fit_store, tmp_path):
         *by(doc, "damage", scheme="int<k>-b64"),  # C 4.5e7
         *by(doc, "damage", scheme="fp<k>-b16-se4m3"),  # C's interval [8e-204, 2.7e167]
         *by(doc, "power_law", quant="fp16", metric="loss"),  # A's interval [2.06, 1.5e16]
-        *fitdoc.joint_laws(doc),  # A 8.2e19, alpha 4.4, held-out error 494,358 nats
     ]
-    assert len(wrong_today) == 2 * 4 + 1 + 1
+    assert len(wrong_today) == 2 * 4 + 1
     for e in wrong_today:
         assert e["status"] in ("failed", "unidentified"), (e.get("scheme") or e.get("quant"), e["status"])
         assert e["reason"] and e["reason"] != "passed its gates"
+    # The joint law (A 8.2e19, alpha 4.4, held-out error 494,358 nats at 36bd87f; then failed on
+    # alpha): its cosine runs' checkpoints plan more tokens than they have seen and no schedule is
+    # known, so only each run's end is a finished model of its tokens: too few to fit, and it says so.
     (joint,) = fitdoc.joint_laws(doc)
-    assert "alpha" in joint["reason"]
+    assert joint["status"] == "insufficient data" and joint["form"] == "chinchilla"
+    assert "fitted on the 6 finished checkpoints; 18 intermediate checkpoints" in joint["reason"]
     # the laws the data do identify stay usable: the gates are not a blanket "no"
     assert [e for e in fitdoc.entries(doc, "threshold") if e["status"] == OK]
     assert doc["recommendation"]["status"] == OK

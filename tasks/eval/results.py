@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-from kbitlaw.vocab import RESULT_SCHEMA
+from kbitlaw.vocab import RESULT_SCHEMA, SCHEDULE_COLUMNS
 
 # samples/<checkpoint_fp>/<quant>/<eval_key>.parquet, by dataset kind; rows in the dataset's order.
 SAMPLE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
@@ -58,6 +58,8 @@ def result_rows(
         "step": checkpoint.step,
         "tokens_seen": checkpoint.tokens_seen,
         "tokens_planned": checkpoint.tokens_planned,
+        # the schedule columns (checkpoints.py; an object without them has none)
+        **{c: getattr(checkpoint, c, None) for c in SCHEDULE_COLUMNS},
         "dataset_sha": dataset_sha,
         "kbitlaw_version": kbitlaw_version(),
         "created_at": now,

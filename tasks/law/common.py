@@ -135,6 +135,21 @@ def table_rows(section: str, law: str | None, **cols: Any) -> pl.DataFrame:
     return pl.DataFrame(data)
 
 
+def tolerance_interval(
+    predicted: float, lo: float, hi: float, se: float, level: float, noise_dof: int | None = None
+) -> tuple[float, float]:
+    """Where an observation of a predicted value should fall: each side of the prediction's
+    interval [lo, hi] combined in quadrature with the observation's noise SD `se`
+    (extrapolation_entry says why, and when the quantile is Student's t on `noise_dof`)."""
+    tail = 0.5 + level / 2
+    z = float(norm.ppf(tail))
+    q = z if noise_dof is None else float(student_t.ppf(tail, max(noise_dof, 1)))
+    return (
+        predicted - q * math.hypot(max(predicted - lo, 0.0) / z, se),
+        predicted + q * math.hypot(max(hi - predicted, 0.0) / z, se),
+    )
+
+
 def extrapolation_entry(
     law: str,
     family: str,
@@ -162,13 +177,9 @@ def extrapolation_entry(
     lo, hi = (None, None) if boot is None else interval(boot, level)
     ok = predicted is not None and math.isfinite(predicted) and lo is not None
     se = obs_se if obs_se is not None and math.isfinite(obs_se) and obs_se > 0 else 0.0
-    tail = 0.5 + level / 2
-    z = float(norm.ppf(tail))
-    q = z if noise_dof is None else float(student_t.ppf(tail, max(noise_dof, 1)))
     tol_lo = tol_hi = None
     if ok:
-        tol_lo = predicted - q * math.hypot(max(predicted - lo, 0.0) / z, se)
-        tol_hi = predicted + q * math.hypot(max(hi - predicted, 0.0) / z, se)
+        tol_lo, tol_hi = tolerance_interval(predicted, lo, hi, se, level, noise_dof)
     flagged = bool(ok and not (tol_lo <= observed <= tol_hi))
     return {
         "law": law,

@@ -44,7 +44,7 @@ from kbitlaw.law.table import (
 
 __all__ = ["LAW_VERSION", "FitConfig", "FitResult", "fit_laws", "warm_starts"]
 
-LAW_VERSION = "6"  # bump when a change alters fitted numbers: stored fits are then not reused
+LAW_VERSION = "7"  # bump when a change alters fitted numbers: stored fits are then not reused
 
 
 @dataclass(frozen=True)

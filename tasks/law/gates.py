@@ -105,7 +105,23 @@ JOINT = LawGates(
     "Chinchilla-type exponents in (0, 2] (Hoffmann et al. 2022: alpha 0.34, beta 0.28; Besiroglu "
     "et al. 2024: 0.35, 0.37); E a loss floor in nats",
 )
-LAWS = {"power_law": POWER_LAW, "threshold": THRESHOLD, "damage": DAMAGE, "joint_law": JOINT}
+JOINT_SCHEDULE = LawGates(
+    "joint law L(N, S1, S2) = E + A / N^alpha + B / S1^beta - C S2 (+ damage per scheme), S1 and S2 "
+    "the learning-rate schedule's areas",
+    (
+        *JOINT.params,
+        Param("C", 0.0, INF, 1.0, scale=True),  # decades of C S2 at the centre of the annealed points
+    ),
+    "Chinchilla's surface with D read as the schedule's forward area S1, and Tissue et al. 2024's "
+    "annealing term C S2 (C > 0: annealing lowers the loss)",
+)
+LAWS = {
+    "power_law": POWER_LAW,
+    "threshold": THRESHOLD,
+    "damage": DAMAGE,
+    "joint_law": JOINT,
+    "joint_law_schedule": JOINT_SCHEDULE,
+}
 
 
 def describe_gates() -> dict:
@@ -276,7 +292,7 @@ def gate_entry(section: str, entry: dict, level: float | None = None) -> Verdict
             return Verdict(v.unidentified, (*v.failures, msg))
         return v
     if section == "joint_law":
-        v = gate_params(entry, JOINT, level=level)
+        v = gate_params(entry, JOINT_SCHEDULE if entry.get("form") == "schedule" else JOINT, level=level)
         failure = heldout_failure(entry, level)
         return Verdict(v.unidentified, (*v.failures, failure) if failure else v.failures)
     if section == "joint_damage":

@@ -9,7 +9,9 @@ A point is one checkpoint at one quant spec and one metric:
 Model size is n_params; the laws over size use each size's latest checkpoint (max tokens_seen,
 then max step). Duplicate rows for the same (checkpoint, spec, dataset, metric) are averaged.
 A point also carries its checkpoint's planned training length, `tokens_planned` (null when not
-given), so a law can predict where a training run in progress will end.
+given), so a law can predict where a training run in progress will end, and the SCHEDULE_COLUMNS
+(null when not given): `finished` and the learning-rate schedule's areas, with which the joint law
+tells a finished model from an intermediate checkpoint of a decaying run (law/joint/usable.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from kbitlaw.vocab import (
     LOSS,
     MEAN_ACC,
     RESULT_COLUMNS,
+    SCHEDULE_COLUMNS,
     VOLATILE_COLUMNS,
 )
 
@@ -52,7 +55,15 @@ FLOAT_COLUMNS = (
     "outlier_pct",
     "step",
     "tokens_planned",  # optional, not in RESULT_COLUMNS: counted in results_sha like `calibration`
+    "lr_area",  # the same (vocab.SCHEDULE_COLUMNS)
+    "lr_anneal",
+    "lr_area_planned",
+    "lr_anneal_planned",
 )
+BOOL_COLUMNS = ("finished",)  # optional, as tokens_planned
+# Per-checkpoint columns that results cached before the sidecar said them lack: a point takes its
+# checkpoint's value from any of its rows (components).
+CHECKPOINT_COLUMNS = ("tokens_planned", *SCHEDULE_COLUMNS)
 STRING_COLUMNS = ("checkpoint_id", "family", "quant", "dtype", "dataset", "kind", "metric", "calibration")
 POINT_KEYS = ("family", "checkpoint_id", "quant")
 
@@ -78,9 +89,13 @@ def normalise(df: pl.DataFrame) -> pl.DataFrame:
     def typed(c: str, dtype: pl.DataType) -> pl.Expr:
         if c not in schema:
             return pl.lit(None, dtype=dtype).alias(c)
+        if dtype == pl.Boolean and schema[c] == pl.String:  # a CSV's true/false
+            words = {"true": True, "false": False}
+            return pl.col(c).str.to_lowercase().replace_strict(words, default=None, return_dtype=pl.Boolean)
         return pl.col(c) if schema[c] == dtype else pl.col(c).cast(dtype, strict=True)
 
     exprs = [typed(c, pl.Float64) for c in FLOAT_COLUMNS] + [typed(c, pl.String) for c in STRING_COLUMNS]
+    exprs += [typed(c, pl.Boolean) for c in BOOL_COLUMNS]
     try:
         return df.with_columns(exprs)
     except Exception:  # which column, below; anything else is raised as it was
@@ -89,6 +104,11 @@ def normalise(df: pl.DataFrame) -> pl.DataFrame:
                 df.select(typed(c, pl.Float64))
             except Exception as exc:
                 raise ResultsError(f"column {c!r} is not numeric ({schema[c]})") from exc
+        for c in BOOL_COLUMNS:
+            try:
+                df.select(typed(c, pl.Boolean))
+            except Exception as exc:
+                raise ResultsError(f"column {c!r} is not true/false ({schema[c]})") from exc
         raise
 
 
@@ -122,7 +142,7 @@ def _point_attrs() -> list[pl.Expr]:
     return [
         pl.col("n_params").max(),
         pl.col("tokens_seen").max(),
-        pl.col("tokens_planned").max(),
+        *(pl.col(c).max() for c in CHECKPOINT_COLUMNS),
         pl.col("step").max(),
         pl.col("bits").max(),
         pl.col("dtype").min(),
@@ -136,16 +156,17 @@ def _point_attrs() -> list[pl.Expr]:
 def components(df: pl.DataFrame) -> pl.DataFrame:
     """Per (checkpoint, spec, dataset): the accuracy (`acc`) or perplexity `loss` the metrics average.
 
-    tokens_planned is the checkpoint's across all its rows: results cached under its fingerprint
-    before the sidecar gave a plan have none, and would otherwise leave some points without it."""
+    tokens_planned (and the other CHECKPOINT_COLUMNS) is the checkpoint's across all its rows:
+    results cached under its fingerprint before the sidecar gave a plan have none, and would
+    otherwise leave some points without it."""
     wanted = (pl.col("kind").is_in(ACCURACY_KINDS) & (pl.col("metric") == ACC)) | (
         (pl.col("kind") == "perplexity") & (pl.col("metric") == LOSS)
     )
     return (
         df.filter(wanted)
         .with_columns(
+            *(pl.col(c).max().over(["family", "checkpoint_id"]) for c in CHECKPOINT_COLUMNS),
             component=pl.when(pl.col("metric") == ACC).then(pl.lit(ACC)).otherwise(pl.lit(LOSS)),
-            tokens_planned=pl.col("tokens_planned").max().over(["family", "checkpoint_id"]),
         )
         .group_by([*POINT_KEYS, "component", "dataset"])
         .agg(*_point_attrs(), pl.col("value").mean(), pl.col("stderr").mean(), pl.col("n_examples").mean())
@@ -184,7 +205,7 @@ def metric_points(comp: pl.DataFrame) -> tuple[pl.DataFrame, int]:
         "metric",
         "n_params",
         "tokens_seen",
-        "tokens_planned",
+        *CHECKPOINT_COLUMNS,
         "step",
         "bits",
         "dtype",

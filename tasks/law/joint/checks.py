@@ -1,6 +1,8 @@
 """The joint law checked forwards (law/joint/law.py): refit on part of a family's checkpoints and predict
 the rest. The largest size and every size's latest checkpoint are left out by cold refits; the
-running check refits on the checkpoints the previous fit had and predicts the ones new since."""
+running check refits on the checkpoints the previous fit had and predicts the ones new since.
+Only the checkpoints the law is fitted on are checked (law/joint/usable.py): an intermediate
+checkpoint of a decaying run, where the law has no schedule, is not a point the law describes."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import polars as pl
 
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, extrapolation_entry, num
 from kbitlaw.law.damage.law import fit_damage
-from kbitlaw.law.joint.law import JointLaw, choose_forms, fit_joint, warm_theta
+from kbitlaw.law.joint.law import SCHEDULE_FORM, JointLaw, choose_forms, fit_joint, warm_theta
 from kbitlaw.vocab import LOSS
 
 RUNNING_CHECK_KEEP = 1000  # running-check entries kept across fits
@@ -19,7 +21,7 @@ def predict_points(law: JointLaw, held: pl.DataFrame, name: str, level: float) -
     """Extrapolation checks of the law against observed loss points (16-bit and quantized)."""
     checks = []
     for r in held.sort(["n_params", "tokens_seen", "quant"]).iter_rows(named=True):
-        pred = law.loss(np.array([r["n_params"]]), np.array([r["tokens_seen"]]), r["quant"])
+        pred = law.loss(np.array([r["n_params"]]), np.array([r["tokens_seen"]]), r["quant"], *areas(law, r))
         if pred is None:
             continue
         est, boot = pred
@@ -37,10 +39,17 @@ def predict_points(law: JointLaw, held: pl.DataFrame, name: str, level: float) -
             se if se is not None else float(est[0]) * law.surface.log_scale,
             level,
             # without stderrs, a point's noise is the training fit's residual scale
-            noise_dof=None if se is not None else max(law.surface.n_points - 5, 1),
+            noise_dof=None if se is not None else max(law.surface.n_points - len(law.surface.theta), 1),
         )
         checks.append({**entry, "n_params": num(r["n_params"]), "tokens_seen": num(r["tokens_seen"])})
     return checks
+
+
+def areas(law: JointLaw, point: dict) -> tuple[float | None, float | None]:
+    """A point's schedule areas (S1, S2) where the law is of the schedule form, else (None, None)."""
+    if law.form != SCHEDULE_FORM:
+        return None, None
+    return point.get("lr_area"), point.get("lr_anneal")
 
 
 def holdout(df: pl.DataFrame, train: pl.Expr, name: str, config: FitConfig, warm=None) -> list[dict] | None:

@@ -136,6 +136,8 @@ class Surface:
     warm: bool  # started from a previous fit
     log_scale: float = float("nan")  # robust SD of the log residuals (1.4826 MAD): a point's noise
     unidentified: tuple[str, ...] = ()  # parameters of a term the data do not show (no interval)
+    form: str = "chinchilla"  # beside law/joint/anneal.py's "schedule"
+    dropped: tuple[str, ...] = ()
 
     @staticmethod
     def named(theta: np.ndarray) -> np.ndarray:
@@ -154,8 +156,9 @@ class Surface:
             for i, p in enumerate(PARAMS)
         }
 
-    def loss(self, n: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """L at (n, d): the estimate [m] and the replicates' [n_boot, m]."""
+    def loss(self, n: np.ndarray, d: np.ndarray, s1=None, s2=None) -> tuple[np.ndarray, np.ndarray]:
+        """L at (n, d): the estimate [m] and the replicates' [n_boot, m] (a schedule's areas s1, s2
+        are not in this form: ignored)."""
         ln, ld = np.log(np.asarray(n, float)), np.log(np.asarray(d, float))
         with np.errstate(over="ignore", invalid="ignore"):
             return np.exp(log_loss(self.theta, ln, ld)), np.exp(log_loss(self.boot, ln, ld))

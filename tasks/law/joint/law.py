@@ -3,7 +3,10 @@
     L(N, D, spec) = E + A / N^alpha + B / D^beta + dL_scheme(N, D, k)
 
 - the 16-bit part on every checkpoint's fp16 (else bf16) loss, by Chinchilla's approach 3
-  (law/joint/chinchilla.py);
+  (law/joint/chinchilla.py); when every 16-bit point carries its learning-rate schedule's areas
+  (lr_area S1, lr_anneal S2: schedule.py), in the schedule form E + A/N^alpha + B/S1^beta - C S2
+  instead (law/joint/anneal.py), which holds along a run, not only at its end (which checkpoints
+  each form may use: law/joint/usable.py);
 - dL per quantization scheme (data type, block size, outliers, method; k varies) in the form that
   predicted held-out data better (law/damage/law.py): Ouyang et al.'s power form C D^beta/(N^alpha k^gamma)
   or Kumar et al.'s exponential C D^beta/N^alpha e^(-k/gamma), judged on bit widths left out
@@ -29,6 +32,8 @@ from kbitlaw.law.common import OK, FitConfig
 from kbitlaw.law.damage.design import PARAMS as DAMAGE_PARAMS
 from kbitlaw.law.damage.design import free_columns, scheme_column, scheme_data
 from kbitlaw.law.damage.law import DamageModel, fit_damage_model
+from kbitlaw.law.joint.anneal import FORM as SCHEDULE_FORM
+from kbitlaw.law.joint.anneal import AnnealSurface, fit_anneal_surface
 from kbitlaw.law.joint.chinchilla import Surface, fit_surface
 from kbitlaw.law.numerics.solve import child_rng
 from kbitlaw.vocab import BASELINES, LOSS
@@ -66,6 +71,34 @@ def size_groups(n: pl.Series) -> pl.Series:
     return pl.Series("size", group[np.searchsorted(values, n.to_numpy().astype(float))], dtype=pl.Int64)
 
 
+def schedule_known(base: pl.DataFrame) -> bool:
+    """Every 16-bit point carries both areas of its schedule (S1 > 0): the schedule form applies."""
+    if base.height == 0 or not {"lr_area", "lr_anneal"} <= set(base.columns):
+        return False
+    s1, s2 = base["lr_area"].cast(pl.Float64), base["lr_anneal"].cast(pl.Float64)
+    return bool((s1.is_not_null() & s2.is_not_null() & (s1 > 0) & (s2 >= 0)).all())
+
+
+def schedule_shape(df: pl.DataFrame) -> tuple[float, float]:
+    """S1 / D and S2 / D of the family's runs at their ends (median over sizes): where a run's
+    planned end is known its planned areas, else its latest checkpoint's (law/joint/anneal.py)."""
+    planned = pl.col("lr_area_planned").is_not_null() & pl.col("tokens_planned").is_not_null()
+    ends = (
+        df.sort("tokens_seen", descending=True)
+        .group_by("size", maintain_order=True)
+        .first()
+        .select(
+            r1=pl.when(planned)
+            .then(pl.col("lr_area_planned") / pl.col("tokens_planned"))
+            .otherwise(pl.col("lr_area") / pl.col("tokens_seen")),
+            r2=pl.when(planned)
+            .then(pl.col("lr_anneal_planned") / pl.col("tokens_planned"))
+            .otherwise(pl.col("lr_anneal") / pl.col("tokens_seen")),
+        )
+    )
+    return float(ends["r1"].median()), float(ends["r2"].median())
+
+
 def sixteen_bit(df: pl.DataFrame) -> pl.DataFrame:
     """One 16-bit loss per checkpoint: fp16, else bf16."""
     return (
@@ -89,18 +122,30 @@ class SpecInfo:
 @dataclass(frozen=True)
 class JointLaw:
     family: str
-    surface: Surface
+    surface: Surface | AnnealSurface  # its `form`: chinchilla | schedule
     damage: dict[str, DamageModel]  # scheme -> the chosen form's fit
     specs: dict[str, SpecInfo]  # quant -> its scheme and bits
     quantized_share: float  # median share of the parameters that are quantized (the rest stay 16-bit)
     checkpoint_ids: list[str] = field(default_factory=list)
     unquantized: tuple[float, float] | None = None  # log(16-bit params) = slope log N + intercept
 
-    def loss(self, n: np.ndarray, d: np.ndarray, quant: str) -> tuple[np.ndarray, np.ndarray] | None:
+    @property
+    def form(self) -> str:
+        return self.surface.form
+
+    def loss(
+        self, n: np.ndarray, d: np.ndarray, quant: str, s1=None, s2=None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """Predicted loss at (n, d) for a spec: the estimate [m] and replicates [n_boot, m];
-        None for a quantized spec whose scheme has no damage law."""
+        None for a quantized spec whose scheme has no damage law. The schedule form reads the
+        areas (s1, s2) where given, else assumes the family's schedule (law/joint/anneal.py); the
+        damage's D is the tokens."""
         n, d = np.broadcast_arrays(np.atleast_1d(np.asarray(n, float)), np.atleast_1d(np.asarray(d, float)))
-        est, boot = self.surface.loss(n, d)
+        if s1 is not None and s2 is not None:
+            s1, s2 = (np.broadcast_to(np.atleast_1d(np.asarray(v, float)), n.shape) for v in (s1, s2))
+        else:
+            s1 = s2 = None
+        est, boot = self.surface.loss(n, d, s1, s2)
         info = self.specs.get(quant)
         if info is None:
             return (est, boot) if quant in BASELINES else None
@@ -138,17 +183,29 @@ def fit_joint(
     salt: str = "",
 ) -> JointLaw | None:
     """The joint law on a family's loss points (loss_points); None when the 16-bit part is not
-    identified. `forms`: scheme -> damage form; `salt` keys the random draws of a refit."""
+    identified. The schedule form where every 16-bit point has its areas, else Chinchilla's (the
+    caller chooses the points: law/joint/usable.py). `forms`: scheme -> damage form; `warm`: a
+    previous fit's coordinates (warm_theta), used when its form is this one; `salt` keys the
+    random draws of a refit."""
     base = sixteen_bit(df)
     rng = child_rng(config.seed, f"joint|{family}|{salt}")
-    surface = fit_surface(
-        base["n_params"].to_numpy(),
-        base["tokens_seen"].to_numpy(),
-        base["value"].to_numpy(),
-        n_boot=config.n_boot,
-        rng=rng,
-        warm=warm,
-    )
+    n, loss = base["n_params"].to_numpy(), base["value"].to_numpy()
+    if schedule_known(base):
+        surface = fit_anneal_surface(
+            n,
+            base["lr_area"].to_numpy(),
+            base["lr_anneal"].to_numpy(),
+            loss,
+            shape=schedule_shape(df),
+            n_boot=config.n_boot,
+            rng=rng,
+            warm=warm if warm is not None and len(warm) == 6 else None,
+        )
+    else:
+        warm = warm if warm is not None and len(warm) == 5 else None
+        surface = fit_surface(
+            n, base["tokens_seen"].to_numpy(), loss, n_boot=config.n_boot, rng=rng, warm=warm
+        )
     if surface is None:
         return None
     damage = {}
@@ -258,13 +315,15 @@ def checkpoint_score(entry: dict) -> float | None:
 
 
 def warm_theta(entry: Mapping | None) -> np.ndarray | None:
-    """(a, b, e, alpha, beta) of a previous joint-law entry, None if it has no numbers."""
+    """(a, b, e, alpha, beta) of a previous joint-law entry, and C after them when it was of the
+    schedule form; None if it has no numbers."""
     if not entry or entry.get("status") != OK:
         return None
     try:
-        theta = np.array(
-            [np.log(entry["A"]), np.log(entry["B"]), np.log(entry["E"]), entry["alpha"], entry["beta"]]
-        )
+        theta = [np.log(entry["A"]), np.log(entry["B"]), np.log(entry["E"]), entry["alpha"], entry["beta"]]
+        if entry.get("form") == SCHEDULE_FORM:
+            theta.append(entry["C"] if entry.get("C") is not None else 0.0)
+        theta = np.array(theta, dtype=float)
     except (KeyError, TypeError, ValueError):
         return None
     return theta if np.isfinite(theta).all() else None

@@ -2,25 +2,33 @@
 
 The law stage fits the joint law (law/joint/law.py) and writes, beside the entry's parameters and
 intervals, everything a forward prediction needs, so that `predict` reads the law back instead of
-refitting it (DESIGN.md: the fit document is the law stage's one output). Layout (version 1):
+refitting it (DESIGN.md: the fit document is the law stage's one output). Layout (version 2):
 
     model = {
-      "version": 1,
-      "surface": {"theta": [a, b, e, alpha, beta], "boot": [[a, b, e, alpha, beta], ...]},
+      "version": 2,
+      "surface": {"form": "chinchilla", "theta": [a, b, e, alpha, beta], "boot": [[...], ...],
+                  "log_scale": s | null, "n_points": m}
+               | {"form": "schedule", "theta": [a, b, e, alpha, beta, k], "boot": [[...], ...],
+                  "log_scale": s | null, "n_points": m, "s2_ref": S2, "shape": [S1/D, S2/D],
+                  "dropped": ["C"] | []},                                # law/joint/anneal.py
       "damage": {scheme: {"form": "power"|"exponential", "cols": [0, 1, ...],
                           "theta": [...], "boot": [[...], ...]}},       # free columns only
       "specs": {quant: {"scheme": str, "bits": k, "bits_per_param": bpp}},
       "memory": {"quantized_share": s, "unquantized": [slope, intercept] | null},
       "range": {"n_params": [min, max], "tokens": [min, max]},          # the fitted loss points
-      "runs_in_progress": [{"checkpoint_id", "n_params", "tokens_seen", "tokens_planned"}],
+      "runs_in_progress": [{"checkpoint_id", "n_params", "tokens_seen", "tokens_planned",
+                            "lr_area_planned": S1 | null, "lr_anneal_planned": S2 | null}],
     }
+
+Version 1 (before the schedule form) had no `form`, `log_scale` or `n_points` and runs without the
+planned areas: it still reads, as a Chinchilla surface whose runs' predictions carry no tolerance.
 
 `theta` are the optimisers' own coordinates (chinchilla.THETA; damage.design's coefficients of the
 free columns), not the entry's named parameters, so the rebuilt law predicts bit for bit what the
 fitted one did (JSON floats round-trip exactly). A failed bootstrap replicate is a row of nulls
 (json_safe writes NaN as null) and reads back as NaN. Only what predicting needs is kept: the
-surface's objective and noise scale and the damage fits' noise model (used by the held-out checks
-at fitting time) are not stored.
+surface's objective and the damage fits' noise model (used by the held-out checks at fitting time)
+are not stored; the surface's noise scale is, for the tolerance of a run's predicted end.
 
 Reading is strict: `JointModel.from_dict` raises ModelError naming the first field that is not what
 the layout says (a number outside its domain included), and never anything else, so a broken
@@ -39,22 +47,25 @@ import numpy as np
 import polars as pl
 
 from kbitlaw.law import fitdoc
-from kbitlaw.law.damage.design import FORMS
-from kbitlaw.law.damage.design import PARAMS as DAMAGE_PARAMS
-from kbitlaw.law.damage.fit import DamageFit
-from kbitlaw.law.damage.law import DamageModel
-from kbitlaw.law.joint.chinchilla import THETA, Surface
-from kbitlaw.law.joint.law import JointLaw, SpecInfo
+from kbitlaw.law.joint.anneal import AnnealSurface
+from kbitlaw.law.joint.law import JointLaw
+from kbitlaw.law.joint.model_fields import (
+    ModelError,
+    damage_model,
+    number,
+    obj,
+    share,
+    span,
+    spec_info,
+    surface_of,
+    unquantized,
+)
 from kbitlaw.status import FAILED, NO_DATA, NOT_TESTABLE, OK, UNIDENTIFIED
 
-MODEL_VERSION = 1
-MAX_BITS = 64.0  # no spec stores more bits per weight than this: a larger value is corrupt
+MODEL_VERSION = 2
+READS = (1, MODEL_VERSION)  # the versions from_dict reads
 FINISHED = 1.01  # a plan within 1% of what was seen is a finished run (budgets round to batches)
 GRAVITY = (FAILED, UNIDENTIFIED, NOT_TESTABLE, NO_DATA, OK)  # the gravest status of several first
-
-
-class ModelError(ValueError):
-    """The stored model cannot be read; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,8 @@ class Run:
     n_params: float
     tokens_seen: float
     tokens_planned: float
+    lr_area_planned: float | None = None  # the areas at its planned end (schedule.py), if known
+    lr_anneal_planned: float | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +109,7 @@ class JointModel:
         law = self.law
         return {
             "version": MODEL_VERSION,
-            "surface": {"theta": _floats(law.surface.theta), "boot": _rows(law.surface.boot)},
+            "surface": surface_dict(law.surface),
             "damage": {
                 scheme: {
                     "form": m.form,
@@ -121,6 +134,8 @@ class JointModel:
                     "n_params": r.n_params,
                     "tokens_seen": r.tokens_seen,
                     "tokens_planned": r.tokens_planned,
+                    "lr_area_planned": r.lr_area_planned,
+                    "lr_anneal_planned": r.lr_anneal_planned,
                 }
                 for r in self.runs
             ],
@@ -132,27 +147,24 @@ class JointModel:
         if not isinstance(model, dict):
             raise ModelError("model: missing (the fit was made before models were stored: refit)")
         version = model.get("version")
-        if version != MODEL_VERSION:
-            raise ModelError(f"model.version: {version!r}, this kbitlaw reads version {MODEL_VERSION}")
-        surface = _dict(model, "surface", "model")
-        theta = _vector(surface.get("theta"), len(THETA), "model.surface.theta")
-        boot = _matrix(surface.get("boot"), len(THETA), "model.surface.boot")
+        if isinstance(version, bool) or version not in READS:
+            raise ModelError(f"model.version: {version!r}, this kbitlaw reads versions 1 and {MODEL_VERSION}")
         law = JointLaw(
             family=family,
-            surface=Surface(theta, boot, objective=math.nan, n_points=0, warm=False),
-            damage={k: _damage(k, v) for k, v in _dict(model, "damage", "model").items()},
-            specs={q: _spec(q, v) for q, v in _dict(model, "specs", "model").items()},
-            quantized_share=_share(_dict(model, "memory", "model")),
-            unquantized=_unquantized(model["memory"].get("unquantized")),
+            surface=surface_of(obj(model, "surface", "model"), version),
+            damage={k: damage_model(k, v) for k, v in obj(model, "damage", "model").items()},
+            specs={q: spec_info(q, v) for q, v in obj(model, "specs", "model").items()},
+            quantized_share=share(obj(model, "memory", "model")),
+            unquantized=unquantized(model["memory"].get("unquantized")),
         )
-        ranges = _dict(model, "range", "model")
+        ranges = obj(model, "range", "model")
         runs = model.get("runs_in_progress")
         if not isinstance(runs, list):
             raise ModelError("model.runs_in_progress: not a list")
         return cls(
             law,
-            _span(ranges.get("n_params"), "model.range.n_params"),
-            _span(ranges.get("tokens"), "model.range.tokens"),
+            span(ranges.get("n_params"), "model.range.n_params"),
+            span(ranges.get("tokens"), "model.range.tokens"),
             tuple(_run(r, f"model.runs_in_progress[{i}]") for i, r in enumerate(runs)),
         )
 
@@ -174,10 +186,18 @@ def in_progress(points: pl.DataFrame) -> tuple[Run, ...]:
     )
     return tuple(
         Run(
-            str(r["checkpoint_id"]), float(r["n_params"]), float(r["tokens_seen"]), float(r["tokens_planned"])
+            str(r["checkpoint_id"]),
+            float(r["n_params"]),
+            float(r["tokens_seen"]),
+            float(r["tokens_planned"]),
+            *(_maybe(r.get(c)) for c in ("lr_area_planned", "lr_anneal_planned")),
         )
         for r in latest.iter_rows(named=True)
     )
+
+
+def _maybe(v: Any) -> float | None:
+    return float(v) if v is not None and math.isfinite(v) else None
 
 
 # -- what of it the statuses allow ------------------------------------------------------------------
@@ -240,6 +260,21 @@ def usable_specs(model: JointModel, entry: dict, reasons: dict) -> tuple[set[str
 # -- writing ----------------------------------------------------------------------------------------
 
 
+def surface_dict(surface) -> dict[str, Any]:
+    """The stored surface: its form, coordinates and replicates, noise, and for the schedule form
+    what turns its coordinates into a loss (law/joint/anneal.py)."""
+    out = {
+        "form": surface.form,
+        "theta": _floats(surface.theta),
+        "boot": _rows(surface.boot),
+        "log_scale": float(surface.log_scale) if math.isfinite(surface.log_scale) else None,
+        "n_points": int(surface.n_points),
+    }
+    if isinstance(surface, AnnealSurface):
+        out |= {"s2_ref": surface.s2_ref, "shape": _floats(surface.shape), "dropped": list(surface.dropped)}
+    return out
+
+
 def _floats(v: Any) -> list[float]:
     return [float(x) for x in np.asarray(v, dtype=float).ravel()]
 
@@ -248,101 +283,16 @@ def _rows(m: np.ndarray) -> list[list[float]]:
     return np.asarray(m, dtype=float).tolist()
 
 
-# -- reading: each helper checks one field and names it when it is wrong ------------------------------
-
-
-def _number(x: Any, where: str, *, positive: bool = False, at_most: float = math.inf) -> float:
-    """A finite float (bools, strings, None, NaN and inf are not)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise ModelError(f"{where}: {x!r} is not a finite number")
-    if (positive and x <= 0) or x > at_most:
-        bound = f"in (0, {at_most:g}]" if positive else f"at most {at_most:g}"
-        raise ModelError(f"{where}: {x!r} is not {bound}")
-    return float(x)
-
-
-def _dict(parent: dict, key: str, where: str) -> dict:
-    v = parent.get(key)
-    if not isinstance(v, dict):
-        raise ModelError(f"{where}.{key}: missing or not an object")
-    return v
-
-
-def _vector(x: Any, length: int, where: str) -> np.ndarray:
-    if not isinstance(x, list) or len(x) != length:
-        raise ModelError(f"{where}: not a list of {length} numbers")
-    return np.array([_number(v, f"{where}[{i}]") for i, v in enumerate(x)], dtype=float)
-
-
-def _matrix(x: Any, width: int, where: str) -> np.ndarray:
-    """Bootstrap replicates [n_boot, width]; a null (or non-finite) value is a failed replicate."""
-    if not isinstance(x, list) or not all(isinstance(r, list) and len(r) == width for r in x):
-        raise ModelError(f"{where}: not a list of rows of {width} numbers")
-    out = np.full((len(x), width), np.nan)
-    for i, row in enumerate(x):
-        for j, v in enumerate(row):
-            if not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v):
-                out[i, j] = v
-    return out
-
-
-def _damage(scheme: Any, v: Any) -> DamageModel:
-    where = f"model.damage.{scheme}"
-    if not isinstance(v, dict):
-        raise ModelError(f"{where}: not an object")
-    if v.get("form") not in FORMS:
-        raise ModelError(f"{where}.form: {v.get('form')!r} is not one of {', '.join(FORMS)}")
-    cols = v.get("cols")
-    valid = range(len(DAMAGE_PARAMS))
-    if (
-        not isinstance(cols, list)
-        or not cols
-        or not all(isinstance(c, int) and not isinstance(c, bool) and c in valid for c in cols)
-        or cols != sorted(set(cols))
-        or 0 not in cols
-    ):
-        raise ModelError(f"{where}.cols: not increasing column indices from 0 (of {len(valid)})")
-    theta = _vector(v.get("theta"), len(cols), f"{where}.theta")
-    boot = _matrix(v.get("boot"), len(cols), f"{where}.boot")
-    # predicting reads only theta and boot: the noise model is not stored (NaN, 0 dof)
-    return DamageModel(str(scheme), v["form"], np.array(cols), DamageFit(theta, boot, math.nan, math.nan, 0))
-
-
-def _spec(quant: Any, v: Any) -> SpecInfo:
-    where = f"model.specs.{quant}"
-    if not isinstance(v, dict) or not isinstance(v.get("scheme"), str):
-        raise ModelError(f"{where}: not an object with a scheme")
-    bits = _number(v.get("bits"), f"{where}.bits", positive=True, at_most=MAX_BITS)
-    bpp = _number(v.get("bits_per_param"), f"{where}.bits_per_param", positive=True, at_most=MAX_BITS)
-    return SpecInfo(v["scheme"], bits, bpp)
-
-
-def _share(memory: dict) -> float:
-    share = _number(memory.get("quantized_share"), "model.memory.quantized_share", positive=True, at_most=1.0)
-    return share
-
-
-def _unquantized(v: Any) -> tuple[float, float] | None:
-    if v is None:
-        return None
-    slope, intercept = _vector(v, 2, "model.memory.unquantized")
-    return float(slope), float(intercept)
-
-
-def _span(x: Any, where: str) -> tuple[float, float]:
-    if not isinstance(x, list) or len(x) != 2:
-        raise ModelError(f"{where}: not a [min, max] pair")
-    lo, hi = (_number(v, where, positive=True) for v in x)
-    if lo > hi:
-        raise ModelError(f"{where}: min {lo:g} above max {hi:g}")
-    return lo, hi
-
-
 def _run(r: Any, where: str) -> Run:
     if not isinstance(r, dict) or not isinstance(r.get("checkpoint_id"), str):
         raise ModelError(f"{where}: not an object with a checkpoint_id")
     n, seen, planned = (
-        _number(r.get(k), f"{where}.{k}", positive=True)
-        for k in ("n_params", "tokens_seen", "tokens_planned")
+        number(r.get(k), f"{where}.{k}", positive=True) for k in ("n_params", "tokens_seen", "tokens_planned")
     )
-    return Run(r["checkpoint_id"], n, seen, planned)
+    s1, s2 = (
+        None if r.get(k) is None else number(r[k], f"{where}.{k}")
+        for k in ("lr_area_planned", "lr_anneal_planned")
+    )
+    if (s1 is not None and s1 <= 0) or (s2 is not None and s2 < 0):
+        raise ModelError(f"{where}: planned areas must be S1 > 0 and S2 >= 0, got {s1!r}, {s2!r}")
+    return Run(r["checkpoint_id"], n, seen, planned, s1, s2)

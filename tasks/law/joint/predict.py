@@ -12,8 +12,10 @@ every spec the family was measured at, each with its interval; for a memory budg
 (size, spec) that fits it at D tokens and whether the planned model fits; the tokens past which
 each spec's damage exceeds a threshold (Ouyang et al.'s "tokens until 4-bit costs 0.1 nats"); and
 for each run in progress (its latest checkpoint's `tokens_planned` beyond its `tokens_seen`), the
-losses predicted at the end of the run. Intervals are the bootstrap's (law/joint/law.py); a budget's
-choice carries P(best), the share of replicates in which that spec predicts the lowest loss. How far
+losses predicted at the end of the run (law/joint/predictions.py computes them all). Intervals are
+the bootstrap's (law/joint/law.py); a budget's choice carries P(best), the share of replicates in
+which that spec predicts the lowest loss. A law of the schedule form predicts at D tokens for the
+family's schedule stretched to D (`schedule` says so: law/joint/anneal.py). How far
 to trust it: `law.held_out` (how well the law predicted the family's largest size and latest
 checkpoints when fitted without them) and `beyond_range` (how far N and D lie past the data).
 """
@@ -24,186 +26,30 @@ import math
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from kbitlaw.law import fitdoc
 from kbitlaw.law.common import num
-from kbitlaw.law.joint.law import JointLaw
-from kbitlaw.law.joint.model import JointModel, ModelError, Run, usable_part
-from kbitlaw.law.joint.model import in_progress as in_progress_runs
-from kbitlaw.status import NO_DATA, OK
-from kbitlaw.vocab import gb, gb_bits
+from kbitlaw.law.joint.law import SCHEDULE_FORM
+from kbitlaw.law.joint.model import JointModel, ModelError, usable_part
+from kbitlaw.law.joint.predictions import (  # noqa: F401 (spec_order, loss_at, budget: callers)
+    budget,
+    loss_at,
+    run_predictions,
+    schedule_assumed,
+    spec_order,
+    tokens_until,
+)
+from kbitlaw.status import OK
+from kbitlaw.vocab import gb_bits
 
 DEFAULT_THRESHOLD = 0.1  # nats
 TRUST = ("status", "points", "flagged", "rms_error", "n_params")  # what predict shows of a hold-out
 UNBOUNDED_NATS = 100.0  # no language model's loss comes near it: an interval end past it is no bound
-LAW_PARAMS = ("E", "A", "alpha", "B", "beta")
+LAW_PARAMS = ("E", "A", "alpha", "B", "beta")  # and C in the schedule form
 
 
 class PredictError(ValueError):
     """The prediction cannot be made; the message says why."""
-
-
-# -- the law's predictions ----------------------------------------------------------------------------
-
-
-def _ci(boot: np.ndarray, level: float) -> list[float | None]:
-    """The equal-tailed interval of the replicates, keeping those that diverged to +-inf (a
-    replicate whose law never reaches a value, or overflows, still counts): an end that lands on
-    one is None, i.e. unbounded. NaN replicates (failed refits) are left out."""
-    s = np.asarray(boot, dtype=float)
-    s = s[~np.isnan(s)]
-    if s.size < 2:
-        return [None, None]
-    tail = (1.0 - level) / 2
-    lo, hi = np.quantile(s, [tail, 1.0 - tail], method="inverted_cdf")
-    return [num(lo), num(hi)]
-
-
-def spec_order(law: JointLaw) -> list[str]:
-    """16-bit first, then by bits per parameter, widest first."""
-    return sorted(law.specs, key=lambda q: (-law.specs[q].bits_per_param, q))
-
-
-def loss_at(law: JointLaw, n: float, d: float, level: float) -> list[dict]:
-    """The predicted loss at (n, d) for each spec with a law, and its damage over 16 bits."""
-    base_est, base_boot = law.surface.loss(np.array([n]), np.array([d]))
-    out = []
-    for quant in spec_order(law):
-        pred = law.loss(np.array([n]), np.array([d]), quant)
-        if pred is None:
-            continue
-        est, boot = pred
-        m = len(boot)
-        out.append(
-            {
-                "quant": quant,
-                "bits": int(law.specs[quant].bits),
-                "bits_per_param": num(law.specs[quant].bits_per_param),
-                "memory_gb": num(gb(law.memory_bits(n, quant))),
-                "loss": num(est[0]),
-                "ci": _ci(boot[:, 0], level),
-                "damage": num(est[0] - base_est[0]),
-                "damage_ci": _ci(boot[:, 0] - base_boot[:m, 0], level),
-            }
-        )
-    return out
-
-
-def size_for_memory(law: JointLaw, bits: float, quant: str) -> float:
-    """The largest size whose weights fit `bits` at a spec (memory grows with N: bisection)."""
-    from scipy.optimize import brentq
-
-    def excess(log_n: float) -> float:
-        return float(np.log(law.memory_bits(np.exp(log_n), quant))) - np.log(bits)
-
-    # memory >= n * min(bits per param, 16) (every parameter is stored at one or the other), so
-    # this many parameters overflow the budget: the root lies below
-    bpp = law.specs[quant].bits_per_param if quant in law.specs else 16.0
-    low, high = 0.0, np.log(bits) - np.log(min(bpp, 16.0)) + 1e-6
-    if excess(low) > 0:
-        return 0.0
-    return float(np.exp(brentq(excess, low, high, xtol=1e-9)))
-
-
-def _order_key(loss: float | None) -> float:
-    return loss if loss is not None else math.inf
-
-
-def budget(law: JointLaw, memory_gb: float, n: float, d: float, level: float, n_max: float = np.inf) -> dict:
-    """The best (size, spec) within memory_gb at d tokens, and where the planned n stands;
-    `beyond_range`: how many times the largest measured size (n_max) an option's size is."""
-    options, draws = [], []
-    for quant in spec_order(law):
-        size = size_for_memory(law, gb_bits(memory_gb), quant)
-        pred = law.loss(np.array([size]), np.array([d]), quant)
-        if pred is None:
-            continue
-        est, boot = pred
-        options.append(
-            {
-                "quant": quant,
-                "n_params": num(size),
-                "loss": num(est[0]),
-                "ci": _ci(boot[:, 0], level),
-                "beyond_range": num(max(size / n_max, 1.0)),
-            }
-        )
-        draws.append(boot[:, 0])
-    if not options:
-        return {"memory_gb": memory_gb, "status": NO_DATA}
-    m = min(len(b) for b in draws)
-    stacked = np.stack([b[:m] for b in draws])
-    finite = ~np.isnan(stacked).any(axis=0)  # a diverged (inf) spec simply does not win
-    wins = np.bincount(np.argmin(stacked[:, finite], axis=0), minlength=len(options)) / max(finite.sum(), 1)
-    for option, p in zip(options, wins, strict=True):
-        option["p_best"] = num(p)
-    best = min(options, key=lambda o: _order_key(o["loss"]))
-    fitting = [o["quant"] for o in options if law.memory_bits(n, o["quant"]) <= gb_bits(memory_gb)]
-    planned = loss_at(law, n, d, level)
-    in_budget = [p for p in planned if p["quant"] in fitting]
-    return {
-        "memory_gb": memory_gb,
-        "status": OK,
-        "tokens": d,
-        "best": best,
-        "options": options,
-        "planned": {
-            "n_params": n,
-            "fits_at": fitting,
-            "best_quant": min(in_budget, key=lambda p: _order_key(p["loss"]))["quant"] if in_budget else None,
-        },
-    }
-
-
-def tokens_until(law: JointLaw, n: float, threshold: float, level: float) -> list[dict]:
-    """Per quantized spec: the tokens D at which its damage at size n reaches `threshold` nats.
-    Damage is C(N, k) D^beta in both forms, so D = D_ref (threshold / dL(D_ref))^(1/beta)."""
-    out = []
-    d_ref = 1e9
-    for quant in spec_order(law):
-        info = law.specs[quant]
-        model = law.damage.get(info.scheme)
-        if info.bits >= 16 or model is None or 1 not in model.cols:
-            continue
-        j = list(model.cols).index(1)
-        d_est, d_boot = model.damage_at(np.array([n]), np.array([d_ref]), info.bits)
-        beta, beta_boot = model.fit.theta[j], model.fit.boot[:, j]
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            est = d_ref * (threshold / d_est[0]) ** (1.0 / beta) if beta > 0 else np.inf
-            boot = np.where(beta_boot > 0, d_ref * (threshold / d_boot[:, 0]) ** (1.0 / beta_boot), np.inf)
-            boot[np.isnan(beta_boot)] = np.nan  # a failed refit, not one whose damage never grows
-        finite = np.isfinite(est)
-        out.append(
-            {
-                "quant": quant,
-                "tokens": num(est),
-                "ci": _ci(boot, level) if finite else [None, None],
-                "note": None if np.isfinite(est) else "damage does not grow with tokens in this law",
-            }
-        )
-    return out
-
-
-def run_predictions(law: JointLaw, runs: tuple[Run, ...], level: float) -> list[dict]:
-    """The losses predicted at the planned end of each run in progress."""
-    return [
-        {
-            "checkpoint_id": r.checkpoint_id,
-            "n_params": num(r.n_params),
-            "tokens_seen": num(r.tokens_seen),
-            "tokens_planned": num(r.tokens_planned),
-            "predictions": loss_at(law, r.n_params, r.tokens_planned, level),
-        }
-        for r in runs
-    ]
-
-
-def runs_in_progress(law: JointLaw, points: pl.DataFrame, level: float) -> list[dict]:
-    """Per size whose latest checkpoint plans more tokens than it has seen (the family's loss
-    points, law/joint/law.py): the losses predicted at the end of the run (the fit document's
-    `in_progress`)."""
-    return run_predictions(law, in_progress_runs(points), level)
 
 
 # -- the `kbitlaw predict` document ------------------------------------------------------------------
@@ -221,10 +67,12 @@ def _held_out(held: Any) -> dict:
 def _law_summary(entry: dict) -> dict:
     """The joint-law entry's parameters, intervals and checks as predict shows them."""
     schemes = fitdoc.entries(entry.get("damage"), "schemes")
+    params = (*LAW_PARAMS, "C") if entry.get("form") == SCHEDULE_FORM else LAW_PARAMS
     return {
         "status": fitdoc.status(entry),
-        **{p: fitdoc.number(entry.get(p)) for p in LAW_PARAMS},
-        "ci": {p: list(fitdoc.interval(fitdoc.path(entry, "ci", p))) for p in LAW_PARAMS},
+        "form": fitdoc.text(entry.get("form"), "chinchilla"),
+        **{p: fitdoc.number(entry.get(p)) for p in params},
+        "ci": {p: list(fitdoc.interval(fitdoc.path(entry, "ci", p))) for p in params},
         "unidentified": fitdoc.strings(entry.get("unidentified")),
         "damage_forms": {
             s["scheme"]: fitdoc.text(s.get("form")) or None
@@ -260,6 +108,7 @@ def predict(
             "tokens": tokens,
             "level": level,
             "law": _law_summary(entry),
+            "schedule": schedule_assumed(law, tokens),
             "fitted_range": {"n_params": [n_lo, n_hi], "tokens": [d_lo, d_hi]},
             "extrapolated": bool(n_params > n_hi or n_params < n_lo or tokens > d_hi or tokens < d_lo),
             "beyond_range": {
@@ -299,6 +148,7 @@ def no_prediction(entry: dict, n_params: float, tokens: float, level: float) -> 
         "tokens": tokens,
         "level": level,
         "law": {"status": s},
+        "schedule": None,
         "fitted_range": None,
         "extrapolated": None,
         "beyond_range": None,
