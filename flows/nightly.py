@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,6 +57,9 @@ quiet_planned_failures()  # a deployment run that fails as planned logs one line
 # Draw a terminal progress bar: set by the CLI for a person at a terminal (not a flow parameter:
 # the UI's form has no terminal).
 TERMINAL_PROGRESS = False
+# Told (done, total) as the run's evaluations complete, (0, total) once they are submitted: set by a
+# caller that draws its own display (`kbitlaw demo`); not a flow parameter either.
+EVALUATION_PROGRESS: Callable[[int, int], None] | None = None
 
 
 @task(
@@ -151,10 +155,13 @@ def evaluate_all(
             for c, q, todo, _ in work
         ]
     update = progress_artifact(len(futures), "evaluations of this run")
+    tell = EVALUATION_PROGRESS or (lambda done, total: None)
+    tell(0, len(futures))
     with progress_bar(len(futures), "evaluating", enabled=progress) as advance:
         for done, _ in enumerate(as_completed(futures), start=1):
             update(done)
             advance()
+            tell(done, len(futures))
     wait(futures)  # sets each future's final state (as_completed alone leaves .state to the API)
     computed, failures = [], []
     for future, (c, q, _, _) in zip(futures, work, strict=True):

@@ -2,7 +2,8 @@
 commands.py (demo, nightly, evaluate, fit, predict, report, checkpoints), datasets.py (`datasets
 clean|validate`), deploy.py (`serve`, `emit-checkpoint`, `serve-reports`), api.py (`api
 status|start|stop`); common.py has what they share. `--json` prints one JSON document on stdout
-and nothing else there; logs go to stderr.
+and nothing else there; logs go to stderr (`demo`'s, with all library output, to a log file it
+names once).
 """
 
 from __future__ import annotations

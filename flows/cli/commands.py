@@ -1,11 +1,13 @@
 """The main `kbitlaw` commands: demo, nightly, evaluate, fit, predict, report, checkpoints. Thin
 wrappers that call flows and tasks.
 
-`--json` prints one JSON document on stdout and nothing else there; logs go to stderr.
+`--json` prints one JSON document on stdout and nothing else there; logs go to stderr (`demo`'s,
+with all library output, to a log file it names once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -41,26 +43,51 @@ def demo(
     workers: Annotated[int | None, typer.Option(help="Processes/threads (default: one per core)")] = None,
     sizes: Annotated[str | None, typer.Option(help="Comma-separated size names (default: all six)")] = None,
     budget: Annotated[int | None, typer.Option(help="Training tokens per size (default: the demo's)")] = None,
+    seed: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Training seed: 0 trains the family `demo`, any other S its own family `demo-sS` "
+            "(the same store holds both)",
+        ),
+    ] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the embedded demo (datasets + checkpoint family) and run nightly (two nights when new
-    checkpoints arrive: all but the last round, then the last round)."""
+    checkpoints arrive: all but the last round, then the last round). The console shows one
+    progress display (on a terminal) and the answer; what libraries print goes to a log file under
+    the store (.kbitlaw/logs for a remote store), named once on stderr."""
     _quiet_libraries()
     from kbitlaw.flows.api_server import ensure_api
-    from kbitlaw.flows.demo import DEMO_GRID, describe, run_demo
+    from kbitlaw.flows.artifacts import interactive
+    from kbitlaw.flows.cli.common import output_to_log
+    from kbitlaw.flows.demo import DEMO_GRID, demo_log_path, describe, run_demo
     from kbitlaw.store import StoreError
 
+    show_progress = not as_json and interactive()  # asked before stderr goes to the log
+    log = demo_log_path(store)
     try:
-        ensure_api()  # without PREFECT_API_URL: the local API kept for this PREFECT_HOME
-        summary = run_demo(
-            store,
-            arrive=arrive,
-            grid=grid or DEMO_GRID,
-            workers=workers,
-            sizes=sizes,
-            budget=budget,
-            show_progress=False if as_json else None,
-        )
+        log.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"cannot write the log file {log}: {exc}")
+    typer.echo(f"log: {log}", err=True)
+    try:
+        with output_to_log(log) as terminal:
+            import prefect  # noqa: F401  (first here: what it prints on import goes to the log)
+
+            with contextlib.redirect_stderr(terminal):  # its one line, when it starts an API: ours
+                ensure_api()  # without PREFECT_API_URL: the local API kept for this PREFECT_HOME
+            summary = run_demo(
+                store,
+                arrive=arrive,
+                grid=grid or DEMO_GRID,
+                workers=workers,
+                sizes=sizes,
+                budget=budget,
+                seed=seed,
+                show_progress=show_progress,
+                progress_stream=terminal,
+            )
     except (RuntimeError, StoreError, ValueError) as exc:
         _fail(error_line(exc))
     if as_json:

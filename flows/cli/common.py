@@ -1,12 +1,14 @@
 """What the `kbitlaw` commands share: the Typer apps, the option types, the one-line failure and
-the library log settings."""
+the library log settings (and output_to_log: a command's library output to a log file)."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 
@@ -67,6 +69,74 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@contextmanager
+def output_to_log(path: Path) -> Iterator[TextIO]:
+    """While the block runs, all this process and the processes it starts write to stdout and
+    stderr is appended to the file `path`: library notices printed or logged at import (torchao,
+    torch, triton), Prefect's console lines, Great Expectations' messages, warnings, our own log
+    lines. Python log records and warnings get their time, level and logger there. Yields a stream
+    on the terminal's stderr, for the one progress display; the command prints its answer after
+    the block, when stdout and stderr are the terminal's again (also on an exception, so its
+    traceback or one-line error shows).
+
+    Prefect's API handlers are left alone: the flow runs' logs still reach the API and its UI."""
+    import logging
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    terminal = os.fdopen(
+        os.dup(saved[2]), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8"
+    )
+    root = logging.getLogger()
+    consoles = [  # the handlers that print (basicConfig's, Prefect's console handler): not files
+        h
+        for h in root.handlers
+        if isinstance(h, logging.StreamHandler)
+        and not isinstance(h, logging.FileHandler)
+        and getattr(h, "stream", None) in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    ]
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    for h in consoles:
+        root.removeHandler(h)
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    # sys.stdout and sys.stderr too, where they are not the file descriptors (an embedding, pytest)
+    streams = sys.stdout, sys.stderr
+    log_stream = open(  # noqa: SIM115  (closed in the finally below)
+        log_fd, "a", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
+    )
+    sys.stdout = sys.stderr = log_stream
+    try:
+        yield terminal
+    finally:
+        for stream in (log_stream, *streams, terminal):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        sys.stdout, sys.stderr = streams
+        log_stream.close()
+        os.dup2(saved[1], 1)
+        os.dup2(saved[2], 2)
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        for h in consoles:
+            root.addHandler(h)
+        handler.close()
+        terminal.close()
+        for fd in (log_fd, *saved.values()):
+            os.close(fd)
 
 
 def error_line(exc: BaseException) -> str:
