@@ -298,8 +298,9 @@ def checkpoint_id(prefix: str) -> str:
     return prefix.split("/", 1)[1]
 
 
-def optimizer_key(family: str, size: str, step: int) -> str:
-    return f"train/{family}/{size}/step-{step}.optim"
+def run_state_key(family: str, size: str, step: int) -> str:
+    """A size's main training run at `step` (weights and AdamW moments): where a build resumes."""
+    return f"train/{family}/{size}/main-step-{step}.st"
 
 
 def tokenizer_prefix(family: str, vocab_size: int) -> str:

@@ -74,6 +74,20 @@ def test_family_is_a_scaling_ladder():
     assert counted == train.FAMILY[1].non_embedding_params
 
 
+def test_every_checkpoint_ends_its_own_cooldown():
+    """Warmup-stable-decay: one stable run, and each checkpoint's last fifth decays to zero."""
+    peak, end = 0.02, STEPS[1]
+    lrs = [CONFIG.lr_at(s, peak, end) for s in range(end)]
+    start = CONFIG.cooldown_start(end)
+    assert start == end - round(0.2 * end) and CONFIG.warmup_steps < start
+    assert lrs[0] < lrs[CONFIG.warmup_steps - 1] == peak  # warmup
+    assert all(lr == peak for lr in lrs[CONFIG.warmup_steps : start])  # stable
+    cooldown = lrs[start:]
+    assert all(b < a for a, b in zip(cooldown, cooldown[1:], strict=False)) and cooldown[-1] < 0.2 * peak
+    # the same run up to the branch: a longer run's lr agrees until its own cooldown
+    assert [CONFIG.lr_at(s, peak, CONFIG.steps) for s in range(start)] == lrs[:start]
+
+
 def test_checkpoints_land_in_the_store_and_are_discovered(built):
     store, report, _ = built
     found, errors = discover(store.url("checkpoints/tiny"))
@@ -89,7 +103,7 @@ def test_checkpoints_land_in_the_store_and_are_discovered(built):
         assert ckpt.sidecar["n_params"] == ckpt.n_params  # what the safetensors header says
         assert ckpt.tokens_planned == CONFIG.steps * 8 * 64  # every checkpoint knows the run's end
     assert sorted(report.trained) == sorted(c.id for c in found) and report.cached == []
-    assert report.steps_trained == len(TINY) * CONFIG.steps
+    assert report.steps_trained == len(TINY) * CONFIG.optimizer_steps
 
 
 def test_upload_order_puts_config_json_last(built):
@@ -130,7 +144,8 @@ def test_an_interrupted_size_resumes_from_its_last_checkpoint(built, tmp_path):
         copy.delete(key)
     report = train.build_family(copy, "tiny", sizes=TINY, config=CONFIG)
     assert report.trained == [f"tiny/t32/step-{STEPS[-1]}"]
-    assert report.steps_trained == STEPS[-1] - STEPS[-2]  # from the 1/2 checkpoint, not from 0
+    # from the run's state where the last cooldown began, not from 0
+    assert report.steps_trained == STEPS[-1] - CONFIG.cooldown_start(STEPS[-1])
     after = load_model(copy.url(final)).state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # exactly the same weights
 
@@ -141,7 +156,9 @@ def test_parallel_workers_train_the_same_weights(built, tmp_path):
     other = Store(str(tmp_path / "store"))
     events: list[train.Progress] = []
     report = train.build_family(other, "tiny", sizes=TINY, config=CONFIG, workers=2, progress=events.append)
-    assert report.steps_trained == len(TINY) * CONFIG.steps and set(report.seconds) == {s.name for s in TINY}
+    assert report.steps_trained == len(TINY) * CONFIG.optimizer_steps and set(report.seconds) == {
+        s.name for s in TINY
+    }
     assert {e.size for e in events if e.phase == "train"} == {s.name for s in TINY}  # sent across processes
     for size in TINY:
         key = f"checkpoints/tiny/{size.name}/step-{STEPS[-1]}/model.safetensors"
@@ -181,7 +198,7 @@ def test_arrive_mode_trains_into_staging(tmp_path):
     one = (train.Size("t8", 8, 1, lr=0.03, heads=2),)
     config = replace(CONFIG, budget_tokens=8 * 64 * 16)
     report = train.build_family(store, "mini", sizes=one, config=config, arrive=True)
-    assert report.steps_trained == 16 and report.published == ["mini/t8/step-2"]
+    assert report.steps_trained == config.optimizer_steps == 20 and report.published == ["mini/t8/step-2"]
     staged = {k.rsplit("/", 1)[0] for k in store.list("staging/mini")}
     assert staged == {f"staging/mini/t8/step-{s}" for s in (4, 8, 16)}
     assert (

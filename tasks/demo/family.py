@@ -8,7 +8,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 
 from kbitlaw.data import world
 from kbitlaw.store import corpus_key
@@ -23,6 +24,7 @@ class Size:
     layers: int
     lr: float
     heads: int = 4
+    budget_scale: float = 1.0  # this size's tokens: budget_scale x the config's budget_tokens
 
     @property
     def non_embedding_params(self) -> int:
@@ -54,13 +56,20 @@ def corpus_fingerprint(seed: int) -> str:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides the weights (its hash is the `recipe` stamped on every checkpoint)."""
+    """Everything that decides the weights (its hash is the `recipe` stamped on every checkpoint).
+
+    The schedule is warmup-stable-decay: one run per size at its peak learning rate, and every saved
+    checkpoint is a finished model of its token count: a cooldown branched off the run at
+    (1 - cooldown_frac) of the checkpoint's steps decays the rate to zero (1 - sqrt shape) by its
+    step. Hägele et al. (2024) find such checkpoints match separate cosine runs of their lengths, so
+    a size gives the joint law points at several token counts, not one run's half-decayed states.
+    """
 
     budget_tokens: int = 1_000_000  # per size, the same for every size
     seq_len: int = 128  # also the models' context window
     batch_size: int = 8
-    warmup_frac: float = 0.05
-    final_lr_frac: float = 0.1  # cosine decay from the peak down to this fraction
+    warmup_frac: float = 0.05  # of the longest run: every checkpoint's cooldown starts after it
+    cooldown_frac: float = 0.2  # of each checkpoint's steps
     weight_decay: float = 0.1
     vocab_size: int = 640  # the world has ~140 words: every word is one token
     corpus_docs: int = 30_000
@@ -76,8 +85,37 @@ class TrainConfig:
         """Tokens seen after the last step: the budget rounded to whole batches."""
         return self.steps * self.batch_size * self.seq_len
 
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, round(self.warmup_frac * self.steps))
+
     def save_steps(self) -> list[int]:
         return sorted({max(1, round(f * self.steps)) for f in self.save_fracs})
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Steps a size trains in all: the run and a cooldown for every checkpoint before its end."""
+        return self.steps + sum(end - self.cooldown_start(end) for end in self.save_steps()[:-1])
+
+    def cooldown_start(self, end: int) -> int:
+        """The step at which the cooldown finishing at step `end` branches off the stable run."""
+        return max(self.warmup_steps, end - max(1, round(self.cooldown_frac * end)))
+
+    def lr_at(self, step: int, peak: float, end: int) -> float:
+        """The learning rate of step `step` (from 0) on the run finished at step `end`: linear warmup,
+        the peak, then 1 - sqrt decay from cooldown_start(end) to zero at `end`."""
+        if step < self.warmup_steps:
+            return peak * (step + 1) / self.warmup_steps
+        start = self.cooldown_start(end)
+        if step < start:
+            return peak
+        return peak * (1 - math.sqrt((step - start) / max(1, end - start)))
+
+    def for_size(self, size: Size) -> TrainConfig:
+        """The config a size trains with: its own token budget."""
+        if size.budget_scale == 1.0:
+            return self
+        return replace(self, budget_tokens=round(self.budget_tokens * size.budget_scale))
 
     def recipe(self, size: Size) -> str:
         doc = {"config": asdict(self), "size": asdict(size), "corpus": corpus_fingerprint(self.seed)}

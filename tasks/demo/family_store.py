@@ -4,7 +4,8 @@
     staging/<family>/<size>/step-<n>/       the same, trained but not yet published (arrive mode)
     train/<family>/tokenizer-v<V>/          the family's tokenizer (trained once, shared by all sizes)
     train/<family>/corpus-<hash>.st         the training corpus as one token stream (safetensors)
-    train/<family>/<size>/step-<n>.optim    AdamW moments at that step (safetensors bytes): resume
+    train/<family>/<size>/main-step-<n>.st  the stable run's weights + AdamW moments where a cooldown
+                                            branches off (safetensors): a build resumes from the latest
 
 Upload order: tokenizer files and kbitlaw.json first, the weights, config.json LAST. Every single
 upload is atomic (Store), and discovery needs config.json, so a checkpoint whose upload is cut off
@@ -61,28 +62,27 @@ def upload_dir(store: Store, local: Path, prefix: str) -> None:
         store.put_file(local / name, f"{prefix}/{name}")
 
 
-def staged_rounds(store: Store, family: str = "demo") -> int:
-    """How many rounds (distinct steps) of checkpoints wait in staging/ to be published."""
-    steps = {
-        checkpoint_step(key_parent(key))
-        for key in store.list(checkpoint_prefix(STAGING, family))
-        if key.endswith("/config.json")
-    }
-    return len(steps)
-
-
-def publish_next(store: Store, family: str = "demo") -> list[str]:
-    """Publish the next round of staged checkpoints (every size's earliest staged step) from
-    staging/ to checkpoints/; returns their ids, [] when nothing is left to publish."""
-    staged: dict[int, list[str]] = {}
+def _staged(store: Store, family: str) -> dict[str, list[str]]:
+    """Staged checkpoint prefixes per size, earliest step first."""
+    by_size: dict[str, list[str]] = {}
     for key in store.list(checkpoint_prefix(STAGING, family)):
         if key.endswith("/config.json"):
             prefix = key_parent(key)
-            staged.setdefault(checkpoint_step(prefix), []).append(prefix)
-    if not staged:
-        return []
+            by_size.setdefault(key_name(key_parent(prefix)), []).append(prefix)
+    return {size: sorted(prefixes, key=checkpoint_step) for size, prefixes in by_size.items()}
+
+
+def staged_rounds(store: Store, family: str = "demo") -> int:
+    """How many rounds of checkpoints wait in staging/ to be published (a round: every size's next
+    checkpoint; sizes may train to different steps)."""
+    return max((len(p) for p in _staged(store, family).values()), default=0)
+
+
+def publish_next(store: Store, family: str = "demo") -> list[str]:
+    """Publish the next round of staged checkpoints (every size's earliest staged one) from
+    staging/ to checkpoints/; returns their ids, [] when nothing is left to publish."""
     published = []
-    for prefix in sorted(staged[min(staged)]):
+    for prefix in sorted(prefixes[0] for prefixes in _staged(store, family).values()):
         target = published_prefix(prefix)
         keys = sorted(store.list(prefix), key=_upload_order)
         for key in keys:
@@ -121,28 +121,25 @@ def load_tokens(store: Store, key: str) -> torch.Tensor | None:
     return load_tensors(store.read_bytes(key))["tokens"].to(torch.long)
 
 
-def load_weights(store: Store, prefix: str):
-    from transformers import GPTNeoXForCausalLM
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in ("config.json", "model.safetensors"):
-            store.get_file(f"{prefix}/{name}", Path(tmp) / name)
-        return GPTNeoXForCausalLM.from_pretrained(tmp, dtype=torch.float32, use_safetensors=True)
-
-
-def optimizer_bytes(opt: torch.optim.Optimizer) -> bytes:
-    """The optimizer's moments as safetensors (never pickle: the store is read back without
-    executing code)."""
-    tensors = {}
+def run_state_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer) -> bytes:
+    """A training run's state, its weights and AdamW moments, as safetensors (never pickle: the store
+    is read back without executing code)."""
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     for i, state in opt.state_dict()["state"].items():
         for name, value in state.items():
-            tensors[f"{i}.{name}"] = torch.as_tensor(value).detach().clone()
+            tensors[f"optim.{i}.{name}"] = torch.as_tensor(value).detach().clone()
     return save_tensors(tensors)
 
 
-def load_optimizer(opt: torch.optim.Optimizer, data: bytes) -> None:
-    state: dict[int, dict] = {}
+def load_run_state(model: torch.nn.Module, opt: torch.optim.Optimizer, data: bytes) -> None:
+    """Restore what run_state_bytes saved into a fresh model and its optimizer."""
+    weights, state = {}, {}
     for key, value in load_tensors(data).items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = value
+        kind, rest = key.split(".", 1)
+        if kind == "model":
+            weights[rest] = value
+        else:
+            i, name = rest.split(".", 1)
+            state.setdefault(int(i), {})[name] = value
+    model.load_state_dict(weights)
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})

@@ -20,8 +20,8 @@ and arrive mode: family_store.py.
 
 from __future__ import annotations
 
+import copy
 import json
-import math
 import multiprocessing
 import os
 import queue
@@ -39,12 +39,11 @@ from kbitlaw.data import world
 from kbitlaw.demo.family import FAMILY, Size, TrainConfig
 from kbitlaw.demo.family_store import (
     find_checkpoint,
-    load_optimizer,
+    load_run_state,
     load_tokenizer,
     load_tokens,
-    load_weights,
-    optimizer_bytes,
     publish_next,
+    run_state_bytes,
     save_tokenizer,
     save_tokens,
     upload_dir,
@@ -54,7 +53,7 @@ from kbitlaw.store import (
     STAGING,
     Store,
     checkpoint_prefix,
-    optimizer_key,
+    run_state_key,
     tokenizer_prefix,
 )
 
@@ -148,16 +147,6 @@ def get_batch(data: torch.Tensor, step: int, config: TrainConfig) -> torch.Tenso
     return torch.stack([data[s : s + config.seq_len] for s in starts.tolist()])
 
 
-def lr_at(step: int, peak: float, config: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to final_lr_frac * peak at the last step (step counts from 0)."""
-    warmup = max(1, round(config.warmup_frac * config.steps))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, config.steps - 1 - warmup)
-    floor = config.final_lr_frac
-    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 def make_model(size: Size, tokenizer, config: TrainConfig):
     """A randomly initialised GPT-NeoX (seeded: the same size always starts from the same weights)."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
@@ -197,60 +186,109 @@ def train_size(
     area: str,
     progress: ProgressFn = None,
 ) -> dict:
-    """Train one size from scratch, or from its latest saved checkpoint + optimizer state, saving
-    every missing checkpoint on the way. Returns {"trained": [ids], "steps": n, "seconds": s}."""
+    """Train one size: the stable run, a cooldown branched off it for every missing checkpoint (the
+    last one is the run's own end), from scratch or from the run's latest saved state. Returns
+    {"trained": [ids], "steps": n, "seconds": s}; steps counts every optimizer step, branches too."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     began = time.perf_counter()
     tokenizer, data = prepare_data(store, family, config)
-    recipe = config.recipe(size)
-    resumable = [s for s in existing if store.exists(optimizer_key(family, size.name, s))]
+    config = config.for_size(size)
+    ends = {config.cooldown_start(end): end for end in config.save_steps()}  # branch step -> its end
+    resumable = [b for b in ends if store.exists(run_state_key(family, size.name, b))]
     start = max(resumable, default=0)
-    model = load_weights(store, existing[start]) if start else make_model(size, tokenizer, config)
+    model = make_model(size, tokenizer, config)
     opt = make_optimizer(model, size, config)
     if start:
-        load_optimizer(opt, store.read_bytes(optimizer_key(family, size.name, start)))
-    n_params = sum(p.numel() for p in model.parameters())
-    every = max(1, config.steps // 100)
+        load_run_state(model, opt, store.read_bytes(run_state_key(family, size.name, start)))
+    branches = {
+        b: end for b, end in ends.items() if b >= start and end != config.steps and end not in existing
+    }
+    work = Work(size.name, config.steps - start + sum(end - b for b, end in branches.items()), progress)
     trained: list[str] = []
     model.train()
     for step in range(start, config.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, size.lr, config)
-        batch = get_batch(data, step, config)
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        done = step + 1
-        if progress and (done % every == 0 or done == config.steps):
-            progress(Progress("train", size.name, done, config.steps, loss.item()))
-        if done not in config.save_steps() or done in existing:
-            continue
-        if progress:
-            progress(Progress("save", size.name, done, config.steps))
-        sidecar = {
-            "family": family,
-            "size": size.name,
-            "step": done,
-            "tokens_seen": done * config.batch_size * config.seq_len,
-            # the whole run's length, so an unfinished run's end can be predicted from its checkpoints
-            "tokens_planned": config.planned_tokens,
-            "n_params": n_params,
-            "non_embedding_params": size.non_embedding_params,
-            "recipe": recipe,
-        }
-        with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            (Path(tmp) / "kbitlaw.json").write_text(json.dumps(sidecar, indent=2))
-            if done < config.steps:  # the state to resume from; no use after the last step
-                store.write_bytes(optimizer_key(family, size.name, done), optimizer_bytes(opt))
-            upload_dir(store, Path(tmp), checkpoint_prefix(area, family, size.name, done))
-        trained.append(f"{family}/{size.name}/step-{done}")
-    return {"trained": trained, "steps": config.steps - start, "seconds": time.perf_counter() - began}
+        if step in ends and step > start:  # the run's state where a cooldown branches: resume here
+            store.write_bytes(run_state_key(family, size.name, step), run_state_bytes(model, opt))
+        if step in branches:
+            # One deepcopy keeps the optimizer pointing at the copy's parameters.
+            branch, branch_opt = copy.deepcopy((model, opt))
+            for s in range(step, branches[step]):
+                train_step(branch, branch_opt, data, s, config.lr_at(s, size.lr, branches[step]), config)
+                work.advance(None)
+            trained.append(
+                save_checkpoint(store, family, size, config, branch, tokenizer, branches[step], area)
+            )
+            del branch, branch_opt
+        loss = train_step(model, opt, data, step, config.lr_at(step, size.lr, config.steps), config)
+        work.advance(loss)
+    if config.steps not in existing:
+        trained.append(save_checkpoint(store, family, size, config, model, tokenizer, config.steps, area))
+    return {"trained": trained, "steps": work.done, "seconds": time.perf_counter() - began}
+
+
+def train_step(model, opt, data: torch.Tensor, step: int, lr: float, config: TrainConfig) -> torch.Tensor:
+    """One optimizer step on batch `step` at learning rate `lr`; returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    batch = get_batch(data, step, config)
+    loss = model(input_ids=batch, labels=batch).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss
+
+
+@dataclass
+class Work:
+    """Optimizer steps done of a size's total (the run and its branches), sent to `progress` about
+    every 1%: the progress bar counts work, not the run's step number."""
+
+    size: str
+    total: int
+    progress: ProgressFn
+    done: int = 0
+
+    def advance(self, loss: torch.Tensor | None) -> None:
+        self.done += 1
+        every = max(1, self.total // 100)
+        if self.progress and (self.done % every == 0 or self.done == self.total):
+            value = None if loss is None else loss.item()
+            self.progress(Progress("train", self.size, self.done, self.total, value))
+
+
+def save_checkpoint(
+    store: Store, family: str, size: Size, config: TrainConfig, model, tokenizer, step: int, area: str
+) -> str:
+    """Upload a finished model of `step` steps as a Hugging Face checkpoint with its kbitlaw.json."""
+    tokens = step * config.batch_size * config.seq_len
+    sidecar = {
+        "family": family,
+        "size": size.name,
+        "step": step,
+        "tokens_seen": tokens,
+        # a finished model of its tokens (its own cooldown), from a run that goes on to the plan
+        "finished": True,
+        "tokens_planned": config.planned_tokens,
+        "schedule": {
+            "kind": "warmup-stable-decay",
+            "peak_lr": size.lr,
+            "warmup_steps": config.warmup_steps,
+            "cooldown_from_step": config.cooldown_start(step),
+            "cooldown_shape": "1-sqrt, to zero",
+        },
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "non_embedding_params": size.non_embedding_params,
+        "recipe": config.recipe(size),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (Path(tmp) / "kbitlaw.json").write_text(json.dumps(sidecar, indent=2))
+        upload_dir(store, Path(tmp), checkpoint_prefix(area, family, size.name, step))
+    return f"{family}/{size.name}/step-{step}"
 
 
 def _train_job(store_uri: str, events, *args) -> dict:
@@ -299,16 +337,16 @@ def build_family(
     report = BuildReport(family)
     area = STAGING if arrive else CHECKPOINTS
     todo: list[tuple] = []
-    for size in sorted(sizes, key=lambda s: -s.non_embedding_params):  # the longest job first
-        existing = {}
-        for step in config.save_steps():
-            if prefix := find_checkpoint(store, family, size.name, step, config.recipe(size)):
+    for size in sorted(sizes, key=lambda s: -s.non_embedding_params * s.budget_scale):  # longest first
+        existing, own = {}, config.for_size(size)
+        for step in own.save_steps():
+            if prefix := find_checkpoint(store, family, size.name, step, own.recipe(size)):
                 existing[step] = prefix
                 report.cached.append(f"{family}/{size.name}/step-{step}")
-        if config.steps not in existing:
+        if own.steps not in existing:
             todo.append((family, size, config, existing, area))
         elif progress:
-            progress(Progress("cached", size.name, config.steps, config.steps))
+            progress(Progress("cached", size.name, own.steps, own.steps))
     if todo:
         prepare_data(store, family, config, progress)
         workers = min(len(todo), workers or len(os.sched_getaffinity(0)))
