@@ -177,6 +177,9 @@ def joint_law_markdown(fit_doc: Any, family: str | None) -> list[str]:
                 f"{fmt(path(run, 'tokens_planned'))} tokens: {text(path(p, 'quant'), '?')} loss {loss:.4f} "
                 "predicted at the end"
             )
+    note = text(path(entry, "checkpoints", "note"))  # which law form, on which checkpoints
+    if note:
+        out.append(f"- {_md(note)}")
     return [*out, ""]
 
 

@@ -539,3 +539,100 @@ def test_trainer_checkpoints_give_a_schedule_form_joint_law(tmp_path):
     assert e["family"] == "trainer" and e["form"] == "schedule" and e["checkpoints"]["used"] == 24
     assert e["fit"]["n_points"] == 24 and e["status"] == "ok", e.get("reason")
     assert e["ci"]["C"][0] <= 5e-8 <= e["ci"]["C"][1] and e["model"]["surface"]["form"] == "schedule"
+
+
+# -- the stored law: predict, old documents, broken ones, the report ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def half_doc() -> dict:
+    """The fit document of a cosine family seen up to half of each run (every run in progress)."""
+    from kbitlaw.law.document import fit_laws
+
+    full, _ = family_rows(PYTHIA, seed=8)
+    half = full.filter(pl.col("fraction") <= 0.5).drop("truth", "fraction")
+    return json.loads(json.dumps(json_safe(fit_laws(half, FitConfig(n_boot=100)).doc)))
+
+
+def test_predict_reads_the_schedule_form_and_says_what_it_assumes(half_doc):
+    from kbitlaw.law.joint.predict import predict_from_document
+
+    (e,) = half_doc["joint_law"]
+    assert e["status"] == "ok" and e["form"] == "schedule" and e["model"]["version"] == 2
+    out = predict_from_document(half_doc, 4e8, 8e9)
+    r1, r2 = e["model"]["surface"]["shape"]
+    assert (
+        out["schedule"]["lr_area"] == pytest.approx(r1 * 8e9)
+        and "D / D_run tokens per step" in out["schedule"]["note"]
+    )
+    assert out["law"]["form"] == "schedule" and out["law"]["C"] == e["C"] and out["predictions"]
+    # the document's runs in progress and predict's are one, each with a tolerance around its interval
+    assert out["runs_in_progress"] == e["in_progress"] and len(e["in_progress"]) == 5
+    for run in e["in_progress"]:
+        (p,) = run["predictions"]
+        assert p["tolerance"][0] < p["ci"][0] <= p["loss"] <= p["ci"][1] < p["tolerance"][1]
+        assert run["note"] is None and run["lr_area_planned"] > run["tokens_seen"] * 0.5
+
+
+def test_a_version_1_model_still_reads():
+    from kbitlaw.law.document import fit_laws
+    from kbitlaw.law.joint.predict import predict_from_document
+
+    df, _ = family_rows(PYTHIA, checkpoints=4, with_schedule=False, seed=9)
+    doc = json.loads(
+        json.dumps(
+            json_safe(
+                fit_laws(
+                    df.drop("truth", "fraction").with_columns(finished=pl.lit(True)), FitConfig(n_boot=50)
+                ).doc
+            )
+        )
+    )
+    (e,) = doc["joint_law"]
+    assert e["form"] == "chinchilla" and e["model"]["surface"]["form"] == "chinchilla"
+    old = json.loads(json.dumps(doc))
+    model = old["joint_law"][0]["model"]
+    model["version"] = 1
+    model["surface"] = {k: model["surface"][k] for k in ("theta", "boot")}
+    for run in model["runs_in_progress"]:
+        run.pop("lr_area_planned"), run.pop("lr_anneal_planned")
+    new, was = predict_from_document(doc, 3e8, 6e9), predict_from_document(old, 3e8, 6e9)
+    assert was["predictions"] == new["predictions"] and was["schedule"] is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("form", "cosine", "model.surface.form: 'cosine' is not chinchilla or schedule"),
+        ("s2_ref", -1.0, "model.surface.s2_ref: -1.0 is not in (0, inf]"),
+        ("shape", [0.5], "model.surface.shape: not a list of 2 numbers"),
+        ("shape", [0.0, 0.1], "model.surface.shape: [0.0, 0.1] is not [S1/D > 0, S2/D >= 0]"),
+        ("theta", [1.0] * 5, "model.surface.theta: not a list of 6 numbers"),
+        ("dropped", ["E"], "model.surface.dropped: ['E'] is not [] or ['C']"),
+        ("n_points", "8", "model.surface.n_points: '8' is not a whole number >= 0"),
+        ("log_scale", "x", "model.surface.log_scale: 'x' is not a finite number"),
+    ],
+)
+def test_a_broken_schedule_surface_is_one_line(half_doc, field, value, says):
+    from kbitlaw.law.joint.predict import PredictError, predict_from_document
+
+    doc = json.loads(json.dumps(half_doc))
+    doc["joint_law"][0]["model"]["surface"][field] = value
+    with pytest.raises(PredictError) as err:
+        predict_from_document(doc, 4e8, 8e9)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_report_shows_the_form_and_the_runs_it_cannot_predict(half_doc):
+    from kbitlaw.report.html_joint import in_progress_html, joint_law_html
+
+    (e,) = half_doc["joint_law"]
+    html = joint_law_html(e, True, "cos", 0.9)
+    assert "B/S1<sup>β</sup> − C·S2" in html and "C = " in html and e["checkpoints"]["note"] in html
+    unplanned = [
+        {**run, "predictions": [], "note": "not predictable: the rest of it"} for run in e["in_progress"]
+    ]
+    assert "not predictable: the rest of it" in in_progress_html(unplanned, 0.9)
+    from kbitlaw.flows.summary import joint_law_markdown
+
+    assert f"- {e['checkpoints']['note']}" in joint_law_markdown(half_doc, "cos")

@@ -69,10 +69,14 @@ def joint_law_html(entry: dict | None, has_key: bool, family: str, level: float)
     if not usable(entry):
         return f"<p>The joint law of <code>{esc(family)}</code> is not usable: {esc(describe(entry))}.</p>"
     unseen = set(strings(entry.get("unidentified")))
+    schedule = entry.get("form") == "schedule"
+    names = (("E", "E"), ("A", "A"), ("alpha", "α"), ("B", "B"), ("beta", "β"))
+    names = (*names, ("C", "C")) if schedule else names
     params = ", ".join(
         f"{name} = {esc(with_interval(entry.get(p), path(entry, 'ci', p)))}"
         + (" (not identified: its term stays under 0.1% of the loss)" if p in unseen else "")
-        for p, name in (("E", "E"), ("A", "A"), ("alpha", "α"), ("B", "B"), ("beta", "β"))
+        + (" (dropped: no checkpoint had annealed)" if p in strings(entry.get("dropped")) else "")
+        for p, name in names
     )
     fit = path(entry, "fit", default={})
     fit = fit if isinstance(fit, dict) else {}
@@ -80,9 +84,15 @@ def joint_law_html(entry: dict | None, has_key: bool, family: str, level: float)
         f" on {count(fit.get('n_points'))} checkpoints of {count(fit.get('n_sizes'))} sizes" if fit else ""
     )
     warm = " (warm-started from the previous fit)" if fit.get("warm_started") is True else ""
-    law = (
-        f"<p class='law'><b>16-bit law</b> L(N, D) = E + A/N<sup>α</sup> + B/D<sup>β</sup>{about}{warm}: "
-        f"{params} ({level:.0%} intervals).</p>"
+    form = (
+        "L(N, S1, S2) = E + A/N<sup>α</sup> + B/S1<sup>β</sup> − C·S2 (S1, S2: the learning-rate "
+        "schedule's forward and annealing areas, in tokens)"
+        if schedule
+        else "L(N, D) = E + A/N<sup>α</sup> + B/D<sup>β</sup>"
+    )
+    note = text(path(entry, "checkpoints", "note"))
+    law = f"<p class='law'><b>16-bit law</b> {form}{about}{warm}: {params} ({level:.0%} intervals).</p>" + (
+        f"<p class='note'>{esc(note)}</p>" if note else ""
     )
     schemes = entries(path(entry, "damage"), "schemes")
     damage = "; ".join(
@@ -126,6 +136,11 @@ def in_progress_html(runs: list[dict], level: float) -> str:
     if not runs:
         return ""
     rows = []
+    unpredicted = "".join(
+        f"<p class='note'><code>{esc(r.get('checkpoint_id'))}</code>: {esc(text(r.get('note')))}.</p>"
+        for r in runs
+        if not entries(r, "predictions") and text(r.get("note"))
+    )
     for run in runs:
         preds = sorted(entries(run, "predictions"), key=lambda p: number(p.get("loss")) or math.inf)
         best = preds[0].get("quant") if preds else None
@@ -153,6 +168,7 @@ def in_progress_html(runs: list[dict], level: float) -> str:
         + "<details><summary>every run and spec</summary>"
         + table(["latest checkpoint", "tokens seen", "spec", "loss at the end", "damage"], rows)
         + "</details>"
+        + unpredicted
     )
 
 
