@@ -21,6 +21,8 @@ are the definitions this module computes. Our choices on top of it:
   (a Trainer logs its first rate at step `logging_steps`, not at step 1), after the last the last.
   A Trainer logs the rate its scheduler holds after step s's update as step s's rate: one step of
   lag, negligible at thousands of steps.
+The sums run over every step, vectorised CHUNK steps at a time, so memory stays bounded and a
+million-step schedule costs about 0.1 s (plus scipy.signal's import, once).
 
 Sources, in order: kbitlaw.json's `lr_schedule`, [[step, lr], ...], which may run beyond the
 checkpoint's step (the rest of the run as planned: the areas at its last step are the run's
