@@ -108,8 +108,8 @@ def _law_name(section: str, e: dict) -> str:
     label = {"power_law": "power law", "threshold": "S*", "damage": "damage law", "joint_law": "joint law"}
     what = [f"`{text(e.get(k))}`" for k in ("quant", "scheme", "form", "metric") if text(e.get(k))]
     family = text(e.get("family"))
-    if section == "joint_law":
-        return " ".join([label[section], *what, *([family] if family else [])])
+    if section == "joint_law":  # its `form` (chinchilla | schedule) is said in its own line
+        return " ".join([label[section], *([family] if family else [])])
     return " ".join([label.get(section, section), *what, *([f"({family})"] if family else [])])
 
 

@@ -219,6 +219,30 @@ def real_fit_store(shared_dir) -> Path:
     return built_once("realdata-fitted", fit_real_store)
 
 
+def finished_fit(real_fit_store: Path) -> dict:
+    """The real results fitted with every checkpoint declared finished. The real demo's runs decay
+    their learning rate and say so by a tokens_planned beyond their intermediate checkpoints, with
+    no schedule: its stored fit's joint law leaves those out and has too few checkpoints left to
+    fit (test_realdata.py). Declared finished, all of them are fitted, as before the joint law read
+    schedules, and the law has numbers for the fuzz tests to reach."""
+    import polars as pl
+
+    from kbitlaw.law.common import json_safe
+    from kbitlaw.law.document import FitConfig, fit_laws
+    from kbitlaw.law.io import default_chance, read_results_store
+    from kbitlaw.store import Store
+
+    store = Store(str(real_fit_store))
+    results = read_results_store(store).with_columns(finished=pl.lit(True))
+    config = FitConfig(chance=default_chance(results, store))  # as fit_store fits it
+    return json.loads(json.dumps(json_safe(fit_laws(results, config).doc)))
+
+
+@pytest.fixture(scope="session")
+def finished_real_doc(real_fit_store: Path) -> dict:
+    return finished_fit(real_fit_store)
+
+
 # -- tiny checkpoints -----------------------------------------------------------------------------
 
 WORDS = "the a cat dog sat on mat red blue big small is was and yes no one two three four five".split()

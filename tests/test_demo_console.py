@@ -8,7 +8,6 @@ import logging
 import os
 import subprocess
 import sys
-import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -76,7 +75,8 @@ def test_library_output_goes_to_the_log_and_the_display_to_the_terminal(tmp_path
         os.write(2, b"a C library's write\n")
         logging.getLogger("torchao").warning("Failed to load _C.so")
         logging.getLogger("prefect.task_runs").warning("Finished in state Completed()")
-        warnings.warn("a library's Warning", UserWarning, stacklevel=1)
+        # pytest records warnings itself; what captureWarnings routes, the py.warnings logger, is logged
+        logging.getLogger("py.warnings").warning("a library's Warning")
         subprocess.run(
             [sys.executable, "-c", "import sys; print('child out'); print('child err', file=sys.stderr)"]
         )

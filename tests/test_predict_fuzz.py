@@ -37,22 +37,8 @@ def real_fit(real_fit_store: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def finished_fit(real_fit_store: Path) -> dict:
-    """The real results fitted with every checkpoint declared finished. The real demo's runs decay
-    their learning rate and say so by a tokens_planned beyond their intermediate checkpoints, with
-    no schedule: its stored fit's joint law leaves those out and has too few checkpoints left to
-    fit (test_realdata.py). Declared finished, all of them are fitted, as before the joint law read
-    schedules, and the law has numbers for the fuzz to reach."""
-    import polars as pl
-
-    from kbitlaw.law.document import FitConfig, fit_laws
-    from kbitlaw.law.io import default_chance, read_results_store
-    from kbitlaw.store import Store
-
-    store = Store(str(real_fit_store))
-    results = read_results_store(store).with_columns(finished=pl.lit(True))
-    config = FitConfig(chance=default_chance(results, store))  # as fit_store fits it
-    return json.loads(json.dumps(json_safe(fit_laws(results, config).doc)))
+def finished_fit(finished_real_doc: dict) -> dict:
+    return finished_real_doc
 
 
 @pytest.fixture(scope="module")
