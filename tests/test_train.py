@@ -228,7 +228,8 @@ def test_training_makes_the_reduced_family_better(built, tmp_path):
         assert at_init > math.log(len(tokenizer)) - 0.5  # a random model is about uniform
         assert curve[0] < at_init - 2.0, (size.name, at_init, curve)
         assert all(b < a for a, b in zip(curve, curve[1:], strict=False)), (size.name, curve)
-    assert loss[("t32", STEPS[-1])] < loss[("t16", STEPS[-1])] - 0.05  # the bigger size ends lower
+    # the bigger size ends lower (the prose's floor is ~1.0 nats: the gap is a few hundredths)
+    assert loss[("t32", STEPS[-1])] < loss[("t16", STEPS[-1])] - 0.03
     train_loss = [e.loss for e in events if e.phase == "train" and e.size == "t32"]
     assert sum(train_loss[-10:]) / 10 < sum(train_loss[:10]) / 10 - 1.0
 

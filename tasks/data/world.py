@@ -1,13 +1,15 @@
 """A small synthetic world in plain English words: evaluation suites and the training corpus.
 
-Tiny models can learn it, and every suite needs reasoning over its own context (a fresh random
-instance each time), so a bigger or longer-trained model does better. Each family has a
-`difficulty` knob (hops, pattern period, addend size, filler length) that grades it.
+Tiny models can learn it. The reasoning suites need their own context (a fresh random instance each
+time); `facts` and `text` need the world's habits, hundreds of fixed facts the corpus' prose states
+(Zipf-distributed, so a bigger or longer-trained model knows more of them). Each reasoning family has
+a `difficulty` knob (hops, pattern period, addend size, filler length) that grades it.
 
 Train/eval separation is by construction: every instance is assigned to the training corpus or to
 evaluation by a hash of its full text (`is_eval_instance`), the corpus generator emits only
 training instances and the suites only evaluation ones, so no evaluation item appears verbatim in
-the corpus (a test checks it with n-gram overlap).
+the corpus (a test checks it with n-gram overlap). The exception is knowledge (`KNOWLEDGE`): `facts`
+asks for what the corpus states, by design.
 """
 
 from __future__ import annotations
@@ -134,37 +136,56 @@ def _fact(pool: list[str], *keys: str) -> str:
     return pool[int.from_bytes(digest, "big") % len(pool)]
 
 
+def _zipf(rng: random.Random, pool: list[str]) -> str:
+    """A member of `pool`, the k-th drawn with weight 1/k (Zipf, as names and things in real text)."""
+    return rng.choices(pool, weights=[1 / (k + 1) for k in range(len(pool))])[0]
+
+
+def _habits(rng: random.Random) -> tuple[str, str, list[str]]:
+    """One habit of the world, stated: (sentence without its last word, the fact, the pool it is
+    from). Who meets which animal where, each animal's usual doing and place, each person's
+    favourite color and friend: hundreds of fixed facts (`_fact`). People and things are drawn
+    Zipf-distributed, so facts range from stated very often to rarely: a small model learns the
+    frequent ones, a bigger one more of the rare ones (knowledge grades with size, not at once)."""
+    who, template = _zipf(rng, NAMES), rng.randrange(3)
+    if template == 0:
+        animal, color = _zipf(rng, ANIMALS), _fact(COLORS, who, "color")
+        return f"{who} saw a {color} {animal} near the", _fact(PLACES, who, animal), PLACES
+    if template == 1:
+        animal = _zipf(rng, ANIMALS)
+        return f"the {animal} {_fact(VERBS, animal, 'does')} in the", _fact(PLACES, animal, "lives"), PLACES
+    obj = _zipf(rng, OBJECTS)
+    return f"{who} gave a {obj} to", _fact(NAMES, who, obj), NAMES
+
+
 def prose(rng: random.Random, difficulty: int) -> tuple[str, str, list[str]]:
     """Plain narrative sentences (the perplexity suite and the corpus' connective tissue).
 
-    The world has habits: who meets which animal where, each animal's usual doing and place, each
-    person's favourite color and friend (9 times in 10; `_fact`). There are hundreds of them, so a
-    bigger model, or a longer-trained one, has learned more of them: the perplexity falls with size
-    and with training steadily, not in one jump.
+    Every sentence states a habit of the world (`_habits`) 9 times in 10, else a random member of
+    the same pool, or a count. There are hundreds of habits, so a bigger model, or a longer-trained
+    one, has learned more of them: the loss falls with size and with training steadily. Each
+    sentence draws its own person: nothing in a passage is worth copying from earlier in it, so the
+    loss does not hinge on when a model learns to copy in context (a seed's luck).
     """
-    who = rng.choice(NAMES)
-
-    def usual(pool: list[str], *keys: str) -> str:
-        return _fact(pool, *keys) if rng.random() < 0.9 else rng.choice(pool)
-
     sentences = []
     for _ in range(difficulty + 2):
-        template = rng.randrange(4)
-        if template == 0:
-            animal = rng.choice(ANIMALS)
-            color, place = usual(COLORS, who, "color"), usual(PLACES, who, animal)
-            sentences.append(f"{who} saw a {color} {animal} near the {place} .")
-        elif template == 1:
-            animal = rng.choice(ANIMALS)
-            verb, place = usual(VERBS, animal, "does"), usual(PLACES, animal, "lives")
-            sentences.append(f"the {animal} {verb} in the {place} .")
-        elif template == 2:
-            obj = rng.choice(OBJECTS)
-            sentences.append(f"{who} gave a {obj} to {usual(NAMES, who, obj)} .")
-        else:
-            sentences.append(f"{who} has {rng.choice(NUMBERS[1:10])} {rng.choice(OBJECTS)}s .")
+        if rng.random() < 0.2:
+            sentences.append(f"{rng.choice(NAMES)} has {rng.choice(NUMBERS[1:10])} {rng.choice(OBJECTS)}s .")
+            continue
+        head, fact, pool = _habits(rng)
+        sentences.append(f"{head} {fact if rng.random() < 0.9 else rng.choice(pool)} .")
     head, last = " ".join(sentences).removesuffix(" .").rsplit(" ", 1)
     return head, last, []
+
+
+def facts(rng: random.Random, difficulty: int) -> tuple[str, str, list[str]]:
+    """Closed-book recall of one habit of the world (`_habits`), e.g. "alice gave a key to" -> her
+    friend for keys. The corpus states each habit in its prose many times, so this suite measures
+    knowledge held in the weights: each fact is learned or not on its own, and a bigger model holds
+    more of them, which grades with size smoothly (no single circuit decides it). `difficulty` is
+    unused: how rarely a fact is stated is its difficulty."""
+    head, fact, pool = _habits(rng)
+    return head, fact, rng.sample([p for p in pool if p != fact], 3)
 
 
 FAMILIES: dict[str, Callable[[random.Random, int], tuple[str, str, list[str]]]] = {
@@ -174,7 +195,11 @@ FAMILIES: dict[str, Callable[[random.Random, int], tuple[str, str, list[str]]]] 
     "arithmetic": arithmetic,
     "cloze": cloze,
     "text": prose,
+    "facts": facts,
 }
+# Knowledge: the world's facts, stated in the corpus' prose. Its rows are not split off the corpus
+# (recall of what was read is what it measures) and it has no corpus share of its own.
+KNOWLEDGE = frozenset({"facts"})
 
 
 def _instances(
@@ -188,7 +213,8 @@ def _instances(
     while misses < 100_000:  # a small instance space runs out instead of looping forever
         context, answer, distractors = make(rng, difficulty)
         text = f"{context} {answer}"
-        if is_eval_instance(text) != want_eval or (want_eval and text in seen):
+        split = family not in KNOWLEDGE and is_eval_instance(text) != want_eval
+        if split or (want_eval and text in seen):
             misses += 1
             continue
         misses = 0
@@ -231,7 +257,7 @@ def calibration_texts(family: str, seed: int = 0, difficulty: int = 1) -> Iterat
 # Share of the corpus' TOKENS per family. Instances are drawn in inverse proportion to their
 # length, so a long family (causal at 4 hops is ~150 words of random rules) cannot crowd out the
 # short ones: drawn by count, causal alone would be half of the corpus and mostly noise.
-CORPUS_SHARE = {"logic": 0.2, "causal": 0.2, "induction": 0.1, "arithmetic": 0.1, "cloze": 0.15, "text": 0.25}
+CORPUS_SHARE = {"logic": 0.2, "causal": 0.1, "induction": 0.1, "arithmetic": 0.1, "cloze": 0.15, "text": 0.35}
 
 
 def _mean_words(family: str, difficulty: int, n: int = 64) -> float:
@@ -243,7 +269,7 @@ def training_corpus(n_docs: int, seed: int = 0, difficulties: tuple[int, ...] = 
     """Documents of solved training instances from every family, mixed (by CORPUS_SHARE of the
     tokens, difficulties equally), deterministic for a seed."""
     rng = random.Random(f"corpus:{seed}")
-    streams = {(f, d): _instances(f, seed + 1000, d, False) for f in FAMILIES for d in difficulties}
+    streams = {(f, d): _instances(f, seed + 1000, d, False) for f in CORPUS_SHARE for d in difficulties}
     keys = list(streams)
     weights = [CORPUS_SHARE[f] / _mean_words(f, d) for f, d in keys]
     for _ in range(n_docs):

@@ -23,7 +23,7 @@ from kbitlaw.eval.run import evaluate_specs
 from kbitlaw.store import CHECKPOINTS, Store, checkpoint_prefix, parse_result_key, result_keys
 from kbitlaw.vocab import ACC, LOSS
 
-ACC_SUITES = ("logic", "causal", "induction", "arithmetic", "cloze")  # metric `acc`
+ACC_SUITES = ("logic", "causal", "induction", "arithmetic", "cloze", "facts")  # metric `acc`
 LOSS_SUITE = "text"  # metric `loss` (nats per token)
 STORY_SPECS = "fp16,int3,int4-b64,int8-b64"
 

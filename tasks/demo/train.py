@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import multiprocessing
 import os
 import queue
@@ -165,6 +166,7 @@ def make_model(size: Size, tokenizer, config: TrainConfig):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
+        initializer_range=config.init_scale / math.sqrt(size.hidden),
     )
     return GPTNeoXForCausalLM(model_config)
 
