@@ -5,7 +5,7 @@ A randomly initialised Llama (TinyLlama-1.1B's shape: hidden 2048, 22 layers, ML
 with 4 KV heads, a 32,000-row vocabulary, untied; seeded), saved with save_pretrained as fp16
 safetensors (float32 on a CPU) with a byte-level BPE tokenizer trained here on the builtin corpus
 (nothing downloaded; the model's vocabulary is the larger of 32,000 and the tokenizer's). Then:
-- kbitlaw: the 6 builtin datasets (N rows each) at every spec of the `default` grid, one
+- kbitlaw: the 7 builtin datasets (N rows each) at every spec of the `default` grid, one
   `evaluate_checkpoint_spec` per spec as the nightly runs them (load once, quantize once per spec,
   score every dataset, write the results to a temporary store);
 - lm-eval: its HF backend on the same checkpoint and the same rows (task YAMLs over JSONL copies, as

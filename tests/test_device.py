@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from kbitlaw.checkpoint_loading import parse_device, pristine_device, resolve_device
 from kbitlaw.checkpoints import resolve
-from kbitlaw.data.specs import frame_sha
+from kbitlaw.data.specs import BUILTIN_SPECS, frame_sha, load_dataset_specs
 from kbitlaw.eval import run, sweep
 from kbitlaw.store import Store
 
@@ -206,7 +206,7 @@ def test_gpu_bench_dry_run_on_cpu():
         "fp16 acc gap",
     ]
     assert table["device"] == "cpu (cpu); results record cpu"
-    assert table["datasets"] == "6 x 16 rows"
+    assert table["datasets"] == f"{len(load_dataset_specs(BUILTIN_SPECS))} x 16 rows"  # every builtin suite
     assert table["grid"] == "fp16,int4-b64,nf4-b64 (3 specs)"
     assert table["peak GPU memory"].startswith("kbitlaw n/a")
     assert float(table["ratio spec/lm-eval"]) > 0
