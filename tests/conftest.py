@@ -219,7 +219,8 @@ def real_fit_store(shared_dir) -> Path:
     return built_once("realdata-fitted", fit_real_store)
 
 
-def finished_fit(real_fit_store: Path) -> dict:
+@pytest.fixture(scope="session")
+def finished_real_doc(real_fit_store: Path) -> dict:
     """The real results fitted with every checkpoint declared finished. The real demo's runs decay
     their learning rate and say so by a tokens_planned beyond their intermediate checkpoints, with
     no schedule: its stored fit's joint law leaves those out and has too few checkpoints left to
@@ -236,11 +237,6 @@ def finished_fit(real_fit_store: Path) -> dict:
     results = read_results_store(store).with_columns(finished=pl.lit(True))
     config = FitConfig(chance=default_chance(results, store))  # as fit_store fits it
     return json.loads(json.dumps(json_safe(fit_laws(results, config).doc)))
-
-
-@pytest.fixture(scope="session")
-def finished_real_doc(real_fit_store: Path) -> dict:
-    return finished_fit(real_fit_store)
 
 
 # -- tiny checkpoints -----------------------------------------------------------------------------

@@ -29,13 +29,6 @@ RUN = {
 }
 
 
-@pytest.fixture(scope="module")
-def real_doc(finished_real_doc: dict) -> dict:
-    """The law stage's fit of the real results with every checkpoint declared finished
-    (conftest.finished_fit: as gated, the real joint law has too few finished checkpoints to fit)."""
-    return finished_real_doc
-
-
 def console_text(doc, where=("fits/x/fit.json", True)) -> str:
     from rich.console import Console
 
@@ -44,10 +37,10 @@ def console_text(doc, where=("fits/x/fit.json", True)) -> str:
     return out.getvalue()
 
 
-def test_the_summary_says_what_the_real_fit_says(real_doc):
-    doc = FitDocument.of(real_doc)
+def test_the_summary_says_what_the_real_fit_says(finished_real_doc):
+    doc = FitDocument.of(finished_real_doc)
     rec = doc.recommendation
-    md = summary_markdown(None, RUN, real_doc)
+    md = summary_markdown(None, RUN, finished_real_doc)
     assert f"**Recommended precision: `{rec['quant']}` ({rec['bits']}-bit)**" in md
     if rec.get("clear"):
         assert "clear: P(best)" in md
@@ -69,9 +62,9 @@ def test_the_summary_says_what_the_real_fit_says(real_doc):
             assert rms is None or f"RMS {rms:.3g}" not in md
 
 
-def test_the_console_says_what_the_real_fit_says(real_doc):
-    doc = FitDocument.of(real_doc)
-    text = console_text(real_doc)
+def test_the_console_says_what_the_real_fit_says(finished_real_doc):
+    doc = FitDocument.of(finished_real_doc)
+    text = console_text(finished_real_doc)
     assert "recommended precision" in text and doc.results_sha[:12] in text
     rows = _rows(doc)
     for row, e in zip(rows, [e for e in doc.entries("power_law")], strict=False):
@@ -85,11 +78,11 @@ def test_the_console_says_what_the_real_fit_says(real_doc):
             assert line == f"joint law {e['family']}: {describe(e)}"
 
 
-def test_no_broken_document_makes_them_raise(real_doc):
+def test_no_broken_document_makes_them_raise(finished_real_doc):
     """Every field of the real fit in turn missing, null, NaN, +-inf, 1e300, negative, every status
     field at every status: the artifact's markdown and the console summary render."""
     failures, count = [], 0
-    for i, (label, broken) in enumerate(mutations(real_doc)):
+    for i, (label, broken) in enumerate(mutations(finished_real_doc)):
         count += 1
         try:
             summary_markdown(None, RUN, broken)

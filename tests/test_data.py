@@ -337,7 +337,7 @@ def test_the_facts_suite_asks_what_the_corpus_states():
     stated = 0
     for row in rows:
         counts = {c: corpus.count(f"{row['context']} {c} .") for c in row["choices"]}
-        assert row["choices"][row["gold"]] in row["choices"] and len(set(row["choices"])) == 4
+        assert len(set(row["choices"])) == 4
         if sum(counts.values()) >= 5:
             stated += 1
             assert max(counts, key=counts.get) == row["choices"][row["gold"]], (row, counts)

@@ -37,16 +37,11 @@ def real_fit(real_fit_store: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def finished_fit(finished_real_doc: dict) -> dict:
-    return finished_real_doc
-
-
-@pytest.fixture(scope="module")
-def base(finished_fit) -> dict:
-    """The real results' fit (finished_fit), cut to what predict reads, with its joint law and
+def base(finished_real_doc) -> dict:
+    """The real results' fit (finished_real_doc), cut to what predict reads, with its joint law and
     every damage scheme made ok (whatever the gates say of the real data, the fuzz must reach the
     numbers), and a run in progress added so that its fields are fuzzed too."""
-    doc = copy.deepcopy({k: finished_fit[k] for k in READ if k in finished_fit})
+    doc = copy.deepcopy({k: finished_real_doc[k] for k in READ if k in finished_real_doc})
     (entry,) = doc["joint_law"]
     assert entry["model"] is not None, entry.get("reason")
     entry["status"] = entry["damage"]["status"] = "ok"
@@ -88,9 +83,9 @@ def test_the_real_fit_predicts_or_says_why(real_fit):
         assert out["predictions"] and "fp16" in text
 
 
-def test_predict_reads_only_what_the_fuzz_covers(finished_fit, base):
+def test_predict_reads_only_what_the_fuzz_covers(finished_real_doc, base):
     """Predict reads the joint law and the config alone, so fuzzing those covers it."""
-    full = {**finished_fit, "joint_law": base["joint_law"]}
+    full = {**finished_real_doc, "joint_law": base["joint_law"]}
     assert predict_from_document(full, **REQUEST) == predict_from_document(base, **REQUEST)
     out, text = run(base)
     assert out["status"] == "ok" and out["predictions"] and out["runs_in_progress"], text

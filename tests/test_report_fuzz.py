@@ -66,7 +66,7 @@ def set_ok(obj: object) -> None:
 
 @pytest.fixture(scope="module")
 def base(finished_real_doc: dict) -> dict:
-    # every checkpoint declared finished (conftest.finished_fit): the joint law has numbers to break
+    # every checkpoint declared finished (conftest.finished_real_doc): the joint law has numbers to break
     return report_base(finished_real_doc)
 
 
