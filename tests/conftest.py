@@ -203,6 +203,17 @@ def s3_env(s3_server, monkeypatch):
     return bucket
 
 
+@pytest.fixture(params=["numba", "torch"])
+def quant_kernels(request, monkeypatch) -> str:
+    """Runs a quantization test on both CPU paths: the fused numba kernels (quant/cpu_kernels.py,
+    the default) and the torch ops they replace (also the GPU path); both must give the same bits."""
+    from kbitlaw.quant import cpu_kernels
+
+    monkeypatch.setenv("KBITLAW_KERNELS", request.param)
+    assert cpu_kernels.available() == (request.param == "numba")
+    return request.param
+
+
 @pytest.fixture(params=["local", "s3"])
 def store_uri(request, tmp_path):
     """The same store suite runs against a local directory and a real S3-protocol server."""

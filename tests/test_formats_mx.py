@@ -136,7 +136,7 @@ def blocks_of_many_magnitudes(n_blocks: int, width: int, seed: int = 0) -> torch
 
 
 @pytest.mark.parametrize("spec", ["mxfp4", "mxfp6", "fp6e3-b32-se8m0", "mxfp8", "fp8e5-b32-se8m0"])
-def test_mx_float_formats_follow_the_definition(spec):
+def test_mx_float_formats_follow_the_definition(spec, quant_kernels):
     s = QuantSpec.parse(spec)
     _, table, _, emax = TABLES[(s.bits, s.exp_bits)]
     w = blocks_of_many_magnitudes(96, 32)
@@ -145,7 +145,7 @@ def test_mx_float_formats_follow_the_definition(spec):
     assert torch.equal(fake_quantize(w, spec), expected)
 
 
-def test_mxint8_follows_the_definition():
+def test_mxint8_follows_the_definition(quant_kernels):
     table = [i / 64 for i in range(128)]
     w = blocks_of_many_magnitudes(96, 32, seed=1)
     w[0] = 0
@@ -186,7 +186,7 @@ def mx_block(*values: float) -> torch.Tensor:
         ((1e-40, -1e-41), 2.0**-127 * 6, (0.0, 0.0)),
     ],
 )
-def test_e8m0_hand_computed_blocks(values, scale, expected):
+def test_e8m0_hand_computed_blocks(values, scale, expected, quant_kernels):
     block = mx_block(*values)
     spec = QuantSpec.parse("mxfp4")
     assert block_scales(block.view(1, 32), spec).item() == scale
@@ -195,7 +195,7 @@ def test_e8m0_hand_computed_blocks(values, scale, expected):
     assert torch.isfinite(q).all()
 
 
-def test_e8m0_clamps_at_both_ends_of_its_range():
+def test_e8m0_clamps_at_both_ends_of_its_range(quant_kernels):
     tiny, huge = torch.tensor([[1e-45]]), torch.tensor([[3e38]])
     assert e8m0_scales(tiny, 2).item() == 2.0**-127 and e8m0_scales(tiny, None).item() == 2.0**-127
     assert e8m0_scales(huge, 0).item() == 2.0**127  # floor(log2 3e38) = 127: at the top, not past it
@@ -208,7 +208,7 @@ def test_e8m0_clamps_at_both_ends_of_its_range():
     assert q[0].item() == 2.0**-136
 
 
-def test_e8m0_for_non_ocp_types_never_saturates_nf():
+def test_e8m0_for_non_ocp_types_never_saturates_nf(quant_kernels):
     """nf/dynamic/quantile have no element exponent: X = 2^ceil(log2 amax), so x / X is in [-1, 1]."""
     spec = QuantSpec.parse("nf4-b32-se8m0")
     block = mx_block(0.75, -0.3, 0.1)

@@ -68,7 +68,7 @@ def nvfp4_reference(w: torch.Tensor) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float32).view_as(w)
 
 
-def test_nvfp4_hand_computed_tensor():
+def test_nvfp4_hand_computed_tensor(quant_kernels):
     w = torch.zeros(5, 16)
     w[0, :6] = torch.tensor([6.0, 5.0, 2.5, -0.2, 0.26, 3.0])  # tensor amax 6: S = 1/448, s = 448, E = 1
     w[1, :3] = torch.tensor([1.0, 0.5, -0.1])  # s = E4M3(1/6 * 448 = 74.67) = 72: 1 / (72/448) = 6.2 -> 6
@@ -92,7 +92,7 @@ def test_nvfp4_hand_computed_tensor():
     assert torch.equal(q, nvfp4_reference(w))
 
 
-def test_nvfp4_block_scale_ties_and_subnormals():
+def test_nvfp4_block_scale_ties_and_subnormals(quant_kernels):
     # tensor amax 2688: S = 1, so s = E4M3(amax_b / 6) exactly
     w = torch.zeros(4, 16)
     w[0, 0] = 2688.0
@@ -109,7 +109,7 @@ def test_nvfp4_block_scale_ties_and_subnormals():
     ]
 
 
-def test_nvfp4_random_tensors_follow_the_definition():
+def test_nvfp4_random_tensors_follow_the_definition(quant_kernels):
     w = torch.randn(32, 64, generator=gen(6)) * torch.rand(32, 1, generator=gen(7)) ** 4
     w[3] = 0
     assert torch.equal(fake_quantize(w, "nvfp4"), nvfp4_reference(w))
@@ -118,7 +118,7 @@ def test_nvfp4_random_tensors_follow_the_definition():
 
 
 @pytest.mark.parametrize("spec", ["nvfp4", "mxfp4", "mxint8", "nf4-b32-se8m0", "int4-b16-se4m3"])
-def test_zero_tensors_and_blocks_stay_zero(spec):
+def test_zero_tensors_and_blocks_stay_zero(spec, quant_kernels):
     assert torch.equal(fake_quantize(torch.zeros(4, 64), spec), torch.zeros(4, 64))
     w = torch.randn(4, 64, generator=gen(8))
     w[1] = 0
@@ -158,7 +158,7 @@ def torchao_mx():
 
 @pytest.mark.parametrize("spec", ["mxfp4", "mxfp6", "fp6e3-b32-se8m0", "mxfp8", "fp8e5-b32-se8m0"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mx_matches_torchao(torchao_mx, spec, dtype):
+def test_mx_matches_torchao(torchao_mx, spec, dtype, quant_kernels):
     """Bit for bit, on normal-range weights (torchao keeps the float scale >= 2^-126 where OCP's
     E8M0 goes down to 2^-127: blocks with amax below ~2^-120 differ, on purpose)."""
     mx, _ = torchao_mx
@@ -168,7 +168,7 @@ def test_mx_matches_torchao(torchao_mx, spec, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_nvfp4_matches_torchao(torchao_mx, dtype):
+def test_nvfp4_matches_torchao(torchao_mx, dtype, quant_kernels):
     _, nvfp4 = torchao_mx
     w = (torch.randn(64, 256, generator=gen(11)) * torch.rand(64, 1, generator=gen(12)) ** 3).to(dtype)
     w[5] = 0

@@ -3,6 +3,10 @@ whole-model quantization is in test_quantize_model.py."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import bitsandbytes.functional as bnbf
 import pytest
 import torch
@@ -231,7 +235,7 @@ def test_quantile_codebook_is_quantiles_of_normalised_values():
 
 @pytest.mark.parametrize("dist", ["normal", "student_t"])
 @pytest.mark.parametrize("shape", [(128, 192), (37, 45)])  # the second leaves a partial block
-def test_nf4_matches_bitsandbytes(dist, shape):
+def test_nf4_matches_bitsandbytes(dist, shape, quant_kernels):
     w = torch.randn(shape, generator=gen(1)) if dist == "normal" else student_t(shape)
     packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
     expected = bnbf.dequantize_4bit(packed, state)
@@ -240,7 +244,7 @@ def test_nf4_matches_bitsandbytes(dist, shape):
 
 @pytest.mark.parametrize("k", [8, 4])
 @pytest.mark.parametrize("dist", ["normal", "student_t"])
-def test_dynamic_matches_bitsandbytes_blockwise(k, dist):
+def test_dynamic_matches_bitsandbytes_blockwise(k, dist, quant_kernels):
     """bitsandbytes' CPU quantize_blockwise searches the dynamic map with its lowest entry pinned to -1
     (quantize_cpu: code[0] = -1) but dequantizes with the unpinned map; we use the pinned map on both
     sides (exact range [-1, 1], idempotent). Its binary search (BinSearch Direct2) also returns a
@@ -263,14 +267,14 @@ def test_dynamic_matches_bitsandbytes_blockwise(k, dist):
 @pytest.mark.parametrize("dtype", FIXED)
 @pytest.mark.parametrize("k", [3, 4, 8])
 @pytest.mark.parametrize("block", [16, 64, 1024, None])
-def test_matches_naive_reference(dtype, k, block):
+def test_matches_naive_reference(dtype, k, block, quant_kernels):
     w = student_t((61, 83), seed=k)  # 5063 values: partial last block for every block size
     spec = QuantSpec(dtype, k, block_size=block)
     expected = reference(w, fixed_codebook(dtype, k), block)
     assert torch.equal(fake_quantize(w, spec), expected)
 
 
-def test_dense_codebook_falls_back_to_search():
+def test_dense_codebook_falls_back_to_search(quant_kernels):
     cb = torch.tensor([-1.0, -1e-7, 0.0, 1e-7, 2e-7, 1.0])  # midpoints too close for the table
     w = torch.randn(4, 64, generator=gen()) * torch.logspace(-7, 0, 64)
     assert torch.equal(fake_quantize_blockwise(w, cb, 64), reference(w, cb, 64))
@@ -292,14 +296,14 @@ def test_dense_codebook_falls_back_to_search():
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_idempotent(text, dtype):
+def test_idempotent(text, dtype, quant_kernels):
     w = student_t((64, 96), seed=5).to(dtype)
     once = fake_quantize(w, text)
     assert torch.equal(fake_quantize(once, text), once)
     assert not torch.equal(once, w)
 
 
-def test_quantile_is_on_its_grid_and_deterministic():
+def test_quantile_is_on_its_grid_and_deterministic(quant_kernels):
     """Not idempotent: the codebook is re-estimated from its input (a second pass sees discrete data)
     and its most negative level need not be -1, so a block's absmax can change. What holds: every
     value is a codebook level times its fp16 block scale, and the result is deterministic."""
@@ -313,7 +317,7 @@ def test_quantile_is_on_its_grid_and_deterministic():
     assert torch.equal(fake_quantize(w, spec), once)
 
 
-def test_zero_blocks_and_empty_tail_stay_finite():
+def test_zero_blocks_and_empty_tail_stay_finite(quant_kernels):
     w = torch.randn(10, 100, generator=gen())
     w[2] = 0  # a zero row spans whole blocks of 16
     for text in ["int4-b16", "nf4-b16", "quantile4-b16", "fp4e2", "dynamic8-b64"]:
@@ -323,7 +327,7 @@ def test_zero_blocks_and_empty_tail_stay_finite():
     assert torch.equal(fake_quantize(torch.zeros(5, 7), "nf4"), torch.zeros(5, 7))
 
 
-def test_fp16_scale_rounding_is_simulated():
+def test_fp16_scale_rounding_is_simulated(quant_kernels):
     w = torch.randn(64, 64, generator=gen(7))
     exact = fake_quantize(w, "int8-b64", scale_dtype=torch.float32)
     rounded = fake_quantize(w, "int8-b64")
@@ -341,7 +345,7 @@ def test_baselines_round_trip_through_their_dtype():
 @pytest.mark.parametrize(
     "text", ["int4-b64", "nf4-b64", "fp5e3-b128", "quantile4-b64", "dynamic8", "int3-b64-o2"]
 )
-def test_bfloat16_input_gives_same_values_as_float32(text):
+def test_bfloat16_input_gives_same_values_as_float32(text, quant_kernels):
     w32 = torch.randn(96, 128, generator=gen(8)).bfloat16().float()  # exactly representable in bf16
     assert torch.equal(fake_quantize(w32.bfloat16(), text), fake_quantize(w32, text).bfloat16())
     assert fake_quantize(w32.half(), text).dtype == torch.float16
@@ -360,7 +364,7 @@ def test_error_falls_with_bits_and_smaller_blocks(dtype):
     assert all(a <= b for a, b in zip(by_block, by_block[1:], strict=False)), by_block
 
 
-def test_outliers_keep_widest_input_features_in_fp16():
+def test_outliers_keep_widest_input_features_in_fp16(quant_kernels):
     w = torch.randn(48, 100, generator=gen(10))
     w[:, [7, 42]] *= 20  # two input features with outsized weights
     assert outlier_features(w, 2).tolist() == [7, 42]
@@ -377,3 +381,41 @@ def test_outliers_keep_widest_input_features_in_fp16():
 # ------------------------------------------------------------------------------------------------
 # Whole models
 # ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text", ["nf4-b64", "int3", "fp4e2-b64", "quantile4-b64", "dynamic8-b256", "mxfp4", "nvfp4", "nf4-b64-o1"]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_kernels_give_the_torch_ops_bits(text, dtype, monkeypatch):
+    """The numba kernels against the torch ops, bit for bit, on what breaks naive loops: -0.0,
+    subnormals, zero blocks, a partial last block, values spanning 10^-30..10^4, exact midpoints; and
+    NaN / inf (their block turns NaN, and every other value is as without them)."""
+    w = student_t((97, 131), seed=3) * torch.logspace(-30, 4, 131)
+    w[5, :6] = torch.tensor([-0.0, 1e-40, -1e-41, 0.5, -0.5, 1e-45])
+    w[9] = 0.0
+    w[11, :4] = torch.tensor([1.0, -1.0, 0.5, 0.25])  # on the int/fp grids' midpoints after scaling
+    w_nan = w.clone()
+    w_nan[40, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    results = {}
+    for kernels in ("torch", "numba"):
+        monkeypatch.setenv("KBITLAW_KERNELS", kernels)
+        results[kernels] = fake_quantize(w.to(dtype), text), fake_quantize(w_nan.to(dtype), text)
+    (ops, ops_nan), (fused, fused_nan) = results["torch"], results["numba"]
+    assert torch.equal(fused.view(bits), ops.view(bits))
+    assert torch.equal(fused_nan.isnan(), ops_nan.isnan()) and bool(ops_nan.isnan().any())
+    assert torch.equal(fused_nan.nan_to_num(0.0).view(bits), ops_nan.nan_to_num(0.0).view(bits))
+
+
+def test_fused_kernels_leave_torchs_thread_count_alone():
+    """numba's OpenMP layer shares torch's libgomp and sets the thread count when it starts: a
+    process limited to one thread (an xdist worker, a Dask worker per core) ran its next torch ops on
+    two, and trained different bits. Checked in a fresh process, where the layer starts."""
+    code = (
+        "import torch; from kbitlaw.quant.fake import fake_quantize; "
+        "fake_quantize(torch.randn(512, 512), 'nf4-b64'); print(torch.get_num_threads())"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", KBITLAW_KERNELS="numba")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "1"

@@ -12,6 +12,7 @@ from functools import partial
 
 import torch
 
+from kbitlaw.quant import cpu_kernels
 from kbitlaw.quant.nearest import NearestTable, build_table, round_unit, round_unit_bucketize
 
 
@@ -41,15 +42,19 @@ def _segments(n: int, width: int | None, chunk: int):
 
 
 def _row_absmax(rows: torch.Tensor) -> torch.Tensor:
-    """max |x| of every row, as [rows, 1] float32, from two reductions instead of a full-size abs()."""
-    return torch.maximum(rows.amax(dim=1, keepdim=True), rows.amin(dim=1, keepdim=True).neg()).float()
+    """max |x| of every row, as [rows, 1] float32, from two reductions instead of a full-size abs()
+    (the last abs() turns an all-zero row's -0.0, from max(0, -0), into 0.0 as cpu_kernels gives)."""
+    return torch.maximum(rows.amax(dim=1, keepdim=True), rows.amin(dim=1, keepdim=True).neg()).float().abs()
 
 
 def block_absmax(flat: torch.Tensor, block_size: int | None) -> torch.Tensor:
     """Float32 absmax of every block of a flat tensor (one value when block_size is None)."""
-    chunk = _chunk_elems(flat.device)
-    segments = _segments(flat.numel(), block_size, chunk)
-    parts = [_row_absmax(flat[a:b].view(-1, w)).view(-1) for a, b, w in segments]
+    fused = flat.device.type == "cpu" and flat.dtype == torch.float32 and cpu_kernels.available()
+    row_absmax = cpu_kernels.row_absmax if fused else _row_absmax
+    chunk = 1 << 22 if fused else _chunk_elems(flat.device)
+    width = block_size or (4096 if fused else None)  # one value: rows of any width will do
+    segments = _segments(flat.numel(), width, chunk)
+    parts = [row_absmax(flat[a:b].view(-1, w)).view(-1) for a, b, w in segments]
     out = torch.cat(parts) if parts else flat.new_zeros(1, dtype=torch.float32)
     return out.amax(0, keepdim=True) if block_size is None else out
 
@@ -60,6 +65,34 @@ def absmax_scales(
     """The paper's scales: (absmax rounded to scale_dtype, its inverse; 0 for a zero block)."""
     scale = round_scales(absmax, scale_dtype)
     return scale, torch.where(scale > 0, 1 / scale, 0.0)  # zero blocks: 0 * 0, never 0 / 0
+
+
+def _quantize_cpu(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    codebook: torch.Tensor,
+    block_size: int | None,
+    table: NearestTable | None,
+    scales: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """fake_quantize_blockwise on a CPU with the fused kernels (cpu_kernels.py): one pass for the
+    blocks' absmax, their scales in torch, one pass to round. Float32 is read and written in place,
+    4M values at a time; other dtypes go through a cache-sized float32 copy."""
+    direct = src.dtype == torch.float32 and dst.dtype == torch.float32
+    chunk = 1 << 22 if direct else _chunk_elems(src.device)
+    # one scale for the whole tensor: rows of any width will do; 4096 lets every core take a share
+    whole = None if block_size else scales(block_absmax(src, None).view(1, 1))
+    for start, stop, width in _segments(src.numel(), block_size or 4096, chunk):
+        rows = src[start:stop].view(-1, width)
+        rows = rows if direct else rows.float()
+        out = dst[start:stop].view(rows.shape) if direct else torch.empty_like(rows)
+        if whole is None:
+            scale, inverse = scales(cpu_kernels.row_absmax(rows))
+        else:
+            scale, inverse = (t.expand(rows.shape[0], 1).contiguous() for t in whole)
+        cpu_kernels.round_rows(rows, out, scale, inverse, codebook, table)
+        if not direct:
+            dst[start:stop].copy_(out.view(-1))
 
 
 def fake_quantize_blockwise(
@@ -90,6 +123,9 @@ def fake_quantize_blockwise(
     if out is None:
         out = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
     dst = out.view(-1)
+    if weight.device.type == "cpu" and cpu_kernels.available():
+        _quantize_cpu(src, dst, codebook, block_size, table, scales)
+        return out
     n, chunk = src.numel(), _chunk_elems(weight.device)
     scratch = min(n, chunk + (block_size or 0))
     x = torch.empty(scratch, dtype=torch.float32, device=weight.device)
