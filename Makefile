@@ -52,8 +52,9 @@ test-under-load:
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
+# One table of ratios from interleaved pairs (bench/all.py); `make bench QUICK=1`: under 2 minutes.
 bench: $(VENV)/.installed-dev
-	for b in quantize evaluate law datasets nightly; do $(BIN)/python bench/$$b.py || exit 1; done
+	$(BIN)/python bench/all.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) .kbitlaw

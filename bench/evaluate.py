@@ -1,18 +1,23 @@
 """Benchmark: the scoring engine against lm-evaluation-harness, in one process, on the same model and rows.
 
-For a ~1M and a ~10M parameter GPT-NeoX (random init, seeded; vocab 4096, window 256) and 1,000
-examples of each kind, prints examples/s and tokens/s for kbitlaw and for lm-eval's HFLM
-(`loglikelihood` / `loglikelihood_rolling` on the same requests, same batch size), the ratio, whether
-the scores are identical, and the achieved matmul FLOP/s of kbitlaw's forward passes against a
-torch matmul peak measured in the same run. Then times a sweep of 10 quant specs on one loaded
-checkpoint: tokenization happens once, loading once.
+For a ~1M and a ~10M parameter GPT-NeoX (random init, seeded; vocab 4096, window 256) and N examples
+of each kind (300; --quick: 100, ~1M only), runs kbitlaw (tokenize + score), then lm-eval's HFLM
+(`loglikelihood` / `loglikelihood_rolling` on the same requests, same batch size), then kbitlaw ...
+(bench/pairs.py), and prints the median and range of the per-pair speed-ups seconds(lm-eval) /
+seconds(kbitlaw), whether the scores are identical, and the share of the matmul peak kbitlaw's
+forward passes reach: a torch matmul shaped like the model's MLP, interleaved with kbitlaw the same
+way (never measured once). Full mode then times a sweep of 10 quant specs on one loaded checkpoint:
+tokenization happens once, loading once.
 
-    .venv/bin/python bench/evaluate.py [--quick]
+    .venv/bin/python bench/evaluate.py [--quick] [--pairs N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import os
 import random
 import sys
@@ -21,10 +26,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its "pretrained is not a str" notes, per run
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
+from pairs import Ratio, ratio  # noqa: E402
 
 from kbitlaw.eval.engine import evaluate_prepared, metrics, prepare  # noqa: E402
 from kbitlaw.eval.scoring import Scorer  # noqa: E402
@@ -37,6 +45,7 @@ WORDS = (
     "eye job word business issue side kind head house service friend father power hour game line"
 ).split()
 WINDOW, VOCAB, BATCH = 256, 4096, 32
+SIZES = [("~1M", 128, 4), ("~10M", 384, 6)]  # (label, hidden, layers)
 
 
 def sentence(rng: random.Random, n: int) -> str:
@@ -97,19 +106,24 @@ def model(hidden: int, layers: int, vocab: int):
     return GPTNeoXForCausalLM(config).eval()
 
 
-def matmul_peak(hidden: int) -> float:
-    """FLOP/s of a float32 matmul shaped like the model's MLP on a batch of tokens."""
+def matmul_work(hidden: int) -> tuple[float, object]:
+    """(FLOP, a function doing them): float32 matmuls shaped like the model's MLP on a batch of tokens,
+    ~0.2 s of work, the hardware reference kbitlaw's forward passes are compared with."""
     a, b = torch.randn(BATCH * 64, hidden), torch.randn(hidden, 4 * hidden)
-    for _ in range(3):
-        a @ b
-    reps, start = 20, time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return reps * 2 * a.shape[0] * hidden * 4 * hidden / (time.perf_counter() - start)
+    flop = 2 * a.shape[0] * hidden * 4 * hidden
+    start = time.perf_counter()
+    a @ b
+    reps = max(1, int(0.2 / max(time.perf_counter() - start, 1e-6)))
+
+    def run():
+        for _ in range(reps):
+            a @ b
+
+    return reps * flop, run
 
 
-def lm_eval_run(m, tok, kind: str, df: pl.DataFrame) -> tuple[float, list]:
-    """lm-eval's HFLM on the same rows: (seconds, per-example scores as lm-eval returns them)."""
+def lm_eval_run(m, tok, kind: str, df: pl.DataFrame):
+    """lm-eval's HFLM on the same rows: a function returning per-example scores as lm-eval does."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -123,13 +137,13 @@ def lm_eval_run(m, tok, kind: str, df: pl.DataFrame) -> tuple[float, list]:
         args = [(r["text"],) for r in rows]
     rtype = "loglikelihood_rolling" if kind == "perplexity" else "loglikelihood"
     instances = [Instance(request_type=rtype, doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
-    start = time.perf_counter()
-    out = (
-        lm.loglikelihood_rolling(instances, disable_tqdm=True)
-        if kind == "perplexity"
-        else lm.loglikelihood(instances, disable_tqdm=True)
-    )
-    return time.perf_counter() - start, out
+    call = lm.loglikelihood_rolling if kind == "perplexity" else lm.loglikelihood
+
+    def run():
+        with contextlib.redirect_stderr(io.StringIO()):  # its inner progress bars ignore disable_tqdm
+            return call(instances, disable_tqdm=True)
+
+    return run
 
 
 def same_scores(kind: str, df: pl.DataFrame, ours: list[dict], theirs: list) -> bool:
@@ -149,46 +163,82 @@ def same_scores(kind: str, df: pl.DataFrame, ours: list[dict], theirs: list) -> 
     return abs({r["metric"]: r["value"] for r in ours}["word_perplexity"] / ref - 1) < 1e-4
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="200 examples, small models only")
-    args = parser.parse_args()
-    n = 200 if args.quick else 1000
-    torch.manual_seed(0)
+def measure(quick: bool, pairs: int) -> list[dict]:
+    """One row per model and kind: speed-up over lm-eval and share of the matmul peak, as Ratios."""
+    n = 100 if quick else 300
     tok = tokenizer()
     data = datasets(n)
-    sizes = [("~1M", 128, 4)] + ([] if args.quick else [("~10M", 384, 6)])
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, window {WINDOW}, "
-        f"{n} examples per kind\n"
-    )
-    print(
-        "| model | kind | kbitlaw ex/s | kbitlaw tok/s | lm-eval ex/s | speed-up | identical | "
-        "matmul FLOP/s | % of matmul peak |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for label, hidden, layers in sizes:
+    rows = []
+    for label, hidden, layers in SIZES[:1] if quick else SIZES:
         m = model(hidden, layers, len(tok))
         linear = sum(p.numel() for name, p in m.named_parameters() if "layers" in name and p.dim() == 2)
-        peak = matmul_peak(hidden)
+        mm_flop, matmul = matmul_work(hidden)
         for kind, df in data.items():
-            start = time.perf_counter()
-            prepared = prepare(df, kind, tok, WINDOW)
             scorer = Scorer(m, batch_size=BATCH)
-            with torch.inference_mode():
-                scores = scorer.score(prepared.requests)
-            ours_s = time.perf_counter() - start
-            rows = metrics(prepared, scores)
+            result = {}
+
+            def ours(kind=kind, df=df, scorer=scorer, result=result):
+                prepared = prepare(df, kind, tok, WINDOW)
+                with torch.inference_mode():
+                    result["rows"] = metrics(prepared, scorer.score(prepared.requests))
+                result["prepared"] = prepared
+
+            theirs = lm_eval_run(m, tok, kind, df)
+            speed_up = ratio(theirs, ours, pairs=pairs)
+            peak = ratio(matmul, ours, pairs=pairs)  # seconds(matmul) / seconds(ours), pair by pair
+            prepared = result["prepared"]
             tokens = sum(r.packed_length for r in prepared.requests)  # model input positions computed
             kept = sum(len(c) for r in prepared.requests for c in r.continuations)
-            flops = 2 * linear * tokens + 2 * hidden * len(tok) * kept
-            theirs_s, theirs = lm_eval_run(m, tok, kind, df)
-            print(
-                f"| {label} ({linear / 1e6:.1f}M linear) | {kind} | {n / ours_s:,.0f} | "
-                f"{tokens / ours_s:,.0f} | "
-                f"{n / theirs_s:,.0f} | {theirs_s / ours_s:.2f}x | {same_scores(kind, df, rows, theirs)} | "
-                f"{flops / ours_s:.3g} | {100 * flops / ours_s / peak:.0f}% of {peak:.3g} |"
+            flop = 2 * linear * tokens + 2 * hidden * len(tok) * kept
+            share = Ratio(
+                tuple(r * flop / mm_flop for r in peak.ratios), peak.top_seconds, peak.bottom_seconds
             )
+            rows.append(
+                {
+                    "model": f"{label} ({linear / 1e6:.1f}M linear)",
+                    "kind": kind,
+                    "n": n,
+                    "ours_s": speed_up.bottom_median(),
+                    "speed_up": speed_up,
+                    "identical": same_scores(kind, df, result["rows"], theirs()),
+                    "matmul_share": share,
+                }
+            )
+    return rows
+
+
+def summary(quick: bool) -> list[tuple[str, Ratio, str]]:
+    """(measure, ratio, target) rows for bench/all.py's table."""
+    out = []
+    for row in measure(quick, 5):
+        out.append((f"evaluate {row['model']} {row['kind']}: speed-up over lm-eval", row["speed_up"], ">= 1"))
+        out.append((f"evaluate {row['model']} {row['kind']}: share of matmul peak", row["matmul_share"], ""))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="100 examples, the ~1M model only, no sweep")
+    parser.add_argument("--pairs", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, window {WINDOW}; "
+        f"median (range) of {args.pairs} interleaved pairs\n"
+    )
+    print("| model | kind | kbitlaw ex/s | speed-up over lm-eval | identical | share of matmul peak |")
+    print("|---|---|---:|---:|---|---:|")
+    for row in measure(args.quick, args.pairs):
+        print(
+            f"| {row['model']} | {row['kind']} | {row['n'] / row['ours_s']:,.0f} | {row['speed_up']} | "
+            f"{row['identical']} | {row['matmul_share']} |"
+        )
+    if args.quick:
+        return
+    n = 300
+    tok = tokenizer()
+    data = datasets(n)
+    sizes = SIZES
     # A sweep of 10 specs on one loaded model: tokenize once, quantize + score per spec.
     specs = [
         "fp16",

@@ -1,28 +1,35 @@
-"""Benchmark: blockwise fake quantization on CPU against bitsandbytes' CPU path and a plain copy.
+"""Benchmark: blockwise fake quantization on CPU against a plain copy and bitsandbytes' CPU path.
 
-    .venv/bin/python bench/quantize.py [--quick] [--repeat N]
+    .venv/bin/python bench/quantize.py [--quick] [--pairs N]
 
-Fake-quantizes a set of random-normal float32 weight matrices (default 16 x [2048, 2048] = 64M
-parameters, seeded) with several specs (the paper's data types with fp16 absmax scales, and the
-deployed mxfp4 / nvfp4 / mxint8) and prints a markdown table: parameters per second, the ratio
-to bitsandbytes' quantize_4bit + dequantize_4bit (nf4, blocksize 64) on the same tensors, the ratio to
-`dst.copy_(src)` of the same bytes (the memory-bandwidth limit), and peak extra memory relative to
-one tensor, measured in a fresh subprocess per spec as the growth of peak RSS (VmHWM) while one
-[4096, 4096] float32 tensor is quantized (the new output tensor included; tables warmed up first).
+Fake-quantizes 16 random-normal float32 [2048, 2048] weight matrices (67M parameters) with several
+specs (the paper's data types with fp16 absmax scales, and the deployed mxfp4 / nvfp4 / mxint8) and
+prints a markdown table. Every figure is a ratio of interleaved runs in
+this process (bench/pairs.py): `dst.copy_(src)` of the same bytes, then the spec, then the copy ...
+for N pairs; the table gives the median of the per-pair ratios and their range:
+  - fraction of copy bandwidth: seconds(copy) / seconds(quantize), the memory-bandwidth limit
+    measured beside each spec, never once (target >= 0.25 for nf4-b64, int4-b64, fp4e2-b64, mxfp4);
+  - nf4-b64 against bitsandbytes' quantize_4bit + dequantize_4bit (nf4, blocksize 64), pair by pair.
+Full mode also measures peak extra memory relative to one tensor, in a fresh subprocess per spec, as
+the growth of peak RSS (VmHWM) while one [4096, 4096] float32 tensor is quantized (the new output
+tensor included; tables warmed up first).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pairs import Ratio, ratio  # noqa: E402
 
 from kbitlaw.quant.fake import fake_quantize  # noqa: E402
 from kbitlaw.quant.spec import QuantSpec  # noqa: E402
@@ -38,16 +45,6 @@ def bnb_nf4(w: torch.Tensor) -> torch.Tensor:
 
     packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
     return bnbf.dequantize_4bit(packed, state)
-
-
-def best_seconds(fn, repeat: int) -> float:
-    """Fastest of `repeat` runs (the machine may be shared: the minimum is the least disturbed)."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def peak_extra(method: str) -> float:
@@ -81,61 +78,83 @@ def measure_peak(method: str) -> None:
     print((peak - before) * 1024 / (w.numel() * w.element_size()))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 x [1024, 1024] instead of 16 x [2048, 2048]")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--peak", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.peak:
-        return measure_peak(args.peak)
+TARGETS = {"nf4-b64": 0.25, "int4-b64": 0.25, "fp4e2-b64": 0.25, "mxfp4": 0.25}
 
-    count, side = (4, 1024) if args.quick else (16, 2048)
+
+def measure(count: int, pairs: int, bnb_count: int) -> tuple[list[tuple[str, Ratio]], Ratio]:
+    """[(spec, seconds(copy) / seconds(spec) per pair)], and seconds(bitsandbytes) / seconds(nf4-b64)."""
     gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(side, side, generator=gen) for _ in range(count)]
+    weights = [torch.randn(2048, 2048, generator=gen) for _ in range(count)]
     outputs = [torch.empty_like(w) for w in weights]
-    n_params = count * side * side
 
     def copy_all():
         for w, o in zip(weights, outputs, strict=True):
             o.copy_(w)
 
-    def bnb_all():
-        for w in weights:
-            bnb_nf4(w)
-
-    def ours_all(spec: QuantSpec, preallocated: bool):
+    def ours_all(spec: QuantSpec, preallocated: bool = True):
         def run():
             for w, o in zip(weights, outputs, strict=True):
                 fake_quantize(w, spec, out=o if preallocated else None)
 
         return run
 
-    bnb_nf4(weights[0][:64])
-    copy_rate = n_params / best_seconds(copy_all, args.repeat)
-    bnb_rate = n_params / best_seconds(bnb_all, args.repeat)
-    rows = []
-    for text in SPECS:
-        spec = QuantSpec.parse(text)
-        fake_quantize(weights[0][:64], spec)  # warm the lookup table cache
-        rate = n_params / best_seconds(ours_all(spec, preallocated=True), args.repeat)
-        rows.append((text, rate, peak_extra(text)))
-    fresh = n_params / best_seconds(ours_all(QuantSpec.parse("nf4-b64"), preallocated=False), args.repeat)
-    rows.append(("nf4-b64, new output tensors", fresh, peak_extra("nf4-b64")))
-    rows.append(("bitsandbytes nf4, blocksize 64", bnb_rate, peak_extra("bitsandbytes")))
-    rows.append(("copy_ (memory bandwidth)", copy_rate, float("nan")))
+    def bnb_some():  # bitsandbytes runs at ~80 Mparams/s: its pairs use the first `bnb_count` tensors
+        for w in weights[:bnb_count]:
+            bnb_nf4(w)
 
+    def nf4_some():
+        for w, o in zip(weights[:bnb_count], outputs, strict=False):
+            fake_quantize(w, "nf4-b64", out=o)
+
+    rows = [(text, ratio(copy_all, ours_all(QuantSpec.parse(text)), pairs=pairs)) for text in SPECS]
+    fresh = ratio(copy_all, ours_all(QuantSpec.parse("nf4-b64"), preallocated=False), pairs=pairs)
+    rows.append(("nf4-b64, new output tensors", fresh))
+    return rows, ratio(bnb_some, nf4_some, pairs=pairs)
+
+
+def summary(quick: bool) -> list[tuple[str, Ratio, str]]:
+    """(measure, ratio, target) rows for bench/all.py's table."""
+    rows, vs_bnb = measure(16, 5 if quick else 9, 4 if quick else 16)
+    out = [
+        (f"quantize {name}: fraction of copy bandwidth", r, f">= {TARGETS[name]}")
+        for name, r in rows
+        if name in TARGETS
+    ]
+    return out + [("quantize nf4-b64: speed-up over bitsandbytes nf4", vs_bnb, "")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="5 pairs, bitsandbytes on 4 tensors, no memory subprocesses"
+    )
+    parser.add_argument("--pairs", type=int, default=None, help="interleaved pairs (default 9; --quick 5)")
+    parser.add_argument("--peak", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peak:
+        return measure_peak(args.peak)
+    count = 16
+    pairs = args.pairs or (5 if args.quick else 9)
+    rows, vs_bnb = measure(count, pairs, 4 if args.quick else count)
+    n_params = count * 2048 * 2048
     print(
-        f"{count} x [{side}, {side}] float32 = {n_params / 1e6:.0f}M params, CPU, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
-        f"best of {args.repeat}"
+        f"{count} x [2048, 2048] float32 = {n_params / 1e6:.0f}M params, CPU, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} cores; median (range) of {pairs} "
+        "interleaved pairs"
     )
     print()
-    print("| method | Mparams/s | vs bitsandbytes | vs copy | peak extra memory / tensor |")
+    print("| method | Mparams/s | fraction of copy bandwidth | target | peak extra memory / tensor |")
     print("|---|---:|---:|---:|---:|")
-    for name, rate, peak in rows:
-        peak_text = "-" if peak != peak else f"{peak:.2f}x"
-        print(f"| {name} | {rate / 1e6:.1f} | {rate / bnb_rate:.2f} | {rate / copy_rate:.3f} | {peak_text} |")
+    for name, r in rows:
+        peak = "-" if args.quick else f"{peak_extra(name.split(',')[0]):.2f}x"
+        target = f">= {TARGETS[name]}" if name in TARGETS else ""
+        print(f"| {name} | {n_params / r.bottom_median() / 1e6:.0f} | {r} | {target} | {peak} |")
+    copy_s = statistics.median(s for _, r in rows for s in r.top_seconds)
+    print(f"| copy_ (memory bandwidth) | {n_params / copy_s / 1e6:.0f} | 1 | | - |")
+    print()
+    print(f"nf4-b64 against bitsandbytes nf4 (blocksize 64), seconds(bitsandbytes) / seconds(ours): {vs_bnb}")
+    if not args.quick:
+        print(f"bitsandbytes nf4 peak extra memory / tensor: {peak_extra('bitsandbytes'):.2f}x")
     print()
     print("Ours: fake_quantize(w, spec, out=preallocated) unless noted (quantize_model writes into the")
     print("weight); bitsandbytes allocates its packed codes and output. Peak extra memory: growth of peak")

@@ -204,7 +204,7 @@ def sweep(
     """The body of the nightly and evaluate-checkpoint flows: evaluate what is missing for the
     checkpoints under `only` (default: the whole family under `family`) on `datasets` (default:
     all), then refit over every current result of the family and report. GPTQ specs are calibrated
-    on `calibration` (NAME[:N]); models run on `device` (auto, cpu, cuda, cuda:N). Returns the run's
+    on `calibration` (NAME[:N][:MODE]); models run on `device` (auto, cpu, cuda, cuda:N). Returns the run's
     summary, or a Failed state carrying it when the run had problems (each one line in
     summary["problems"])."""
     logger = get_run_logger()
@@ -335,7 +335,7 @@ def nightly(
         datasets: Comma-separated dataset names to evaluate (empty: every dataset spec).
         dataset_specs: Directory of dataset specs (empty: $KBITLAW_DATASET_SPECS, ./datasets, builtin).
         workers: Evaluations side by side (threads, or Dask processes with the Dask runner).
-        calibration: GPTQ specs' calibration data, NAME[:N]: N sequences (default 128) of
+        calibration: GPTQ specs' calibration data, NAME[:N][:MODE]: N sequences (default 128) of
             min(window, 256) tokens from the dataset spec NAME (builtin datasets: their training side).
         device: Where models run: auto (CUDA when available, else CPU; $KBITLAW_DEVICE when set),
             cpu, cuda or cuda:N.

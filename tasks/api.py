@@ -27,21 +27,31 @@ __all__ = ["evaluate", "fake_quantize", "fit_laws", "load_checkpoint", "quantize
 
 
 def quantize_(
-    model: torch.nn.Module, spec: QuantSpec | str, *, calibration: torch.Tensor | None = None
+    model: torch.nn.Module,
+    spec: QuantSpec | str,
+    *,
+    calibration: torch.Tensor | None = None,
+    calibration_mode: str = "sequential",
 ) -> QuantReport:
     """Fake-quantize `model`'s transformer linears in place (torchao's `quantize_` convention);
     `restore(model)` puts the original weights back, bit for bit. Applying another spec first
     restores, so specs never compound. Returns the bit accounting and per-layer error. A -gptq
-    spec needs `calibration`, token ids [n_seq, seq_len] (kbitlaw.eval.calibration makes them)."""
-    return quantize_model(model, spec, calibration=calibration)
+    spec needs `calibration`, token ids [n_seq, seq_len] (kbitlaw.eval.calibration makes them);
+    `calibration_mode` "parallel" takes every Hessian from the original model, reused by the next
+    GPTQ spec on the same model and tokens."""
+    return quantize_model(model, spec, calibration=calibration, calibration_mode=calibration_mode)
 
 
 @contextmanager
 def quantized(
-    model: torch.nn.Module, spec: QuantSpec | str, *, calibration: torch.Tensor | None = None
+    model: torch.nn.Module,
+    spec: QuantSpec | str,
+    *,
+    calibration: torch.Tensor | None = None,
+    calibration_mode: str = "sequential",
 ) -> Iterator[QuantReport]:
     """`quantize_` for the duration of a `with` block; the original weights are back afterwards."""
-    report = quantize_model(model, spec, calibration=calibration)
+    report = quantize_model(model, spec, calibration=calibration, calibration_mode=calibration_mode)
     try:
         yield report
     finally:
@@ -69,7 +79,7 @@ def evaluate(
     scored (longer than `max_chars`, empty ...) or repeat an earlier row are dropped and counted in
     one INFO line on the "kbitlaw" logger; a malformed row (bad gold or choices) raises
     EvaluationError naming it. `kind` is inferred for multiple-choice data; cloze and perplexity
-    data must say which they are. GPTQ specs are calibrated on `calibration`, NAME[:N] (see
+    data must say which they are. GPTQ specs are calibrated on `calibration`, NAME[:N][:MODE] (see
     kbitlaw.eval.calibration)."""
     from kbitlaw.data.files import read_dataset_file, read_dataset_frame
 

@@ -38,9 +38,10 @@ CalibrationOpt = Annotated[
     str,
     typer.Option(
         "--calibration",
-        help="GPTQ specs' calibration data, NAME[:N]: N sequences (default 128) of min(window, 256) "
-        "tokens from the dataset spec NAME (builtin datasets: their training side, never the "
-        "evaluation rows)",
+        help="GPTQ specs' calibration data, NAME[:N][:MODE]: N sequences (default 128) of "
+        "min(window, 256) tokens from the dataset spec NAME (builtin datasets: their training side, "
+        "never the evaluation rows); MODE sequential (default) or parallel (every Hessian from the "
+        "unquantized model, one pass shared by all GPTQ specs of a checkpoint: faster, a known variant)",
     ),
 ]
 

@@ -1,6 +1,6 @@
 """Calibration data for GPTQ: token ids [n_seq, seq_len] from a named dataset.
 
-    ref = calibration_ref("text:128")                  # NAME[:N]; its identity goes into result keys
+    ref = calibration_ref("text:128")                  # NAME[:N][:MODE]; its identity goes into result keys
     ids = calibration_tokens(ref, tokenizer, window)   # [128, min(window, 256)] token ids
 
 NAME is a dataset spec (datasets/*.yaml, or the --dataset-specs directory); N sequences (default
@@ -43,16 +43,24 @@ SEED = 0  # the order of a file dataset's rows; builtin streams are seeded by th
 CALIBRATION_VERSION = 1  # bump when the texts or the tokens a ref stands for change
 
 
-def parse_calibration(text: str) -> tuple[str, int]:
-    """`NAME[:N]` -> (name, n); ValueError naming the problem."""
-    name, _, count = text.strip().partition(":")
-    if not name:
-        raise ValueError(f"calibration {text!r}: expected NAME[:N], e.g. text:128")
+MODES = ("sequential", "parallel")  # how GPTQ takes its Hessians: quant/gptq.py, gptq_quantize_model
+
+
+def parse_calibration(text: str) -> tuple[str, int, str]:
+    """`NAME[:N][:MODE]` -> (name, n, mode); ValueError naming the problem. MODE: sequential (default:
+    each block calibrated on the quantized blocks before it) or parallel (every Hessian from the
+    original model, one pass shared by every GPTQ spec of a checkpoint)."""
+    parts = text.strip().split(":")
+    mode = parts.pop() if len(parts) > 1 and parts[-1] in MODES else MODES[0]
+    if len(parts) > 2 or not parts[0]:
+        example = "e.g. text:128 or text:128:parallel"
+        raise ValueError(f"calibration {text!r}: expected NAME[:N][:MODE], {example}")
+    name, count = parts[0], parts[1] if len(parts) == 2 else ""
     if not count:
-        return name, DEFAULT_SEQUENCES
+        return name, DEFAULT_SEQUENCES, mode
     if not count.isdigit() or int(count) < 1:
         raise ValueError(f"calibration {text!r}: N must be a positive number of sequences, got {count!r}")
-    return name, int(count)
+    return name, int(count), mode
 
 
 @dataclass(frozen=True)
@@ -65,14 +73,17 @@ class CalibrationRef:
     n: int
     sha: str
     spec: dict[str, Any] = field(compare=False, repr=False)
+    mode: str = MODES[0]
 
     def __str__(self) -> str:  # the results' `calibration` column
-        return f"{self.name}:{self.n}"
+        return f"{self.name}:{self.n}" + ("" if self.mode == MODES[0] else f":{self.mode}")
 
     def identity(self) -> dict[str, Any]:
-        """What the result key of a GPTQ evaluation records about its calibration data."""
+        """What the result key of a GPTQ evaluation records about its calibration data (the mode only
+        when parallel: sequential results keep the keys they had before there were modes)."""
         rule = {"max_seq_len": MAX_SEQ_LEN, "seed": SEED, "version": CALIBRATION_VERSION}
-        return {"name": self.name, "n": self.n, "sha": self.sha, **rule}
+        mode = {} if self.mode == MODES[0] else {"mode": self.mode}
+        return {"name": self.name, "n": self.n, "sha": self.sha, **rule, **mode}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,11 +106,11 @@ def _builtin(spec) -> tuple[str, int, int] | None:
 
 
 def calibration_ref(text: str = DEFAULT_CALIBRATION, dataset_specs: str | None = None) -> CalibrationRef:
-    """Resolve `NAME[:N]` against the dataset specs (see data.specs.dataset_spec_dir)."""
+    """Resolve `NAME[:N][:MODE]` against the dataset specs (see data.specs.dataset_spec_dir)."""
     from kbitlaw.data.prepare import select_dataset_specs
     from kbitlaw.data.specs import raw_input
 
-    name, n = parse_calibration(text)
+    name, n, mode = parse_calibration(text)
     [spec] = select_dataset_specs([name], dataset_specs)
     builtin = _builtin(spec)
     if builtin is not None:
@@ -112,7 +123,7 @@ def calibration_ref(text: str = DEFAULT_CALIBRATION, dataset_specs: str | None =
         _, input_sha = raw_input(spec)
         mapping = {k: getattr(spec, k) for k in ("kind", "adapter", "columns", "delimiter", "max_examples")}
         sha = _sha({"input": input_sha, **mapping})
-    return CalibrationRef(name=name, n=n, sha=sha, spec=asdict(spec))
+    return CalibrationRef(name=name, n=n, sha=sha, spec=asdict(spec), mode=mode)
 
 
 def calibration_texts(ref: CalibrationRef) -> Iterator[str]:

@@ -66,7 +66,7 @@ def evaluate_specs(
     are the original ones again when this returns. With samples=True, returns (rows, samples): the
     per-example scores of every spec (SAMPLE_SCHEMAS[kind] after checkpoint_id, quant, dataset
     columns), each spec's rows in the dataset's order, so specs pair up on `id`.
-    GPTQ specs are calibrated on `calibration` (`NAME[:N]`, a dataset of `dataset_specs`: see
+    GPTQ specs are calibrated on `calibration` (`NAME[:N][:MODE]`, a dataset of `dataset_specs`: see
     eval/calibration.py), recorded in the rows' `calibration` column (null for the others)."""
     quant_specs = (  # parse first: a typo fails before the model loads
         resolve_grid(specs)
@@ -96,8 +96,13 @@ def evaluate_specs(
     keep = pristine_device(model)  # a model on a GPU keeps its original weights on the CPU
     try:
         for spec in quant_specs:
+            gptq = spec.method == "gptq"
             report = quantize_model(
-                model, spec, pristine_device=keep, calibration=tokens if spec.method == "gptq" else None
+                model,
+                spec,
+                pristine_device=keep,
+                calibration=tokens if gptq else None,
+                calibration_mode=ref.mode if gptq and ref else "sequential",
             )
             columns = report.columns() | {"calibration": str(ref) if spec.method == "gptq" else None}
             metric_rows, frame = evaluate_prepared(model, prepared, scorer=scorer, samples=True)

@@ -247,7 +247,10 @@ def evaluate_checkpoint_spec(
         window = max_length(model, tokenizer)
         prepared = [_prepared(store, d, ckpt, tokenizer, window) for d in todo]
         tokens = _calibration(calibration, ckpt, tokenizer, window) if calibration else None
-        report = quantize_model(model, spec, calibration=tokens, pristine_device=pristine_device(model))
+        mode = calibration.mode if calibration else "sequential"
+        report = quantize_model(
+            model, spec, calibration=tokens, calibration_mode=mode, pristine_device=pristine_device(model)
+        )
         columns = report.columns() | {"calibration": str(calibration) if calibration else None}
         scorer = Scorer(model, batch_size=batch_size)
         for ds, prep in zip(todo, prepared, strict=True):

@@ -289,6 +289,7 @@ def quantize_model(
     scale_dtype: torch.dtype = torch.float16,
     pristine_device: torch.device | str | None = None,
     calibration: torch.Tensor | None = None,
+    calibration_mode: str = "sequential",
 ) -> QuantReport:
     """Fake-quantize the model's weights in place, always starting from the original weights.
 
@@ -296,7 +297,8 @@ def quantize_model(
     weight's device); later calls quantize from those copies, so specs can be applied in turn without
     reloading and without compounding. Weights an earlier spec touched but this one does not (e.g.
     after an -emb spec) are put back first. `restore(model)` undoes everything.
-    A -gptq spec runs GPTQ (quant/gptq.py) on `calibration`, token ids [n_seq, seq_len].
+    A -gptq spec runs GPTQ (quant/gptq.py) on `calibration`, token ids [n_seq, seq_len], with
+    `calibration_mode` "sequential" or "parallel" (gptq_quantize_model).
     """
     spec = QuantSpec.parse(spec) if isinstance(spec, str) else spec
     if spec.method == "gptq":
@@ -305,7 +307,12 @@ def quantize_model(
         from kbitlaw.quant.gptq import gptq_quantize_model
 
         return gptq_quantize_model(
-            model, spec, calibration, scale_dtype=scale_dtype, pristine_device=pristine_device
+            model,
+            spec,
+            calibration,
+            scale_dtype=scale_dtype,
+            pristine_device=pristine_device,
+            calibration_mode=calibration_mode,
         )
     pristine = _PRISTINE.setdefault(model, {})
     targets = quant_targets(model, spec)
