@@ -29,7 +29,10 @@ import torch
 from torch import nn
 
 from kbitlaw.eval.engine import evaluate_model, max_length, prepare
+from kbitlaw.model_structure import transformer_blocks, transformer_linears
+from kbitlaw.quant import hessians
 from kbitlaw.quant.fake import quantize_model, restore
+from kbitlaw.quant.hessians import block_hessians, collect_hessians
 from tests.conftest import OBJECTS, SUBJECTS, VERBS, corpus_sentences
 from tests.tiny_models import ARCHS, LAYERS, SLIDING, bos_tokenizer, bpe_tokenizer, build
 
@@ -266,6 +269,24 @@ def test_quantization_changes_exactly_the_block_linears(name: str) -> None:
     )
     restore(fresh)
     assert [n for n, p in params.items() if not torch.equal(p, before[n])] == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gptq_calibration_replays_every_block_as_the_model_calls_it(name: str) -> None:
+    """block_hessians replays each block on recorded inputs and arguments; where every block got the
+    same arguments on the first chunk it records only block 0's for the others. Rows of 40 tokens pass
+    the 16-token sliding window (Gemma's layers then get different masks: the full recording). Either
+    way the Hessians are those of a plain forward pass, and GPTQ's layer choices follow."""
+    tiny = model(name)
+    ids = torch.randint(3, tiny.config.vocab_size, (6, 40), generator=torch.Generator().manual_seed(2))
+    plain = collect_hessians(tiny, ids, batch_size=2)
+    replayed = {n: h for _, hs in block_hessians(tiny, ids, batch_size=2) for n, h in hs.items()}
+    assert set(replayed) == set(plain) == {n for n, _ in transformer_linears(tiny)}
+    for n, h in plain.items():
+        torch.testing.assert_close(replayed[n], h, rtol=1e-4, atol=1e-5, msg=f"{name}: {n}")
+    _, calls = hessians._block_calls(tiny, transformer_blocks(tiny), list(ids.split(2)))
+    shared = calls[-1][0] is calls[-1][-1]  # both paths are covered: Gemma's layers differ
+    assert shared == (name not in ("gemma2", "gemma3")), name
 
 
 # -- a block module that holds a matrix but is no linear layer: refuse loudly ------------------------

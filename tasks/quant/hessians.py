@@ -134,14 +134,42 @@ def cached(model: nn.Module, what: str, calibration: torch.Tensor, batch_size: i
     return slot[what][1]
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Deep equality of block call arguments (tensors by value); anything unsure compares unequal."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and a.device == b.device
+            and bool(torch.equal(a, b))
+        )
+    if isinstance(a, tuple | list):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # noqa: BLE001 - an object without a usable ==: not known to be the same
+        return False
+
+
 def _block_calls(model: nn.Module, blocks: nn.ModuleList, chunks: list[torch.Tensor]):
-    """One forward pass of every chunk up to the last block, recording each block's call: the
-    hidden states entering block 0, and every block's other arguments (attention mask, positions,
+    """Hidden states entering block 0 and every block's other arguments (attention mask, positions,
     rotary tables ...: they come from the token ids and the embeddings, never from block weights,
-    so they hold for the quantized model too). Returns (hidden per chunk, [(args, kwargs)] per chunk
-    per block), args with the hidden states left out."""
+    so they hold for the quantized model too), per chunk. Returns (hidden per chunk, [(args,
+    kwargs)] per chunk per block), args with the hidden states left out.
+
+    The first chunk runs up to the last block, recording every block's call. Where every block got
+    block 0's arguments (most models compute them once), the other chunks stop at block 0, saving
+    all but one block of a forward pass over the calibration data; models that give blocks their own
+    arguments (Gemma's sliding-window and global layers) run every chunk up to the last block."""
     hidden: list[torch.Tensor] = []
     calls: list[list[tuple[tuple, dict]]] = []
+    shared = False  # every block is called with block 0's arguments: stop each chunk at block 0
 
     def record(module, args, kwargs):
         if args:
@@ -152,7 +180,7 @@ def _block_calls(model: nn.Module, blocks: nn.ModuleList, chunks: list[torch.Ten
         if module is blocks[0]:
             hidden.append(x)
         calls[-1].append((rest, kw))
-        if module is blocks[-1]:
+        if module is blocks[-1] or shared:
             raise _Stop
 
     handles = [b.register_forward_pre_hook(record, with_kwargs=True) for b in blocks]
@@ -163,6 +191,10 @@ def _block_calls(model: nn.Module, blocks: nn.ModuleList, chunks: list[torch.Ten
                 model(input_ids=ids.to(model_device(model)), use_cache=False)
             except _Stop:
                 pass
+            if shared:
+                calls[-1] *= len(blocks)
+            elif len(calls) == 1:
+                shared = all(_same(call, calls[0][0]) for call in calls[0][1:])
     finally:
         for h in handles:
             h.remove()
