@@ -1,7 +1,7 @@
 """Benchmark: the scoring engine against lm-evaluation-harness, in one process, on the same model and rows.
 
 For a ~1M and a ~10M parameter GPT-NeoX (random init, seeded; vocab 4096, window 256) and N examples
-of each kind (300; --quick: 100, ~1M only), runs kbitlaw (tokenize + score), then lm-eval's HFLM
+of each kind (200; --quick: 100, ~1M only), runs kbitlaw (tokenize + score), then lm-eval's HFLM
 (`loglikelihood` / `loglikelihood_rolling` on the same requests, same batch size), then kbitlaw ...
 (bench/pairs.py), and prints the median and range of the per-pair speed-ups seconds(lm-eval) /
 seconds(kbitlaw), whether the scores are identical, and the share of the matmul peak kbitlaw's
@@ -165,7 +165,7 @@ def same_scores(kind: str, df: pl.DataFrame, ours: list[dict], theirs: list) -> 
 
 def measure(quick: bool, pairs: int) -> list[dict]:
     """One row per model and kind: speed-up over lm-eval and share of the matmul peak, as Ratios."""
-    n = 100 if quick else 300
+    n = 100 if quick else 200
     tok = tokenizer()
     data = datasets(n)
     rows = []
@@ -235,7 +235,7 @@ def main() -> None:
         )
     if args.quick:
         return
-    n = 300
+    n = 200
     tok = tokenizer()
     data = datasets(n)
     sizes = SIZES
