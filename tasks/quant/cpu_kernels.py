@@ -50,77 +50,80 @@ def available() -> bool:
 
 
 if numba is not None:
+    try:
 
-    @njit(parallel=True, cache=True, nogil=True)
-    def _row_absmax(bits, out_bits):  # pragma: no cover - compiled
-        # max |x| per row of float32 values, on their bit patterns ([rows, width] int32): with the sign
-        # bit cleared, integer order is float order and every NaN is above inf, so a NaN anywhere
-        # gives NaN (as torch.amax); an integer max vectorizes where a float max with a NaN test does not.
-        for r in prange(bits.shape[0]):
-            row, top = bits[r], np.int32(0)
-            for i in range(row.shape[0]):
-                top = max(top, row[i] & np.int32(0x7FFFFFFF))
-            out_bits[r] = top
+        @njit(parallel=True, cache=True, nogil=True)
+        def _row_absmax(bits, out_bits):  # pragma: no cover - compiled
+            # max |x| per row of float32 values, on their bit patterns ([rows, width] int32): with the sign
+            # bit cleared, integer order is float order and every NaN is above inf, so a NaN anywhere
+            # gives NaN (as torch.amax); an integer max vectorizes where a float max with a NaN test does not.
+            for r in prange(bits.shape[0]):
+                row, top = bits[r], np.int32(0)
+                for i in range(row.shape[0]):
+                    top = max(top, row[i] & np.int32(0x7FFFFFFF))
+                out_bits[r] = top
 
-    @njit(parallel=True, cache=True, nogil=True)
-    def _round_table(src, dst, scale, inverse, mids, vals):  # pragma: no cover - compiled
-        for r in prange(src.shape[0]):
-            row, out, s, inv = src[r], dst[r], scale[r], inverse[r]
-            for i in range(row.shape[0]):
-                u = np.float32(row[i] * inv)
-                key = (u.view(np.int32) >> SHIFT) + HALF
-                up = 1 if u > mids[key] else 0
-                out[i] = np.float32(vals[2 * key + up] * s)
+        @njit(parallel=True, cache=True, nogil=True)
+        def _round_table(src, dst, scale, inverse, mids, vals):  # pragma: no cover - compiled
+            for r in prange(src.shape[0]):
+                row, out, s, inv = src[r], dst[r], scale[r], inverse[r]
+                for i in range(row.shape[0]):
+                    u = np.float32(row[i] * inv)
+                    key = (u.view(np.int32) >> SHIFT) + HALF
+                    up = 1 if u > mids[key] else 0
+                    out[i] = np.float32(vals[2 * key + up] * s)
 
-    @njit(cache=True, nogil=True, inline="always")
-    def _bucket(mids, u):  # pragma: no cover - compiled
-        # torch.bucketize(u, mids): how many midpoints are below u (ties lower); NaN -> len(mids)
-        lo, hi = 0, mids.shape[0]
-        while lo < hi:
-            m = (lo + hi) >> 1
-            if not (mids[m] >= u):
-                lo = m + 1
-            else:
-                hi = m
-        return lo
+        @njit(cache=True, nogil=True, inline="always")
+        def _bucket(mids, u):  # pragma: no cover - compiled
+            # torch.bucketize(u, mids): how many midpoints are below u (ties lower); NaN -> len(mids)
+            lo, hi = 0, mids.shape[0]
+            while lo < hi:
+                m = (lo + hi) >> 1
+                if not (mids[m] >= u):
+                    lo = m + 1
+                else:
+                    hi = m
+            return lo
 
-    @njit(parallel=True, cache=True, nogil=True)
-    def _round_search(src, dst, scale, inverse, codebook, mids):  # pragma: no cover - compiled
-        for r in prange(src.shape[0]):
-            row, out, s, inv = src[r], dst[r], scale[r], inverse[r]
-            for i in range(row.shape[0]):
-                out[i] = np.float32(codebook[_bucket(mids, np.float32(row[i] * inv))] * s)
+        @njit(parallel=True, cache=True, nogil=True)
+        def _round_search(src, dst, scale, inverse, codebook, mids):  # pragma: no cover - compiled
+            for r in prange(src.shape[0]):
+                row, out, s, inv = src[r], dst[r], scale[r], inverse[r]
+                for i in range(row.shape[0]):
+                    out[i] = np.float32(codebook[_bucket(mids, np.float32(row[i] * inv))] * s)
 
-    @njit(parallel=True, cache=True, nogil=True)
-    def _gptq_batch_table(W1, Q1, Err1, Hinv1, S1, Sinv1, mids, vals):  # pragma: no cover - compiled
-        # gptq.py's column loop over one lazy batch; rows are independent, so each thread takes rows
-        for r in prange(W1.shape[0]):
-            w_row, width = W1[r], W1.shape[1]
-            for i in range(width):
-                w = w_row[i]
-                u = np.float32(w * Sinv1[r, i])
-                key = (u.view(np.int32) >> SHIFT) + HALF
-                up = 1 if u > mids[key] else 0
-                q = np.float32(vals[2 * key + up] * S1[r, i])
-                Q1[r, i] = q
-                err = np.float32(np.float32(w - q) / Hinv1[i, i])
-                for j in range(i, width):
-                    w_row[j] = np.float32(w_row[j] - np.float32(err * Hinv1[i, j]))
-                Err1[r, i] = err
+        @njit(parallel=True, cache=True, nogil=True)
+        def _gptq_batch_table(W1, Q1, Err1, Hinv1, S1, Sinv1, mids, vals):  # pragma: no cover - compiled
+            # gptq.py's column loop over one lazy batch; rows are independent, so each thread takes rows
+            for r in prange(W1.shape[0]):
+                w_row, width = W1[r], W1.shape[1]
+                for i in range(width):
+                    w = w_row[i]
+                    u = np.float32(w * Sinv1[r, i])
+                    key = (u.view(np.int32) >> SHIFT) + HALF
+                    up = 1 if u > mids[key] else 0
+                    q = np.float32(vals[2 * key + up] * S1[r, i])
+                    Q1[r, i] = q
+                    err = np.float32(np.float32(w - q) / Hinv1[i, i])
+                    for j in range(i, width):
+                        w_row[j] = np.float32(w_row[j] - np.float32(err * Hinv1[i, j]))
+                    Err1[r, i] = err
 
-    @njit(parallel=True, cache=True, nogil=True)
-    def _gptq_batch_search(W1, Q1, Err1, Hinv1, S1, Sinv1, codebook, mids):  # pragma: no cover
-        for r in prange(W1.shape[0]):
-            w_row, width = W1[r], W1.shape[1]
-            for i in range(width):
-                w = w_row[i]
-                u = np.float32(w * Sinv1[r, i])
-                q = np.float32(codebook[_bucket(mids, u)] * S1[r, i])
-                Q1[r, i] = q
-                err = np.float32(np.float32(w - q) / Hinv1[i, i])
-                for j in range(i, width):
-                    w_row[j] = np.float32(w_row[j] - np.float32(err * Hinv1[i, j]))
-                Err1[r, i] = err
+        @njit(parallel=True, cache=True, nogil=True)
+        def _gptq_batch_search(W1, Q1, Err1, Hinv1, S1, Sinv1, codebook, mids):  # pragma: no cover
+            for r in prange(W1.shape[0]):
+                w_row, width = W1[r], W1.shape[1]
+                for i in range(width):
+                    w = w_row[i]
+                    u = np.float32(w * Sinv1[r, i])
+                    q = np.float32(codebook[_bucket(mids, u)] * S1[r, i])
+                    Q1[r, i] = q
+                    err = np.float32(np.float32(w - q) / Hinv1[i, i])
+                    for j in range(i, width):
+                        w_row[j] = np.float32(w_row[j] - np.float32(err * Hinv1[i, j]))
+                    Err1[r, i] = err
+    except RuntimeError:  # numba found no writable cache directory: use the torch path
+        numba = None
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
