@@ -272,11 +272,11 @@ def test_quantization_changes_exactly_the_block_linears(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_gptq_calibration_replays_every_block_as_the_model_calls_it(name: str) -> None:
+def test_gptq_calibration_replays_every_block_as_the_model_calls_it(name: str, monkeypatch) -> None:
     """block_hessians replays each block on recorded inputs and arguments; where every block got the
     same arguments on the first chunk it records only block 0's for the others. Rows of 40 tokens pass
     the 16-token sliding window (Gemma's layers then get different masks: the full recording). Either
-    way the Hessians are those of a plain forward pass, and GPTQ's layer choices follow."""
+    way the Hessians are those of a plain forward pass. Modules fed one tensor share its X Xᵀ."""
     tiny = model(name)
     ids = torch.randint(3, tiny.config.vocab_size, (6, 40), generator=torch.Generator().manual_seed(2))
     plain = collect_hessians(tiny, ids, batch_size=2)
@@ -284,6 +284,17 @@ def test_gptq_calibration_replays_every_block_as_the_model_calls_it(name: str) -
     assert set(replayed) == set(plain) == {n for n, _ in transformer_linears(tiny)}
     for n, h in plain.items():
         torch.testing.assert_close(replayed[n], h, rtol=1e-4, atol=1e-5, msg=f"{name}: {n}")
+    if name == "llama-untied":  # q, k, v share one input tensor, gate and up another: 4 products a layer
+        products = []
+
+        def counted(x: torch.Tensor) -> torch.Tensor:
+            products.append(x.shape)
+            return real_gram(x)
+
+        real_gram = hessians.gram
+        monkeypatch.setattr(hessians, "gram", counted)
+        collect_hessians(tiny, ids[:2])
+        assert len(products) == 4 * len(transformer_blocks(tiny))
     _, calls = hessians._block_calls(tiny, transformer_blocks(tiny), list(ids.split(2)))
     shared = calls[-1][0] is calls[-1][-1]  # both paths are covered: Gemma's layers differ
     assert shared == (name not in ("gemma2", "gemma3")), name

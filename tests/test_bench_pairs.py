@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-from pairs import Ratio, ratio  # noqa: E402
+# Loaded from its file: putting bench/ on sys.path would let bench/datasets.py shadow Hugging Face's
+# `datasets` for every later test in this worker.
+_spec = importlib.util.spec_from_file_location(
+    "bench_pairs", Path(__file__).resolve().parents[1] / "bench" / "pairs.py"
+)
+pairs = sys.modules["bench_pairs"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
+_spec.loader.exec_module(pairs)
+Ratio, ratio = pairs.Ratio, pairs.ratio
 
 
 def test_sides_alternate_and_each_pair_gives_one_ratio():

@@ -68,11 +68,11 @@ class _HessianSums:
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
-            x = inputs[0].detach()
+            x = inputs[0]  # the very tensor object: modules fed the same one share its product
             if self.last is not None and self.last[0] is x:
                 xtx = self.last[1]
             else:
-                xtx = gram(x.reshape(-1, x.shape[-1]))
+                xtx = gram(x.detach().reshape(-1, x.shape[-1]))
                 self.last = (x, xtx)
             self.sums[name] = self.sums[name] + xtx if name in self.sums else xtx.clone()
             self.count[name] = self.count.get(name, 0) + x.numel() // x.shape[-1]
