@@ -25,7 +25,7 @@ from kbitlaw.store import Store
 
 TINY = (train.Size("t16", 16, 1, lr=0.03, heads=2), train.Size("t32", 32, 2, lr=0.02))
 CONFIG = train.TrainConfig(budget_tokens=160_000, seq_len=64, batch_size=8, corpus_docs=3000)
-STEPS = CONFIG.save_steps()  # [39, 78, 156, 312]
+STEPS = CONFIG.save_steps()  # [10, 20, 39, 78, 156, 312]
 
 
 class RecordingStore(Store):
@@ -96,7 +96,7 @@ def test_checkpoints_land_in_the_store_and_are_discovered(built):
         (s.name, step) for s in TINY for step in STEPS
     )
     tokens = [c.tokens_seen for c in found if c.sidecar["size"] == "t32"]
-    assert sorted(tokens) == [step * 8 * 64 for step in STEPS]  # 1/8, 1/4, 1/2, 1 of the budget
+    assert sorted(tokens) == [step * 8 * 64 for step in STEPS]  # 1/32 ... 1/2 and all of the budget
     for ckpt in found:
         assert ckpt.family == "tiny" and ckpt.id == f"tiny/{ckpt.sidecar['size']}/step-{ckpt.step}"
         assert {"family", "size", "step", "tokens_seen", "n_params"} <= set(ckpt.sidecar)
@@ -187,7 +187,8 @@ def test_arrive_mode_publishes_one_round_per_call(built, tmp_path):
     assert sorted(train.publish_next(arrive, "tiny")) == [f"tiny/{s.name}/step-{STEPS[1]}" for s in TINY]
     assert published() == sorted((s.name, step) for s in TINY for step in STEPS[:2])
     assert len(train.build_family(arrive, "tiny", sizes=TINY, config=CONFIG, arrive=True).published) == 2
-    assert len(train.publish_next(arrive, "tiny")) == 2
+    for _ in STEPS[3:]:  # one round per call
+        assert len(train.publish_next(arrive, "tiny")) == 2
     assert train.publish_next(arrive, "tiny") == []  # everything has arrived
     assert published() == sorted((s.name, step) for s in TINY for step in STEPS)
     assert arrive.list("staging") == []
@@ -230,7 +231,8 @@ def test_training_makes_the_reduced_family_better(built, tmp_path):
         assert all(b < a for a, b in zip(curve, curve[1:], strict=False)), (size.name, curve)
     # the bigger size ends lower (the prose's floor is ~1.0 nats: the gap is a few hundredths)
     assert loss[("t32", STEPS[-1])] < loss[("t16", STEPS[-1])] - 0.03
-    train_loss = [e.loss for e in events if e.phase == "train" and e.size == "t32"]
+    # the stable run's losses (a cooldown branch's steps report none)
+    train_loss = [e.loss for e in events if e.phase == "train" and e.size == "t32" and e.loss is not None]
     assert sum(train_loss[-10:]) / 10 < sum(train_loss[:10]) / 10 - 1.0
 
 
@@ -253,17 +255,19 @@ def test_kbitlaw_demo_on_a_reduced_family(tmp_path, prefect_api):
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout
 
-    first_step = train.TrainConfig(budget_tokens=40960).save_steps()[0]
+    steps = train.TrainConfig(budget_tokens=40960).save_steps()  # 2 sizes x one checkpoint each
+    first_step, n = steps[0], 2 * len(steps)
     first = json.loads(demo("--arrive", "--json"))  # trains everything, publishes the first round
-    assert first["build"]["trained"] == 8 and len(first["build"]["published"]) == 2
+    assert first["build"]["trained"] == n and len(first["build"]["published"]) == 2
     assert first["nightly"]["checkpoints"] == 2 and first["nightly"]["evaluations"]["computed"] == 4
     assert first["nightly"]["fit"] and Store(store).exists("fits/latest.json")
     assert first["story"]["fp16"][0]["step"] == first_step  # the story is read back from the stored results
     # publishes all but the last round, a night, then the last round and a night: each night
     # evaluates only the new checkpoints, and the second refit checks the first one's predictions
     second = demo()
-    assert "0 checkpoints trained, 8 cached, 6 published" in second
-    assert "first night (all but the last round): 6 checkpoints; evaluations: 8 computed, 4 cached" in second
-    assert "8 checkpoints (2 new)" in second and "4 computed, 12 cached, 0 failed" in second
+    assert f"0 checkpoints trained, {n} cached, {n - 2} published" in second
+    night = f"first night (all but the last round): {n - 2} checkpoints; evaluations: {2 * n - 8} computed"
+    assert f"{night}, 4 cached" in second  # 2 specs x the new checkpoints; the first round cached
+    assert f"{n} checkpoints (2 new)" in second and f"4 computed, {2 * n - 4} cached, 0 failed" in second
     assert "report: " in second or "fit: " in second
     assert "claims hold" in second
