@@ -43,9 +43,7 @@ def train_family(root: Path) -> Path:
     from kbitlaw.demo.train import build_family
     from kbitlaw.store import Store
 
-    config = TrainConfig(
-        budget_tokens=40_960, seq_len=64, batch_size=8, corpus_docs=3000, save_fracs=(0.125, 0.25, 0.5, 1.0)
-    )
+    config = TrainConfig(budget_tokens=40_960, seq_len=64, batch_size=8, corpus_docs=3000)
     report = build_family(Store(str(root)), FAMILY, sizes=family_sizes(SIZES), config=config, workers=2)
     assert len(report.trained) == 12, report
     return root / "checkpoints"

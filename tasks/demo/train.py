@@ -1,8 +1,8 @@
 """The embedded demo family: GPT-NeoX models of several sizes trained here, on the builtin world.
 
 `make demo` needs real checkpoints without network or GPU, so kbitlaw trains its own: a byte-level
-BPE tokenizer and six GPT-NeoX sizes on `world.training_corpus`, each saved at 1/32, 1/16, 1/8, 1/4,
-1/2 and all of its token budget, exactly as a real training run's checkpoints would arrive in a bucket.
+BPE tokenizer and six GPT-NeoX sizes on `world.training_corpus`, each saved at 1/8, 1/4, 1/2 and
+all of its token budget, exactly as a real training run's checkpoints would arrive in a bucket.
 Each saved checkpoint is a finished model of its tokens: the stable run is copied where that
 checkpoint's cooldown begins and the copy decays its rate to zero (TrainConfig: warmup-stable-decay);
 the last checkpoint is the run's own end.
