@@ -74,6 +74,15 @@ def test_family_is_a_scaling_ladder():
     assert counted == train.FAMILY[1].non_embedding_params
 
 
+def test_no_checkpoint_is_saved_inside_the_warmup():
+    """A fraction that lands inside the warmup has no room for a cooldown: not saved (the run's end
+    always is). 8 steps, warmup 1: 1/8 of the run is step 1."""
+    tiny = train.TrainConfig(budget_tokens=8 * 4 * 128, warmup_frac=0.1)
+    assert (tiny.steps, tiny.warmup_steps) == (8, 1) and tiny.save_steps() == [2, 4, 8]
+    assert all(tiny.cooldown_start(end) < end for end in tiny.save_steps())
+    assert train.TrainConfig(budget_tokens=4 * 128, warmup_frac=0.5).save_steps() == [1]  # one step
+
+
 def test_every_checkpoint_ends_its_own_cooldown():
     """Warmup-stable-decay: one stable run, and each checkpoint's last fifth decays to zero."""
     peak, end = 0.02, STEPS[1]
@@ -255,7 +264,7 @@ def test_kbitlaw_demo_on_a_reduced_family(tmp_path, prefect_api):
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout
 
-    steps = train.TrainConfig(budget_tokens=40960).save_steps()  # 2 sizes x one checkpoint each
+    steps = train.TrainConfig(budget_tokens=40960).save_steps()  # each of the 2 sizes saves these
     first_step, n = steps[0], 2 * len(steps)
     first = json.loads(demo("--arrive", "--json"))  # trains everything, publishes the first round
     assert first["build"]["trained"] == n and len(first["build"]["published"]) == 2
