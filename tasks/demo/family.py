@@ -37,8 +37,8 @@ class Size:
 # 900): small enough to come near their final loss on one CPU core in a few minutes. Heads are 16
 # or more dimensions wide (a quarter of each is rotary: an odd rotary width breaks the rotation).
 # Peak learning rates ~0.45 / hidden (h16-l1: 0.014; 0.028 was unstable). Over seeds 0-2 (README:
-# seeds) the largest size agrees to 0.045 accuracy and 0.006 loss; the middle sizes still differ by
-# up to 0.21 accuracy, as `cloze`, `arithmetic` and `logic` form by seed.
+# seeds) the largest size agrees to 0.015 accuracy and 0.008 loss; h32-l2 and h48-l2 still differ
+# by up to 0.16 accuracy, as `cloze`, `arithmetic` and `logic` form by seed.
 FAMILY: tuple[Size, ...] = (
     Size("h16-l1", 16, 1, lr=0.014, heads=1),
     Size("h24-l1", 24, 1, lr=0.019, heads=1),
