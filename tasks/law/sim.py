@@ -54,6 +54,9 @@ class World:
     acc_mid_loss: float = 3.2  # loss at which accuracy is halfway between chance and acc_max
     acc_width: float = 0.35
     loss_noise: float = 0.002  # relative, per evaluation
+    # Relative, per checkpoint: its own deviation from the law (training noise: seed, data order),
+    # shared by every spec and dataset of those weights and NOT in any stderr, as in real families.
+    model_noise: float = 0.0
 
     def loss16(self, n: np.ndarray, d: np.ndarray) -> np.ndarray:
         return self.E + self.A / n**self.alpha + self.B / d**self.beta
@@ -107,7 +110,8 @@ def simulate_results(
 
     `embedding_share` of each model's parameters stays 16-bit (embeddings, LM head): at a memory
     budget B a model of n params at spec s has n = B / ((1 - share) * bits_per_param(s) + share * 16).
-    Loss and accuracy rows carry their evaluation noise as stderr (loss: relative loss_noise)."""
+    Loss and accuracy rows carry their evaluation noise as stderr (loss: relative loss_noise); a
+    checkpoint's training noise (`World.model_noise`) moves its loss in every row and no stderr."""
     rng = np.random.default_rng(seed)
     parsed = [QuantSpec.parse(q) for q in specs]
     n, d = (
@@ -115,13 +119,15 @@ def simulate_results(
     )
     step = np.tile(np.arange(1, len(tokens) + 1) * 1000, len(sizes))
     base_noise = rng.standard_normal(len(n))  # the 16-bit model's own evaluation noise is shared
+    # drawn only when asked for, so worlds without it keep their random streams
+    model_effect = np.exp(world.model_noise * rng.standard_normal(len(n))) if world.model_noise else 1.0
     frames = []
     for spec in parsed:
         n_q = n * (1 - embedding_share)
         total = n_q * spec.bits_per_param + (n - n_q) * 16.0
         loss = (loss_fn or (lambda n_, d_, s_, _: world.loss16(n_, d_) + world.damage(n_, d_, s_)))(
             n, d, spec, total
-        )
+        ) * model_effect
         for ds in datasets:
             noise = base_noise if spec.bits >= 16 else rng.standard_normal(len(n))
             observed = loss * np.exp(world.loss_noise * noise)

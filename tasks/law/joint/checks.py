@@ -12,6 +12,7 @@ import polars as pl
 from kbitlaw.law.common import NO_DATA, OK, FitConfig, extrapolation_entry, num
 from kbitlaw.law.damage.law import fit_damage
 from kbitlaw.law.joint.law import SCHEDULE_FORM, JointLaw, choose_forms, fit_joint, warm_theta
+from kbitlaw.law.joint.predictions import point_noise
 from kbitlaw.vocab import LOSS
 
 RUNNING_CHECK_KEEP = 1000  # running-check entries kept across fits
@@ -25,8 +26,7 @@ def predict_points(law: JointLaw, held: pl.DataFrame, name: str, level: float) -
         if pred is None:
             continue
         est, boot = pred
-        known = r["stderr"] is not None and np.isfinite(r["stderr"]) and r["stderr"] > 0
-        se = r["stderr"] if known else None  # metric_points gives 0 where no row had one
+        se, dof = point_noise(law, float(est[0]), r["stderr"])
         entry = extrapolation_entry(
             name,
             law.family,
@@ -36,10 +36,9 @@ def predict_points(law: JointLaw, held: pl.DataFrame, name: str, level: float) -
             float(est[0]),
             boot[:, 0],
             float(r["value"]),
-            se if se is not None else float(est[0]) * law.surface.log_scale,
+            se,
             level,
-            # without stderrs, a point's noise is the training fit's residual scale
-            noise_dof=None if se is not None else max(law.surface.n_points - len(law.surface.theta), 1),
+            noise_dof=dof,
         )
         checks.append({**entry, "n_params": num(r["n_params"]), "tokens_seen": num(r["tokens_seen"])})
     return checks

@@ -195,14 +195,30 @@ def run_predictions(law: JointLaw, runs: tuple[Run, ...], level: float) -> list[
 
 
 def tolerance(pred: dict, law: JointLaw, level: float) -> list[float | None]:
-    """The prediction's interval widened by one point's noise (the surface's residual scale, a
-    Student t on its spare points); None where either is unknown."""
+    """The prediction's interval widened by one point's noise (point_noise without a stderr: the
+    surface's residual scale, a Student t on its spare points); None where either is unknown."""
     lo, hi = pred["ci"]
-    est, scale = pred["loss"], law.surface.log_scale
-    if est is None or lo is None or hi is None or not math.isfinite(scale):
+    est = pred["loss"]
+    if est is None or lo is None or hi is None or not math.isfinite(law.surface.log_scale):
         return [None, None]
-    dof = max(law.surface.n_points - len(law.surface.theta), 1)
-    return [num(v) for v in tolerance_interval(est, lo, hi, est * scale, level, dof)]
+    se, dof = point_noise(law, est, None)
+    return [num(v) for v in tolerance_interval(est, lo, hi, se, level, dof)]
+
+
+def point_noise(law: JointLaw, predicted: float, stderr: float | None) -> tuple[float, int | None]:
+    """One checkpoint's noise SD about the law, and the degrees of freedom it is estimated on (None:
+    known). Its evaluation stderr is not all of it: a checkpoint also sits off the law by its own
+    training noise (seed, data order), shared by all its results and in no stderr. The fit's
+    residual scale holds both, so the larger of the two is the point's noise: where the residuals
+    are wider than the stderr, the excess is that training noise (on the demo family, seeds differ
+    by 0.01-0.06 nats where the evaluations' paired stderr is 0.002-0.005)."""
+    known = stderr is not None and np.isfinite(stderr) and stderr > 0  # metric_points gives 0 for none
+    n, dof = law.surface.n_points, max(law.surface.n_points - len(law.surface.theta), 1)
+    # residuals of a fit are smaller than the noise by sqrt(dof / n): its parameters took up some
+    residual = predicted * law.surface.log_scale * np.sqrt(n / dof)
+    if known and not (np.isfinite(residual) and residual > stderr):
+        return float(stderr), None
+    return float(residual), dof
 
 
 def runs_in_progress(law: JointLaw, points: pl.DataFrame, level: float) -> list[dict]:
