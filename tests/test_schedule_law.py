@@ -168,8 +168,8 @@ def end_coverage(truth: dict, reps: int, seed0: int, **kw) -> tuple[float, float
 def test_the_end_of_a_cosine_run_is_predicted_from_its_first_half(truth, kw):
     """The issue's test: fitted on each run's checkpoints up to half its schedule, the run's final
     loss falls inside its predicted 90% tolerance (the law's interval and a point's noise) in at
-    least 85% of 40 repetitions. Measured (seeds 100-139): 93%, 90.5%, 92.5% of every size's end
-    and 92.5%, 92.5%, 95% of the largest size's, 11-14 s per truth on one shared core."""
+    least 85% of 40 repetitions. Measured (seeds 100-139): 93%, 91%, 93% of every size's end and
+    92.5%, 92.5%, 95% of the largest size's, 10-11 s per truth on an idle machine."""
     pooled, largest = end_coverage(truth, 40, 100, **kw)
     assert pooled >= 0.85 and largest >= 0.85, (pooled, largest)
 
