@@ -145,7 +145,7 @@ def test_a_nested_form_never_drops_a_term_the_data_show():
 
 
 def test_a_nested_form_the_truth_has_is_still_chosen():
-    # No N term in the truth, sizes 1.5x apart: the full form's alpha is not identified (or comes
+    # No N term in the truth, sizes spanning 1.5x: the full form's alpha is not identified (or comes
     # out implausible) and the form without it, which the data do not refute, is the law.
     chosen = [
         e["dropped"]
