@@ -118,8 +118,9 @@ def _variance_scales(
     return float(se2), float(sm2)
 
 
-def _variance(se2: float, sm2: float, unit: np.ndarray, f: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The noise model, floored (noise-free data would give weights of 1/0)."""
+def noise_variance(se2: float, sm2: float, unit: np.ndarray, f: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The noise model, floored (noise-free data would give weights of 1/0); the nested forms' F test
+    (damage/law.py) weighs residuals by it too."""
     v = se2 * unit + sm2 * f**2
     floor = max(1e-12 * float(v.max(initial=0.0)), (1e-9 * float(np.abs(y).max(initial=0.0))) ** 2, 1e-300)
     return np.maximum(v, floor)
@@ -154,7 +155,7 @@ def fit_damage_law(
         starts = theta[None]
         f = np.exp(xc @ theta)
         se2, sm2 = _variance_scales(y - f, unit, f, var, dof_factor, noise.known)
-        var = _variance(se2, sm2, unit, f, y)
+        var = noise_variance(se2, sm2, unit, f, y)
     assert theta is not None
     f = np.exp(xc @ theta)
     w = 1.0 / np.sqrt(var)

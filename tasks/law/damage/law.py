@@ -51,7 +51,7 @@ from kbitlaw.law.damage.design import (
     scheme_data,
     to_params,
 )
-from kbitlaw.law.damage.fit import DamageFit, fit_damage_law
+from kbitlaw.law.damage.fit import DamageFit, fit_damage_law, noise_variance
 from kbitlaw.law.numerics.solve import child_rng, interval
 
 
@@ -158,7 +158,7 @@ def fit_form(
 
 # A nested form is refuted below this p-value. Strict: a true nested form fails 1% of the time. In
 # simulation (a damage scatter of 50-100%) dropping an N term the truth lacks gave p 0.06-1.0, and
-# dropping the k term of a scheme at 3, 4 and 8 bits p < 1e-9; on the demo's int<k>-b64 (seed 1), 6e-52.
+# dropping the k term of a scheme at 3, 4 and 8 bits p < 1e-9; on the demo's int<k>-b64 (seed 1), 1e-65.
 REFUTED_P = 0.01
 
 
@@ -174,7 +174,7 @@ def resolved(data: SchemeData, full: tuple, nested: tuple) -> bool:
     y, unit = data.y, data.noise().unit
     f_full, f_nested = rows_full[0]["fitted"].to_numpy(), rows_nested[0]["fitted"].to_numpy()
     s_e, s_m = e_full["noise"]["eval_scale"], e_full["noise"]["scatter"]
-    var = np.maximum(s_e**2 * unit + s_m**2 * f_full**2, 1e-300)
+    var = noise_variance(s_e**2, s_m**2, unit, f_full, y)
     chi_full = float(np.sum((y - f_full) ** 2 / var))
     chi_nested = float(np.sum((y - f_nested) ** 2 / var))
     n, p_full = len(y), len(PARAMS) - len(e_full["dropped"])
